@@ -1,0 +1,186 @@
+"""The ``kontext-pipeline`` command: parse options, call the library, render, map errors to exit
+codes. No logic lives here, and heavy modules are imported only by the commands that need them,
+so ``--help`` starts fast."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from kontext_pipeline.errors import KontextError, SpecError, UsageError
+
+if TYPE_CHECKING:
+    from kontext_pipeline.spec import Spec
+
+__all__ = ["EXIT_CODES", "cli", "exit_code", "main"]
+
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: tuple[tuple[type[KontextError], int], ...] = (
+    (SpecError, EXIT_INVALID),
+    (UsageError, EXIT_INVALID),
+)
+"""Each error class and its documented exit code; the first matching class wins."""
+
+_PROVIDERS = ("bfl", "preview")
+
+
+def exit_code(error: KontextError) -> int:
+    """The documented exit code of ``error``."""
+    for kind, code in EXIT_CODES:
+        if isinstance(error, kind):
+            return code
+    return 1
+
+
+def _report(error: KontextError) -> None:
+    if isinstance(error, SpecError):
+        for problem in error.problems:
+            click.echo(problem.format(), err=True)
+        errors = sum(1 for p in error.problems if p.is_error)
+        files = sorted({p.file for p in error.problems})
+        noun = "problem" if errors == 1 else "problems"
+        click.echo(f"kontext-pipeline: {errors} {noun} in {', '.join(files)}", err=True)
+    else:
+        click.echo(f"kontext-pipeline: {error}", err=True)
+
+
+class _Group(click.Group):
+    """Maps every library error to its exit code, with one message and no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KontextError as error:
+            _report(error)
+            ctx.exit(exit_code(error))
+        except KeyboardInterrupt:
+            click.echo("kontext-pipeline: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+def _parse_vars(_ctx: click.Context, _param: click.Parameter,
+                values: Sequence[str]) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"'{item}' is not NAME=VALUE", param_hint="--var")
+        parsed[name.strip()] = value
+    return parsed
+
+
+_var_option = click.option(
+    "--var", "variables", multiple=True, metavar="NAME=VALUE", callback=_parse_vars,
+    help="Override a recipe variable, or select the variants with this matrix value. Repeatable.")
+_provider_option = click.option(
+    "--provider", type=click.Choice(_PROVIDERS), default="bfl", show_default=True,
+    help="Who makes the images: the BFL API, or the offline preview stand-in.")
+_recipe_argument = click.argument(
+    "recipe", type=click.Path(dir_okay=True, path_type=str))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
+                                           "max_content_width": 100})
+@click.version_option(package_name="kontext-pipeline", prog_name="kontext-pipeline")
+def cli() -> None:
+    """Declarative, cached, reproducible FLUX.1 Kontext edit recipes.
+
+    \b
+    Start with:  kontext-pipeline validate pipelines/*.yaml
+    Then:        kontext-pipeline plan pipelines/poster-chain.yaml
+    """
+
+
+def _load(recipe: str) -> Spec:
+    from kontext_pipeline.spec import load_spec  # noqa: PLC0415  (keeps --help fast)
+
+    return load_spec(recipe, env=os.environ)
+
+
+@cli.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+def validate(recipes: Sequence[str], strict: bool) -> None:
+    """Check recipes: schema and semantic rules, every problem with FILE:LINE:COL."""
+    problems = []
+    for recipe in recipes:
+        try:
+            spec = _load(recipe)
+        except SpecError as error:
+            problems.extend(error.problems)
+            continue
+        if strict and spec.warnings:
+            problems.extend(dataclasses.replace(w, severity="error") for w in spec.warnings)
+            continue
+        for warning in spec.warnings:
+            click.echo(warning.format(), err=True)
+        tasks = len(spec.variants) * len(spec.steps)
+        click.echo(f"{recipe}: ok ({_count(len(spec.steps), 'step')}, "
+                   f"{_count(len(spec.variants), 'variant')}, {_count(tasks, 'task')})")
+    if problems:
+        raise SpecError(problems)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+@cli.command()
+@_recipe_argument
+@_var_option
+@_provider_option
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(recipe: str, variables: dict[str, str], provider: str, as_json: bool) -> None:
+    """Show variants, steps, rendered prompts, seeds, models, keys and the cost."""
+    from kontext_pipeline.plan import build_plan  # noqa: PLC0415
+    from kontext_pipeline.report import plan_json, plan_text  # noqa: PLC0415
+
+    spec = _load(recipe)
+    result = build_plan(spec, overrides=variables, env=os.environ, provider=provider)
+    click.echo(plan_json(result) if as_json else plan_text(result))
+
+
+@cli.command()
+def schema() -> None:
+    """Print the recipe JSON Schema (draft 2020-12)."""
+    from kontext_pipeline.schema import schema_text  # noqa: PLC0415
+
+    click.echo(schema_text(), nl=False)
+
+
+@cli.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", type=click.Path(file_okay=False, path_type=str),
+              help="Output directory (default: out/<recipe name>).")
+@_var_option
+@_provider_option
+@click.option("--api-base", envvar="BFL_API_BASE", default="https://api.bfl.ai",
+              show_default=True, help="BFL API base URL (or BFL_API_BASE).")
+@click.option("--cache-dir", envvar="KONTEXT_CACHE_DIR", type=click.Path(path_type=str),
+              help="Cache directory (or KONTEXT_CACHE_DIR; default: the user cache directory).")
+@click.option("--concurrency", type=click.IntRange(1, 24), default=24, show_default=True,
+              help="Most tasks active at once.")
+@click.option("--frozen", is_flag=True, help="Call no provider; every step must be cached.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def run(recipes: Sequence[str], variables: dict[str, str], provider: str,
+        **_options: Any) -> None:
+    """Run recipes: validate, plan, then execute every step (cached)."""
+    from kontext_pipeline.plan import build_plan  # noqa: PLC0415
+
+    for recipe in recipes:
+        build_plan(_load(recipe), overrides=variables, env=os.environ, provider=provider)
+    raise UsageError(
+        f"the recipe{'s are' if len(recipes) > 1 else ' is'} valid, but this version of "
+        "kontext-pipeline cannot execute steps yet: the providers and the executor are not "
+        "built. Use `kontext-pipeline plan` to see what a run would do.")
+
+
+def main() -> None:
+    """The console-script entry point (exits with the documented code)."""
+    cli(prog_name="kontext-pipeline")

@@ -1,0 +1,88 @@
+"""Input images: are they real, complete images within the API's limits?"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "MAX_INPUT_BYTES",
+    "MAX_INPUT_PIXELS",
+    "ImageInfo",
+    "ImageProblem",
+    "inspect_image",
+    "sha256_file",
+]
+
+MAX_INPUT_BYTES = 20_000_000
+"""The API accepts input images up to 20 MB…"""
+
+MAX_INPUT_PIXELS = 20_000_000
+"""…and up to 20 megapixels."""
+
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What validation learnt about an image file."""
+
+    format: str
+    width: int
+    height: int
+    size_bytes: int
+
+
+class ImageProblem(Exception):
+    """The file is not a usable input image; the message says why, without the path."""
+
+
+def inspect_image(path: Path) -> ImageInfo:
+    """Check that ``path`` is a complete, decodable image within the API's limits.
+
+    The pixel count is checked from the header before anything is decoded, so a decompression
+    bomb is refused without allocating its pixels.
+    """
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415  (Pillow is slow to import)
+
+    if path.is_dir():
+        raise ImageProblem("is a directory, not an image file")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageProblem("file not found") from None
+    except OSError as exc:
+        raise ImageProblem(f"cannot be read ({exc.strerror})") from exc
+    if size > MAX_INPUT_BYTES:
+        raise ImageProblem(f"is {size / 1e6:.1f} MB; the API accepts at most "
+                           f"{MAX_INPUT_BYTES / 1e6:.0f} MB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                pixels = width * height
+                if pixels > MAX_INPUT_PIXELS:
+                    raise ImageProblem(
+                        f"is {pixels / 1e6:.1f} megapixels ({width}×{height}); the API accepts "
+                        f"at most {MAX_INPUT_PIXELS / 1e6:.0f} megapixels")
+                image.load()
+                return ImageInfo(str(image.format), width, height, size)
+    except Image.DecompressionBombError:
+        raise ImageProblem(f"declares more than {MAX_INPUT_PIXELS / 1e6:.0f} megapixels; "
+                           "the API accepts at most that") from None
+    except UnidentifiedImageError:
+        raise ImageProblem("is not an image file that can be decoded") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's words for truncated or corrupt
+        raise ImageProblem(f"is a damaged image ({exc})") from exc
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,71 @@
+"""Derived seeds and cache keys: the two things that make a recipe reproducible.
+
+A cache key is the sha256 of a canonical JSON document that holds everything that changes the
+image (provider, model, rendered prompt, seed, the sha256 of every input image's bytes as sent,
+and every request parameter with its default made explicit) and nothing that does not (never the
+API key, the base URL or webhook settings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "CREDITS",
+    "KEY_SCHEMA",
+    "MAX_SEED",
+    "cache_key",
+    "canonical_json",
+    "derive_seed",
+    "request_document",
+]
+
+KEY_SCHEMA = "kontext-pipeline/cache-key/1"
+"""Salt of every key document; bumping it invalidates every cache entry at once."""
+
+MAX_SEED = 2**32 - 1
+
+CREDITS = {"flux-kontext-pro": 4, "flux-kontext-max": 8}
+"""What one image costs, per model (1 credit = $0.01)."""
+
+
+def derive_seed(base_seed: int, step_id: str) -> int:
+    """The seed of a step without its own: a function of the base seed and the step id only,
+    so inserting or reordering steps reseeds no other step."""
+    digest = hashlib.sha256(f"kontext-pipeline/seed/1\0{base_seed}\0{step_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (MAX_SEED + 1)
+
+
+def canonical_json(document: Any) -> bytes:
+    """Sorted keys, no insignificant whitespace, UTF-8: one byte string per document."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def request_document(
+    *,
+    provider: str,
+    model: str,
+    prompt: str,
+    seed: int,
+    input_sha256: Sequence[str],
+    params: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The document whose hash is the cache key of one request."""
+    return {
+        "schema": KEY_SCHEMA,
+        "provider": provider,
+        "model": model,
+        "prompt": prompt,
+        "seed": seed,
+        "input_sha256": list(input_sha256),
+        "params": dict(params),
+    }
+
+
+def cache_key(document: Mapping[str, Any]) -> str:
+    """The hex sha256 of the canonical form of ``document``."""
+    return hashlib.sha256(canonical_json(document)).hexdigest()

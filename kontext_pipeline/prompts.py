@@ -1,0 +1,189 @@
+"""Prompt templates in a recipe: compile them, check the names they read, render every variant.
+
+Problems are placed at the template's own line in the recipe file where that can be known
+exactly (a one-line scalar, or a ``|`` block), else at the start of the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kontext_pipeline.findings import Findings, did_you_mean
+from kontext_pipeline.keys import derive_seed
+from kontext_pipeline.matrix import Variant
+from kontext_pipeline.templating import (
+    CONTEXT_NAMES,
+    Prompt,
+    RenderFailure,
+    StepTemplate,
+    VariantContext,
+    base_context,
+    global_names,
+    is_secret_name,
+    render_steps,
+)
+from kontext_pipeline.yamlsource import Position
+
+__all__ = ["DEFAULT_MODEL", "PIPELINE_FIELDS", "check_prompts", "template_position",
+           "variant_list"]
+
+DEFAULT_MODEL = "flux-kontext-pro"
+PIPELINE_FIELDS = ("name", "description", "model", "seed")
+_VARIANT_FIELDS = ("id", "values")
+_SHOWN_VARIANTS = 3
+
+
+def template_position(start: Position, line: int | None, lines: Sequence[str]) -> Position:
+    """The file position of template line ``line`` of a prompt whose value starts at ``start``."""
+    if line is None or line < 1:
+        return start
+    if start.style == "|":
+        file_line = start.line + line
+        if file_line <= len(lines):
+            text = lines[file_line - 1]
+            return Position(file_line, len(text) - len(text.lstrip()) + 1)
+    return start  # a folded or multi-line flow scalar: its lines do not map one to one
+
+
+def variant_list(ids: Sequence[str], total: int) -> str:
+    """`` (variant a=1)`` / `` (variants a=1, a=2 and 3 more)``; empty when all variants fail."""
+    if len(ids) == total:
+        return ""
+    shown = ", ".join(ids[:_SHOWN_VARIANTS])
+    more = f" and {len(ids) - _SHOWN_VARIANTS} more" if len(ids) > _SHOWN_VARIANTS else ""
+    return f" (variant{'s' if len(ids) > 1 else ''} {shown}{more})"
+
+
+@dataclass
+class _StepInfo:
+    index: int
+    id: str
+    prompt: Prompt
+    seed: int
+    model: str
+    usable: bool = True
+
+
+def check_prompts(
+    data: Mapping[str, Any],
+    variants: Sequence[Variant] | None,
+    env: Mapping[str, str],
+    findings: Findings,
+    lines: Sequence[str],
+) -> None:
+    """Compile every prompt, check the names it reads, and render it for every variant."""
+    variables = _mapping(data.get("vars"))
+    inputs = _mapping(data.get("inputs"))
+    matrix_keys = {k for v in variants or () for k in v.values}
+    known = set(variables) | matrix_keys | set(CONTEXT_NAMES) | global_names()
+    user_names = set(variables) | matrix_keys
+    steps = _compile(data, findings, lines)
+    for number, info in enumerate(steps):
+        if info is None:
+            continue
+        earlier = [s.id for s in steps[:number] if s is not None]
+        later = {s.id for s in steps[number:] if s is not None}
+        context = _Static(info, findings, lines)
+        for name in info.prompt.names():
+            if name.name not in known:
+                context.fail(f"undefined variable '{name.name}'"
+                             f"{did_you_mean(name.name, user_names)}", name.line)
+        for ref in info.prompt.attributes("steps"):
+            if ref.name in later:
+                context.fail(f"steps.{ref.name} is this step or a later one; a prompt can use "
+                             "only earlier steps", ref.line)
+            elif ref.name not in earlier:
+                context.fail(f"steps.{ref.name} is not a step{did_you_mean(ref.name, earlier)}",
+                             ref.line)
+        for root, names, what in (("inputs", list(inputs), "an input"),
+                                  ("pipeline", list(PIPELINE_FIELDS), "a field of pipeline"),
+                                  ("variant", list(_VARIANT_FIELDS), "a field of variant")):
+            for ref in info.prompt.attributes(root):
+                if ref.name not in names:
+                    context.fail(f"{root}.{ref.name} is not {what}"
+                                 f"{did_you_mean(ref.name, names)}", ref.line)
+        for ref in info.prompt.attributes("env"):
+            if ref.name in env:
+                continue
+            if is_secret_name(ref.name):
+                context.fail(f"environment variable '{ref.name}' looks like a secret; templates "
+                             "cannot read secrets", ref.line)
+            else:
+                context.fail(f"environment variable '{ref.name}' is not set", ref.line)
+    if variants is not None:
+        _render_all(data, variables, inputs, variants, env, steps, findings, lines)
+
+
+def _compile(data: Mapping[str, Any], findings: Findings,
+             lines: Sequence[str]) -> list[_StepInfo | None]:
+    raw_steps = data.get("steps")
+    raw_steps = raw_steps if isinstance(raw_steps, list) else []
+    base_seed = data.get("seed") if isinstance(data.get("seed"), int) else 0
+    default_model = data.get("model") if isinstance(data.get("model"), str) else DEFAULT_MODEL
+    steps: list[_StepInfo | None] = []
+    for index, step in enumerate(raw_steps):
+        if not isinstance(step, dict) or not isinstance(step.get("id"), str):
+            steps.append(None)
+            continue
+        source = step.get("prompt")
+        try:
+            prompt = Prompt(source if isinstance(source, str) else "-")
+        except RenderFailure as failure:
+            _add(findings, lines, ("steps", index, "prompt"), failure.message, failure.line)
+            steps.append(None)
+            continue
+        seed = step.get("seed")
+        seed = seed if isinstance(seed, int) else derive_seed(int(base_seed), step["id"])
+        model = step.get("model") if isinstance(step.get("model"), str) else default_model
+        steps.append(_StepInfo(index, step["id"], prompt, seed, str(model),
+                               usable=isinstance(source, str)))
+    return steps
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+class _Static:
+    def __init__(self, info: _StepInfo, findings: Findings, lines: Sequence[str]) -> None:
+        self.info, self.findings, self.lines = info, findings, lines
+
+    def fail(self, message: str, line: int | None) -> None:
+        self.info.usable = False
+        _add(self.findings, self.lines, ("steps", self.info.index, "prompt"), message, line)
+
+
+def _add(findings: Findings, lines: Sequence[str], path: tuple[str | int, ...], message: str,
+         line: int | None) -> None:
+    start = findings.document.value_position(path)
+    findings.add(path, message, position=template_position(start, line, lines))
+
+
+def _render_all(
+    data: Mapping[str, Any],
+    variables: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    variants: Sequence[Variant],
+    env: Mapping[str, str],
+    steps: Sequence[_StepInfo | None],
+    findings: Findings,
+    lines: Sequence[str],
+) -> None:
+    chain = [s for s in steps if s is not None]
+    templates = [StepTemplate(s.id, s.prompt, s.seed, s.model) for s in chain]
+    pipeline = {"name": data.get("name"), "description": data.get("description", ""),
+                "model": data.get("model", DEFAULT_MODEL), "seed": data.get("seed", 0)}
+    failures: dict[tuple[int, str, int | None], list[str]] = {}
+    for variant in variants:
+        context = base_context(variables=variables, variant=VariantContext(variant.id,
+                               variant.values), pipeline=pipeline,
+                               inputs={k: str(v) for k, v in inputs.items()}, env=env)
+        for info, result in zip(chain, render_steps(templates, context), strict=True):
+            if isinstance(result, RenderFailure) and info.usable:
+                key = (info.index, result.message, result.line)
+                failures.setdefault(key, []).append(variant.id)
+    for (index, message, line), ids in failures.items():
+        _add(findings, lines, ("steps", index, "prompt"),
+             message + variant_list(ids, len(variants)), line)

@@ -1,0 +1,229 @@
+"""The one sandboxed Jinja environment that renders prompt templates.
+
+Templates are user input: they run in Jinja's immutable sandbox (no Python internals, no mutation
+of the context), with StrictUndefined (a misspelt variable is an error, never an empty string) and
+with guards against arithmetic that would exhaust memory or time.
+"""
+
+from __future__ import annotations
+
+import functools
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from jinja2 import meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+__all__ = [
+    "CONTEXT_NAMES",
+    "MAX_PROMPT_CHARS",
+    "Prompt",
+    "RenderFailure",
+    "StepTemplate",
+    "VariantContext",
+    "base_context",
+    "global_names",
+    "is_secret_name",
+    "render_steps",
+    "template_environ",
+]
+
+CONTEXT_NAMES = ("inputs", "steps", "pipeline", "variant", "env")
+"""Names the template context always defines; recipe variables may not use them."""
+
+MAX_PROMPT_CHARS = 10_000
+"""A rendered prompt longer than this is refused (a guard against runaway templates)."""
+
+_MAX_REPEAT = 10_000
+_MAX_EXPONENT = 64
+
+
+_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable looks like a secret (``BFL_API_KEY``, ``GH_TOKEN``…)."""
+    upper = name.upper()
+    return any(word in upper for word in _SECRET_WORDS)
+
+
+def template_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """What templates see as ``env``: the environment without anything that looks secret, so a
+    prompt can never carry an API key into a request, the cache or a manifest."""
+    return {k: v for k, v in environ.items() if not is_secret_name(k)}
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """The sandbox, with ``*`` and ``**`` bounded so a template cannot exhaust memory or CPU."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any,
+                   right: Any) -> Any:
+        if operator == "**" and _is_number(right) and abs(right) > _MAX_EXPONENT:
+            raise SecurityError(f"exponent {right} is too large (at most {_MAX_EXPONENT})")
+        if operator == "*":
+            count = right if isinstance(left, str | list | tuple) else left
+            other = left if count is right else right
+            if isinstance(other, str | list | tuple) and _is_number(count) and count > _MAX_REPEAT:
+                raise SecurityError(f"repeating a value {count} times is too much "
+                                    f"(at most {_MAX_REPEAT})")
+        return super().call_binop(context, operator, left, right)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@functools.cache
+def _environment() -> _Environment:
+    return _Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+@dataclass(frozen=True)
+class VariantContext:
+    """What ``variant`` is in a template: ``variant.id`` and ``variant.values.<key>``."""
+
+    id: str
+    values: Mapping[str, Any]
+
+
+class RenderFailure(Exception):
+    """A template could not be compiled or rendered. ``line`` is 1-based within the template."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+@dataclass(frozen=True)
+class Name:
+    """A top-level name a template reads, with the template line that first reads it."""
+
+    name: str
+    line: int
+
+
+class Prompt:
+    """A compiled prompt template."""
+
+    def __init__(self, source: str) -> None:
+        env = _environment()
+        self.source = source
+        try:
+            self._ast = env.parse(source)
+            self._template = env.from_string(self._ast)
+        except jinja2.TemplateSyntaxError as exc:
+            raise RenderFailure(f"template syntax error: {exc.message}", exc.lineno) from exc
+
+    def names(self) -> list[Name]:
+        """Top-level names the template reads but does not set itself, in source order."""
+        free = meta.find_undeclared_variables(self._ast)
+        seen: dict[str, Name] = {}
+        for node in self._ast.find_all(nodes.Name):
+            if node.ctx == "load" and node.name in free and node.name not in seen:
+                seen[node.name] = Name(node.name, node.lineno)
+        return sorted(seen.values(), key=lambda n: n.line)
+
+    def attributes(self, root: str) -> list[Name]:
+        """The ``root.X`` and ``root['X']`` the template reads, as (X, line)."""
+        found: list[Name] = []
+        for node in self._ast.find_all((nodes.Getattr, nodes.Getitem)):
+            target = node.node
+            if not (isinstance(target, nodes.Name) and target.name == root):
+                continue
+            if isinstance(node, nodes.Getattr):
+                found.append(Name(node.attr, node.lineno))
+            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                found.append(Name(node.arg.value, node.lineno))
+        return found
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        """Render with ``context``; the result is stripped of surrounding whitespace."""
+        try:
+            text = self._template.render(context)
+        except SecurityError as exc:
+            raise RenderFailure(f"refused by the template sandbox: {exc}",
+                                _template_line(exc)) from exc
+        except jinja2.UndefinedError as exc:
+            raise RenderFailure(str(exc), _template_line(exc)) from exc
+        except Exception as exc:  # templates are user code: any failure is the template's
+            raise RenderFailure(f"{type(exc).__name__}: {exc}", _template_line(exc)) from exc
+        text = text.strip()
+        if len(text) > MAX_PROMPT_CHARS:
+            raise RenderFailure(f"the rendered prompt is {len(text)} characters long; "
+                                f"at most {MAX_PROMPT_CHARS} are allowed")
+        if not text:
+            raise RenderFailure("the rendered prompt is empty")
+        return text
+
+
+def global_names() -> frozenset[str]:
+    """Names Jinja itself defines (``range``, ``namespace``, …)."""
+    return frozenset(_environment().globals)
+
+
+@dataclass(frozen=True)
+class StepTemplate:
+    """A step as the renderer sees it."""
+
+    id: str
+    prompt: Prompt
+    seed: int
+    model: str
+
+
+def base_context(
+    *,
+    variables: Mapping[str, Any],
+    variant: VariantContext,
+    pipeline: Mapping[str, Any],
+    inputs: Mapping[str, str],
+    env: Mapping[str, str],
+) -> dict[str, Any]:
+    """The context shared by every step of a variant (``steps`` is added per step).
+
+    Matrix values override the recipe's variables.
+    """
+    return {
+        **variables,
+        **variant.values,
+        "inputs": dict(inputs),
+        "pipeline": dict(pipeline),
+        "variant": variant,
+        "env": dict(env),
+    }
+
+
+def render_steps(
+    steps: Sequence[StepTemplate], context: Mapping[str, Any]
+) -> list[str | RenderFailure]:
+    """Render each step's prompt in order; ``steps.<id>`` shows the earlier steps' results.
+
+    A failed step is seen by later steps with an empty prompt, so one mistake is reported once.
+    """
+    earlier: dict[str, dict[str, Any]] = {}
+    results: list[str | RenderFailure] = []
+    for step in steps:
+        try:
+            text = step.prompt.render({**context, "steps": dict(earlier)})
+        except RenderFailure as failure:
+            results.append(failure)
+            text = ""
+        else:
+            results.append(text)
+        earlier[step.id] = {"prompt": text, "seed": step.seed, "model": step.model}
+    return results
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The template line where ``exc`` was raised, from Jinja's rewritten traceback."""
+    line = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == "<template>":
+            line = lineno
+    return line

@@ -1,0 +1,228 @@
+"""Safe YAML loading that remembers where every key and value came from.
+
+PyYAML's composer gives nodes with marks; we build plain JSON-like data from them ourselves, so
+that only the YAML core types are accepted (no Python tags), every duplicate key is reported,
+alias expansion is bounded (no "billion laughs"), and each value and key keeps its position for
+error messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from kontext_pipeline.diagnostics import Problem
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "MAX_SOURCE_BYTES",
+    "Document",
+    "JsonPath",
+    "Position",
+    "parse_yaml",
+]
+
+MAX_SOURCE_BYTES = 1024 * 1024
+"""Recipes are small; anything larger than this is refused before parsing."""
+
+MAX_NODES = 100_000
+"""Upper bound on values built from one document, aliases expanded."""
+
+MAX_DEPTH = 50
+"""Upper bound on nesting of mappings and lists."""
+
+JsonPath = tuple[str | int, ...]
+
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {f"{_TAG}{name}" for name in ("str", "int", "float", "bool", "null")}
+_TIMESTAMP = f"{_TAG}timestamp"
+_MERGE = f"{_TAG}merge"
+
+
+@dataclass(frozen=True)
+class Position:
+    """A place in the source, 1-based. ``block`` is True for ``|``/``>`` scalars."""
+
+    line: int
+    column: int
+    style: str | None = None
+
+    @classmethod
+    def of(cls, node: yaml.Node) -> Position:
+        mark = node.start_mark
+        style = node.style if isinstance(node, yaml.ScalarNode) else None
+        return cls(mark.line + 1, mark.column + 1, style)
+
+
+@dataclass
+class Document:
+    """Parsed recipe data plus the positions of its values and keys, by JSON path."""
+
+    data: Any
+    values: dict[JsonPath, Position] = field(default_factory=dict)
+    keys: dict[JsonPath, Position] = field(default_factory=dict)
+
+    def value_position(self, path: JsonPath) -> Position:
+        """Where the value at ``path`` starts (the nearest enclosing value if unknown)."""
+        for end in range(len(path), -1, -1):
+            found = self.values.get(path[:end])
+            if found is not None:
+                return found
+        return Position(1, 1)
+
+    def key_position(self, path: JsonPath) -> Position:
+        """Where the key naming ``path`` is written (its value's position if it has no key)."""
+        return self.keys.get(path) or self.value_position(path)
+
+
+class _Builder:
+    def __init__(self, file: str, loader: yaml.SafeLoader) -> None:
+        self.file = file
+        self.loader = loader
+        self.document = Document(None)
+        self.problems: list[Problem] = []
+        self.nodes = 0
+
+    def problem(self, node: yaml.Node, message: str) -> None:
+        pos = Position.of(node)
+        self.problems.append(Problem(self.file, pos.line, pos.column, message))
+
+    def build(self, node: yaml.Node, path: JsonPath, depth: int) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _TooLargeError(node)
+        if depth > MAX_DEPTH:
+            raise _TooDeepError(node)
+        self.document.values.setdefault(path, Position.of(node))
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != f"{_TAG}seq":
+                self.problem(node, f"YAML tag {node.tag!r} is not allowed in a recipe")
+            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        return self.scalar(node)
+
+    def scalar(self, node: yaml.Node) -> Any:
+        if node.tag == _TIMESTAMP:
+            return node.value  # keep dates as the text written; no field wants a datetime
+        if node.tag not in _SCALAR_TAGS:
+            self.problem(node, f"YAML tag {node.tag!r} is not allowed in a recipe")
+            return None
+        return self.loader.construct_object(node)
+
+    def mapping(self, node: yaml.MappingNode, path: JsonPath, depth: int) -> dict[str, Any]:
+        if node.tag != f"{_TAG}map":
+            self.problem(node, f"YAML tag {node.tag!r} is not allowed in a recipe")
+        result: dict[str, Any] = {}
+        merged: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merged.update(self.merge_sources(value_node, path, depth))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
+                self.problem(key_node, "keys must be plain text, not lists or mappings")
+                continue
+            key = str(key_node.value)
+            if key in result:
+                first = self.document.keys[(*path, key)]
+                self.problem(
+                    key_node,
+                    f"duplicate key '{key}' (first defined at line {first.line}); "
+                    "remove one of them",
+                )
+                continue
+            self.document.keys[(*path, key)] = Position.of(key_node)
+            result[key] = self.build(value_node, (*path, key), depth + 1)
+        for key, value in merged.items():
+            result.setdefault(key, value)
+        return result
+
+    def merge_sources(self, node: yaml.Node, path: JsonPath, depth: int) -> dict[str, Any]:
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        merged: dict[str, Any] = {}
+        for source in reversed(sources):
+            if not isinstance(source, yaml.MappingNode):
+                self.problem(source, "'<<' merges mappings only")
+                continue
+            built = self.build(source, path, depth + 1)
+            merged.update(built)
+        return merged
+
+
+class _TooLargeError(Exception):
+    def __init__(self, node: yaml.Node) -> None:
+        self.node = node
+
+
+class _TooDeepError(Exception):
+    def __init__(self, node: yaml.Node) -> None:
+        self.node = node
+
+
+def parse_yaml(text: str, file: str) -> tuple[Document | None, list[Problem]]:
+    """Parse one YAML document. Returns the document (None if unusable) and the problems."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_SOURCE_BYTES:
+        return None, [
+            Problem(
+                file, 1, 1,
+                f"the recipe is {size} bytes; recipes are limited to {MAX_SOURCE_BYTES} bytes",
+            )
+        ]
+    loader = yaml.SafeLoader(text)
+    try:
+        node = _single_node(loader, file)
+        if isinstance(node, list):
+            return None, node
+        builder = _Builder(file, loader)
+        try:
+            builder.document.data = builder.build(node, (), 0)
+        except _TooLargeError as exc:
+            return None, [_at(file, exc.node, _too_large())]
+        except _TooDeepError as exc:
+            return None, [_at(file, exc.node, f"nesting deeper than {MAX_DEPTH} levels")]
+        return builder.document, builder.problems
+    except yaml.MarkedYAMLError as exc:
+        return None, [_syntax_problem(file, exc)]
+    except yaml.YAMLError as exc:  # a reader error: bad characters, no position beyond the text
+        return None, [Problem(file, 1, 1, f"not readable as YAML: {exc}")]
+    except RecursionError:
+        return None, [Problem(file, 1, 1, f"nesting deeper than {MAX_DEPTH} levels")]
+    finally:
+        loader.dispose()
+
+
+def _single_node(loader: yaml.SafeLoader, file: str) -> yaml.Node | list[Problem]:
+    node = loader.get_single_node()  # raises ComposerError on a second document
+    if node is None:
+        return [Problem(file, 1, 1, "the recipe is empty; start with 'version: 1'")]
+    if not isinstance(node, yaml.MappingNode):
+        kind = "a list" if isinstance(node, yaml.SequenceNode) else "a single value"
+        return [_at(file, node, f"the recipe must be a mapping of keys to values, not {kind}")]
+    return node
+
+
+def _at(file: str, node: yaml.Node, message: str) -> Problem:
+    pos = Position.of(node)
+    return Problem(file, pos.line, pos.column, message)
+
+
+def _too_large() -> str:
+    return (
+        f"the recipe expands to more than {MAX_NODES} values "
+        "(are YAML aliases repeating a large anchor?)"
+    )
+
+
+def _syntax_problem(file: str, exc: yaml.MarkedYAMLError) -> Problem:
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    if isinstance(exc, yaml.composer.ComposerError) and "single document" in str(exc.context):
+        return Problem(file, line, column, "a recipe holds one YAML document; remove the '---'")
+    problem = exc.problem or "invalid YAML"
+    context = f" ({exc.context})" if exc.context else ""
+    return Problem(file, line, column, f"YAML syntax error: {problem}{context}")
+
