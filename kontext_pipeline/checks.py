@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kontext_pipeline.findings import Findings, did_you_mean
-from kontext_pipeline.images import ImageProblem, inspect_image
+from kontext_pipeline.images import ImageCheckError, inspect_image
 
 __all__ = ["MAX_ASPECT", "check_inputs", "check_outputs", "check_params", "check_steps",
            "image_refs", "step_ids"]
@@ -78,11 +78,13 @@ def check_steps(data: Mapping[str, Any], findings: Findings) -> None:
             findings.add(path, "lists the same image twice")
         for position, ref in enumerate(refs):
             ref_path = (*path, position) if isinstance(step.get("image"), list) else path
-            _check_ref(ref, index, first_index, inputs, ref_path, findings)
+            _check_ref(ref, index, first_index=first_index, inputs=inputs, path=ref_path,
+                       findings=findings)
 
 
-def _check_ref(ref: str, index: int, first_index: Mapping[str, int], inputs: Mapping[str, Any],
-               path: tuple[str | int, ...], findings: Findings) -> None:
+def _check_ref(ref: str, index: int, *, first_index: Mapping[str, int],
+               inputs: Mapping[str, Any], path: tuple[str | int, ...],
+               findings: Findings) -> None:
     if ref in inputs:
         return
     if ref in first_index:
@@ -127,7 +129,7 @@ def _input_problem(source: str, root: Path) -> str | None:
                 "the recipe or below it")
     try:
         inspect_image(resolved)
-    except ImageProblem as exc:
+    except ImageCheckError as exc:
         return f"'{source}' {exc}"
     return None
 

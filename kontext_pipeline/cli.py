@@ -14,6 +14,7 @@ import click
 from kontext_pipeline.errors import KontextError, SpecError, UsageError
 
 if TYPE_CHECKING:
+    from kontext_pipeline.diagnostics import Problem
     from kontext_pipeline.spec import Spec
 
 __all__ = ["EXIT_CODES", "cli", "exit_code", "main"]
@@ -108,7 +109,7 @@ def _load(recipe: str) -> Spec:
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 def validate(recipes: Sequence[str], strict: bool) -> None:
     """Check recipes: schema and semantic rules, every problem with FILE:LINE:COL."""
-    problems = []
+    problems: list[Problem] = []
     for recipe in recipes:
         try:
             spec = _load(recipe)

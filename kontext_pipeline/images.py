@@ -10,8 +10,8 @@ from pathlib import Path
 __all__ = [
     "MAX_INPUT_BYTES",
     "MAX_INPUT_PIXELS",
+    "ImageCheckError",
     "ImageInfo",
-    "ImageProblem",
     "inspect_image",
     "sha256_file",
 ]
@@ -35,7 +35,7 @@ class ImageInfo:
     size_bytes: int
 
 
-class ImageProblem(Exception):
+class ImageCheckError(Exception):
     """The file is not a usable input image; the message says why, without the path."""
 
 
@@ -48,15 +48,15 @@ def inspect_image(path: Path) -> ImageInfo:
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415  (Pillow is slow to import)
 
     if path.is_dir():
-        raise ImageProblem("is a directory, not an image file")
+        raise ImageCheckError("is a directory, not an image file")
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise ImageProblem("file not found") from None
+        raise ImageCheckError("file not found") from None
     except OSError as exc:
-        raise ImageProblem(f"cannot be read ({exc.strerror})") from exc
+        raise ImageCheckError(f"cannot be read ({exc.strerror})") from exc
     if size > MAX_INPUT_BYTES:
-        raise ImageProblem(f"is {size / 1e6:.1f} MB; the API accepts at most "
+        raise ImageCheckError(f"is {size / 1e6:.1f} MB; the API accepts at most "
                            f"{MAX_INPUT_BYTES / 1e6:.0f} MB")
     try:
         with warnings.catch_warnings():
@@ -65,18 +65,18 @@ def inspect_image(path: Path) -> ImageInfo:
                 width, height = image.size
                 pixels = width * height
                 if pixels > MAX_INPUT_PIXELS:
-                    raise ImageProblem(
+                    raise ImageCheckError(
                         f"is {pixels / 1e6:.1f} megapixels ({width}×{height}); the API accepts "
                         f"at most {MAX_INPUT_PIXELS / 1e6:.0f} megapixels")
                 image.load()
                 return ImageInfo(str(image.format), width, height, size)
     except Image.DecompressionBombError:
-        raise ImageProblem(f"declares more than {MAX_INPUT_PIXELS / 1e6:.0f} megapixels; "
+        raise ImageCheckError(f"declares more than {MAX_INPUT_PIXELS / 1e6:.0f} megapixels; "
                            "the API accepts at most that") from None
     except UnidentifiedImageError:
-        raise ImageProblem("is not an image file that can be decoded") from None
+        raise ImageCheckError("is not an image file that can be decoded") from None
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's words for truncated or corrupt
-        raise ImageProblem(f"is a damaged image ({exc})") from exc
+        raise ImageCheckError(f"is a damaged image ({exc})") from exc
 
 
 def sha256_file(path: Path) -> str:

@@ -21,7 +21,7 @@ from kontext_pipeline.matrix import Variant, format_value
 from kontext_pipeline.prompts import template_position, variant_list
 from kontext_pipeline.spec import Params, Spec
 from kontext_pipeline.templating import (
-    RenderFailure,
+    RenderError,
     StepTemplate,
     VariantContext,
     base_context,
@@ -138,7 +138,7 @@ def build_plan(
                                inputs={n: i.source for n, i in spec.inputs.items()},
                                env=template_environ(env or {}))
         for step, prompt in zip(spec.steps, render_steps(templates, context), strict=True):
-            if isinstance(prompt, RenderFailure):
+            if isinstance(prompt, RenderError):
                 failures.setdefault((step.index, prompt.message, prompt.line), []).append(
                     variant.id)
                 continue

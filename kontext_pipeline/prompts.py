@@ -16,7 +16,7 @@ from kontext_pipeline.matrix import Variant
 from kontext_pipeline.templating import (
     CONTEXT_NAMES,
     Prompt,
-    RenderFailure,
+    RenderError,
     StepTemplate,
     VariantContext,
     base_context,
@@ -73,54 +73,90 @@ def check_prompts(
     findings: Findings,
     lines: Sequence[str],
 ) -> None:
-    """Compile every prompt, check the names it reads, and render it for every variant."""
-    variables = _mapping(data.get("vars"))
-    inputs = _mapping(data.get("inputs"))
-    matrix_keys = {k for v in variants or () for k in v.values}
-    known = set(variables) | matrix_keys | set(CONTEXT_NAMES) | global_names()
-    user_names = set(variables) | matrix_keys
+    """Compile every prompt, check the names it reads, and render it for every variant
+    (when ``variants`` is known)."""
+    checker = _Checker(data, variants or (), env, findings, lines)
     steps = _compile(data, findings, lines)
     for number, info in enumerate(steps):
-        if info is None:
-            continue
-        earlier = [s.id for s in steps[:number] if s is not None]
-        later = {s.id for s in steps[number:] if s is not None}
-        context = _Static(info, findings, lines)
+        if info is not None:
+            earlier = [s.id for s in steps[:number] if s is not None]
+            later = {s.id for s in steps[number:] if s is not None}
+            checker.check_names(info, earlier, later)
+    if variants is not None:
+        checker.render_all(variants, steps)
+
+
+class _Checker:
+    def __init__(self, data: Mapping[str, Any], variants: Sequence[Variant],
+                 env: Mapping[str, str], findings: Findings, lines: Sequence[str]) -> None:
+        self.data, self.env, self.findings, self.lines = data, env, findings, lines
+        self.variables = _mapping(data.get("vars"))
+        self.inputs = _mapping(data.get("inputs"))
+        matrix_keys = {k for v in variants for k in v.values}
+        self.user_names = set(self.variables) | matrix_keys
+        self.known = self.user_names | set(CONTEXT_NAMES) | global_names()
+        self.attributes = (("inputs", list(self.inputs), "an input"),
+                           ("pipeline", list(PIPELINE_FIELDS), "a field of pipeline"),
+                           ("variant", list(_VARIANT_FIELDS), "a field of variant"))
+
+    def fail(self, info: _StepInfo, message: str, line: int | None) -> None:
+        info.usable = False
+        _add(self.findings, self.lines, ("steps", info.index, "prompt"), message, line)
+
+    def check_names(self, info: _StepInfo, earlier: Sequence[str], later: set[str]) -> None:
         for name in info.prompt.names():
-            if name.name not in known:
-                context.fail(f"undefined variable '{name.name}'"
-                             f"{did_you_mean(name.name, user_names)}", name.line)
+            if name.name not in self.known:
+                self.fail(info, f"undefined variable '{name.name}'"
+                                f"{did_you_mean(name.name, self.user_names)}", name.line)
         for ref in info.prompt.attributes("steps"):
             if ref.name in later:
-                context.fail(f"steps.{ref.name} is this step or a later one; a prompt can use "
-                             "only earlier steps", ref.line)
+                self.fail(info, f"steps.{ref.name} is this step or a later one; a prompt can "
+                                "use only earlier steps", ref.line)
             elif ref.name not in earlier:
-                context.fail(f"steps.{ref.name} is not a step{did_you_mean(ref.name, earlier)}",
-                             ref.line)
-        for root, names, what in (("inputs", list(inputs), "an input"),
-                                  ("pipeline", list(PIPELINE_FIELDS), "a field of pipeline"),
-                                  ("variant", list(_VARIANT_FIELDS), "a field of variant")):
+                self.fail(info, f"steps.{ref.name} is not a step"
+                                f"{did_you_mean(ref.name, earlier)}", ref.line)
+        for root, names, what in self.attributes:
             for ref in info.prompt.attributes(root):
                 if ref.name not in names:
-                    context.fail(f"{root}.{ref.name} is not {what}"
-                                 f"{did_you_mean(ref.name, names)}", ref.line)
+                    self.fail(info, f"{root}.{ref.name} is not {what}"
+                                    f"{did_you_mean(ref.name, names)}", ref.line)
         for ref in info.prompt.attributes("env"):
-            if ref.name in env:
-                continue
-            if is_secret_name(ref.name):
-                context.fail(f"environment variable '{ref.name}' looks like a secret; templates "
-                             "cannot read secrets", ref.line)
-            else:
-                context.fail(f"environment variable '{ref.name}' is not set", ref.line)
-    if variants is not None:
-        _render_all(data, variables, inputs, variants, env, steps, findings, lines)
+            if ref.name not in self.env:
+                self.fail(info, _env_message(ref.name), ref.line)
+
+    def render_all(self, variants: Sequence[Variant], steps: Sequence[_StepInfo | None]) -> None:
+        chain = [s for s in steps if s is not None]
+        templates = [StepTemplate(s.id, s.prompt, s.seed, s.model) for s in chain]
+        data = self.data
+        pipeline = {"name": data.get("name"), "description": data.get("description", ""),
+                    "model": data.get("model", DEFAULT_MODEL), "seed": data.get("seed", 0)}
+        inputs = {k: str(v) for k, v in self.inputs.items()}
+        failures: dict[tuple[int, str, int | None], list[str]] = {}
+        for variant in variants:
+            context = base_context(variables=self.variables,
+                                   variant=VariantContext(variant.id, variant.values),
+                                   pipeline=pipeline, inputs=inputs, env=self.env)
+            for info, result in zip(chain, render_steps(templates, context), strict=True):
+                if isinstance(result, RenderError) and info.usable:
+                    key = (info.index, result.message, result.line)
+                    failures.setdefault(key, []).append(variant.id)
+        for (index, message, line), ids in failures.items():
+            _add(self.findings, self.lines, ("steps", index, "prompt"),
+                 message + variant_list(ids, len(variants)), line)
+
+
+def _env_message(name: str) -> str:
+    if is_secret_name(name):
+        return f"environment variable '{name}' looks like a secret; templates cannot read secrets"
+    return f"environment variable '{name}' is not set"
 
 
 def _compile(data: Mapping[str, Any], findings: Findings,
              lines: Sequence[str]) -> list[_StepInfo | None]:
     raw_steps = data.get("steps")
     raw_steps = raw_steps if isinstance(raw_steps, list) else []
-    base_seed = data.get("seed") if isinstance(data.get("seed"), int) else 0
+    base_seed = data.get("seed")
+    base_seed = base_seed if isinstance(base_seed, int) else 0
     default_model = data.get("model") if isinstance(data.get("model"), str) else DEFAULT_MODEL
     steps: list[_StepInfo | None] = []
     for index, step in enumerate(raw_steps):
@@ -130,12 +166,12 @@ def _compile(data: Mapping[str, Any], findings: Findings,
         source = step.get("prompt")
         try:
             prompt = Prompt(source if isinstance(source, str) else "-")
-        except RenderFailure as failure:
+        except RenderError as failure:
             _add(findings, lines, ("steps", index, "prompt"), failure.message, failure.line)
             steps.append(None)
             continue
         seed = step.get("seed")
-        seed = seed if isinstance(seed, int) else derive_seed(int(base_seed), step["id"])
+        seed = seed if isinstance(seed, int) else derive_seed(base_seed, step["id"])
         model = step.get("model") if isinstance(step.get("model"), str) else default_model
         steps.append(_StepInfo(index, step["id"], prompt, seed, str(model),
                                usable=isinstance(source, str)))
@@ -146,44 +182,7 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-class _Static:
-    def __init__(self, info: _StepInfo, findings: Findings, lines: Sequence[str]) -> None:
-        self.info, self.findings, self.lines = info, findings, lines
-
-    def fail(self, message: str, line: int | None) -> None:
-        self.info.usable = False
-        _add(self.findings, self.lines, ("steps", self.info.index, "prompt"), message, line)
-
-
 def _add(findings: Findings, lines: Sequence[str], path: tuple[str | int, ...], message: str,
          line: int | None) -> None:
     start = findings.document.value_position(path)
     findings.add(path, message, position=template_position(start, line, lines))
-
-
-def _render_all(
-    data: Mapping[str, Any],
-    variables: Mapping[str, Any],
-    inputs: Mapping[str, Any],
-    variants: Sequence[Variant],
-    env: Mapping[str, str],
-    steps: Sequence[_StepInfo | None],
-    findings: Findings,
-    lines: Sequence[str],
-) -> None:
-    chain = [s for s in steps if s is not None]
-    templates = [StepTemplate(s.id, s.prompt, s.seed, s.model) for s in chain]
-    pipeline = {"name": data.get("name"), "description": data.get("description", ""),
-                "model": data.get("model", DEFAULT_MODEL), "seed": data.get("seed", 0)}
-    failures: dict[tuple[int, str, int | None], list[str]] = {}
-    for variant in variants:
-        context = base_context(variables=variables, variant=VariantContext(variant.id,
-                               variant.values), pipeline=pipeline,
-                               inputs={k: str(v) for k, v in inputs.items()}, env=env)
-        for info, result in zip(chain, render_steps(templates, context), strict=True):
-            if isinstance(result, RenderFailure) and info.usable:
-                key = (info.index, result.message, result.line)
-                failures.setdefault(key, []).append(variant.id)
-    for (index, message, line), ids in failures.items():
-        _add(findings, lines, ("steps", index, "prompt"),
-             message + variant_list(ids, len(variants)), line)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
 
@@ -18,7 +18,7 @@ from jsonschema.exceptions import ValidationError
 from kontext_pipeline.findings import Findings, did_you_mean
 from kontext_pipeline.yamlsource import JsonPath
 
-__all__ = ["check_schema", "schema_text", "load_schema"]
+__all__ = ["check_schema", "load_schema", "schema_text"]
 
 _KEY_HINTS = {
     ("defaults", "model"): "set the model at the top level of the recipe or in a step",
@@ -91,7 +91,7 @@ def _expected(error: ValidationError) -> str:
     if "x-expected" in schema:
         return str(schema["x-expected"])
     types = error.validator_value if error.validator == "type" else schema.get("type", "")
-    names = [types] if isinstance(types, str) else list(types)
+    names = [types] if isinstance(types, str) else _list(types)
     return " or ".join(_TYPE_NAMES.get(t, t) for t in names)
 
 
@@ -99,43 +99,73 @@ def _report(error: ValidationError, findings: Findings) -> None:
     path: JsonPath = tuple(error.absolute_path)
     if "propertyNames" in error.absolute_schema_path:
         _report_key(error, path, findings)
-        return
-    kind, value, instance = error.validator, error.validator_value, error.instance
-    field = str(path[-1]) if path and isinstance(path[-1], str) else "value"
-    if kind == "additionalProperties":
+    elif error.validator == "additionalProperties":
         _report_unknown_keys(error, path, findings)
-    elif kind == "required":
-        for name in value:
-            if isinstance(instance, dict) and name not in instance:
+    elif error.validator == "required":
+        instance = error.instance if isinstance(error.instance, dict) else {}
+        for name in _list(error.validator_value):
+            if name not in instance:
                 findings.add(path, f"missing required key '{name}'")
-    elif kind == "type" or kind == "anyOf":
-        findings.add(path, f"expected {_expected(error)}, got {_describe(instance)}")
-    elif kind == "enum":
-        choices = ", ".join(f"'{c}'" for c in value)
-        hint = did_you_mean(str(instance), map(str, value))
-        findings.add(path, f"{_describe(instance)} is not a valid {field}{hint}; "
-                           f"expected one of {choices}")
-    elif kind == "const":
-        if path == ("version",):
-            findings.add(path, f"unsupported version {_describe(instance)}; "
-                               "this kontext-pipeline reads version 1")
-        else:
-            findings.add(path, f"must be {_describe(value)}")
-    elif kind in ("minimum", "maximum"):
-        side = "below the minimum" if kind == "minimum" else "above the maximum"
-        findings.add(path, f"{_describe(instance)} is {side} of {value}")
-    elif kind == "minLength" and value == 1:
-        findings.add(path, "must not be empty")
-    elif kind == "maxLength":
-        findings.add(path, f"is longer than {value} characters")
-    elif kind == "pattern":
-        findings.add(path, f"{_describe(instance)} is not {_expected(error)}")
-    elif kind in ("minItems", "minProperties"):
-        findings.add(path, "must not be empty" if value == 1 else f"needs at least {value} items")
-    elif kind == "maxItems":
-        findings.add(path, f"has {len(instance)} items; at most {value} are allowed")
-    else:  # a keyword the schema gained later: jsonschema's own words are still accurate
-        findings.add(path, error.message)
+    else:
+        wording = _WORDINGS.get(str(error.validator))
+        # a keyword the schema gained later: jsonschema's own words are still accurate
+        findings.add(path, wording(error, path) if wording else error.message)
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _field(path: JsonPath) -> str:
+    return str(path[-1]) if path and isinstance(path[-1], str) else "value"
+
+
+def _enum(error: ValidationError, path: JsonPath) -> str:
+    choices = _list(error.validator_value)
+    hint = did_you_mean(str(error.instance), map(str, choices))
+    listed = ", ".join(f"'{c}'" for c in choices)
+    return f"{_describe(error.instance)} is not a valid {_field(path)}{hint}; " \
+           f"expected one of {listed}"
+
+
+def _const(error: ValidationError, path: JsonPath) -> str:
+    if path == ("version",):
+        return f"unsupported version {_describe(error.instance)}; " \
+               "this kontext-pipeline reads version 1"
+    return f"must be {_describe(error.validator_value)}"
+
+
+def _bound(error: ValidationError, _path: JsonPath) -> str:
+    side = "below the minimum" if error.validator == "minimum" else "above the maximum"
+    return f"{_describe(error.instance)} is {side} of {error.validator_value}"
+
+
+def _min_size(error: ValidationError, _path: JsonPath) -> str:
+    if error.validator_value == 1:
+        return "must not be empty"
+    unit = "characters" if isinstance(error.instance, str) else "items"
+    return f"needs at least {error.validator_value} {unit}"
+
+
+def _max_items(error: ValidationError, _path: JsonPath) -> str:
+    count = len(error.instance) if isinstance(error.instance, list) else 0
+    return f"has {count} items; at most {error.validator_value} are allowed"
+
+
+_WORDINGS: dict[str, Callable[[ValidationError, JsonPath], str]] = {
+    "type": lambda e, _: f"expected {_expected(e)}, got {_describe(e.instance)}",
+    "anyOf": lambda e, _: f"expected {_expected(e)}, got {_describe(e.instance)}",
+    "enum": _enum,
+    "const": _const,
+    "minimum": _bound,
+    "maximum": _bound,
+    "minLength": _min_size,
+    "minItems": _min_size,
+    "minProperties": _min_size,
+    "maxLength": lambda e, _: f"is longer than {e.validator_value} characters",
+    "maxItems": _max_items,
+    "pattern": lambda e, _: f"{_describe(e.instance)} is not {_expected(e)}",
+}
 
 
 def _report_key(error: ValidationError, path: JsonPath, findings: Findings) -> None:
@@ -154,6 +184,6 @@ def _report_unknown_keys(error: ValidationError, path: JsonPath, findings: Findi
     for key in instance:
         if key in known:
             continue
-        special = _KEY_HINTS.get((*path, key)) if len(path) == 1 else None
+        special = _KEY_HINTS.get((str(path[0]), key)) if len(path) == 1 else None
         hint = f"; {special}" if special else did_you_mean(key, known)
         findings.add((*path, key), f"unknown key '{key}'{hint}", at="key")

@@ -145,7 +145,8 @@ def load_spec(
     problems = findings.sorted()
     if findings.has_errors:
         raise SpecError(problems)
-    return _freeze(recipe, file, text, document, variants or [], problems)
+    return _freeze(recipe, file=file, text=text, document=document, variants=variants or [],
+                   warnings=problems)
 
 
 def _read(recipe: Path, file: str) -> str:
@@ -173,8 +174,8 @@ def _variants(data: Any, findings: Findings) -> list[Variant] | None:
     return expand_matrix(matrix, findings)
 
 
-def _freeze(recipe: Path, file: str, text: str, document: Document, variants: list[Variant],
-            warnings: list[Problem]) -> Spec:
+def _freeze(recipe: Path, *, file: str, text: str, document: Document,
+            variants: list[Variant], warnings: list[Problem]) -> Spec:
     data = document.data
     defaults = Params(**data.get("defaults", {}))
     model = data.get("model", DEFAULT_MODEL)
@@ -186,10 +187,8 @@ def _freeze(recipe: Path, file: str, text: str, document: Document, variants: li
     for index, raw in enumerate(data["steps"]):
         given = {k: raw[k] for k in Params.__dataclass_fields__ if k in raw}
         params = Params(**{**defaults.as_dict(), **given})
-        if "image" in raw:
-            image = tuple(image_refs(raw))
-        else:
-            image = (steps[-1].id,) if steps else ()
+        previous = (steps[-1].id,) if steps else ()
+        image = tuple(image_refs(raw)) if "image" in raw else previous
         steps.append(Step(
             index=index,
             id=raw["id"],

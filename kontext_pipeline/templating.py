@@ -15,13 +15,14 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 __all__ = [
     "CONTEXT_NAMES",
     "MAX_PROMPT_CHARS",
     "Prompt",
-    "RenderFailure",
+    "RenderError",
     "StepTemplate",
     "VariantContext",
     "base_context",
@@ -91,7 +92,7 @@ class VariantContext:
     values: Mapping[str, Any]
 
 
-class RenderFailure(Exception):
+class RenderError(Exception):
     """A template could not be compiled or rendered. ``line`` is 1-based within the template."""
 
     def __init__(self, message: str, line: int | None = None) -> None:
@@ -118,7 +119,7 @@ class Prompt:
             self._ast = env.parse(source)
             self._template = env.from_string(self._ast)
         except jinja2.TemplateSyntaxError as exc:
-            raise RenderFailure(f"template syntax error: {exc.message}", exc.lineno) from exc
+            raise RenderError(f"template syntax error: {exc.message}", exc.lineno) from exc
 
     def names(self) -> list[Name]:
         """Top-level names the template reads but does not set itself, in source order."""
@@ -133,13 +134,15 @@ class Prompt:
         """The ``root.X`` and ``root['X']`` the template reads, as (X, line)."""
         found: list[Name] = []
         for node in self._ast.find_all((nodes.Getattr, nodes.Getitem)):
-            target = node.node
+            target = getattr(node, "node", None)
             if not (isinstance(target, nodes.Name) and target.name == root):
                 continue
             if isinstance(node, nodes.Getattr):
                 found.append(Name(node.attr, node.lineno))
-            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-                found.append(Name(node.arg.value, node.lineno))
+            elif isinstance(node, nodes.Getitem):
+                arg = node.arg
+                if isinstance(arg, nodes.Const) and isinstance(arg.value, str):
+                    found.append(Name(arg.value, node.lineno))
         return found
 
     def render(self, context: Mapping[str, Any]) -> str:
@@ -147,18 +150,18 @@ class Prompt:
         try:
             text = self._template.render(context)
         except SecurityError as exc:
-            raise RenderFailure(f"refused by the template sandbox: {exc}",
+            raise RenderError(f"refused by the template sandbox: {exc}",
                                 _template_line(exc)) from exc
         except jinja2.UndefinedError as exc:
-            raise RenderFailure(str(exc), _template_line(exc)) from exc
+            raise RenderError(str(exc), _template_line(exc)) from exc
         except Exception as exc:  # templates are user code: any failure is the template's
-            raise RenderFailure(f"{type(exc).__name__}: {exc}", _template_line(exc)) from exc
+            raise RenderError(f"{type(exc).__name__}: {exc}", _template_line(exc)) from exc
         text = text.strip()
         if len(text) > MAX_PROMPT_CHARS:
-            raise RenderFailure(f"the rendered prompt is {len(text)} characters long; "
+            raise RenderError(f"the rendered prompt is {len(text)} characters long; "
                                 f"at most {MAX_PROMPT_CHARS} are allowed")
         if not text:
-            raise RenderFailure("the rendered prompt is empty")
+            raise RenderError("the rendered prompt is empty")
         return text
 
 
@@ -201,17 +204,17 @@ def base_context(
 
 def render_steps(
     steps: Sequence[StepTemplate], context: Mapping[str, Any]
-) -> list[str | RenderFailure]:
+) -> list[str | RenderError]:
     """Render each step's prompt in order; ``steps.<id>`` shows the earlier steps' results.
 
     A failed step is seen by later steps with an empty prompt, so one mistake is reported once.
     """
     earlier: dict[str, dict[str, Any]] = {}
-    results: list[str | RenderFailure] = []
+    results: list[str | RenderError] = []
     for step in steps:
         try:
             text = step.prompt.render({**context, "steps": dict(earlier)})
-        except RenderFailure as failure:
+        except RenderError as failure:
             results.append(failure)
             text = ""
         else:

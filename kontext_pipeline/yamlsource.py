@@ -126,16 +126,17 @@ class _Builder:
                 self.problem(key_node, "keys must be plain text, not lists or mappings")
                 continue
             key = str(key_node.value)
+            key_path = (*path, key)
             if key in result:
-                first = self.document.keys[(*path, key)]
+                first = self.document.keys[key_path]
                 self.problem(
                     key_node,
                     f"duplicate key '{key}' (first defined at line {first.line}); "
                     "remove one of them",
                 )
                 continue
-            self.document.keys[(*path, key)] = Position.of(key_node)
-            result[key] = self.build(value_node, (*path, key), depth + 1)
+            self.document.keys[key_path] = Position.of(key_node)
+            result[key] = self.build(value_node, key_path, depth + 1)
         for key, value in merged.items():
             result.setdefault(key, value)
         return result
@@ -166,25 +167,11 @@ def parse_yaml(text: str, file: str) -> tuple[Document | None, list[Problem]]:
     """Parse one YAML document. Returns the document (None if unusable) and the problems."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_SOURCE_BYTES:
-        return None, [
-            Problem(
-                file, 1, 1,
-                f"the recipe is {size} bytes; recipes are limited to {MAX_SOURCE_BYTES} bytes",
-            )
-        ]
+        message = f"the recipe is {size} bytes; recipes are limited to {MAX_SOURCE_BYTES} bytes"
+        return None, [Problem(file, 1, 1, message)]
     loader = yaml.SafeLoader(text)
     try:
-        node = _single_node(loader, file)
-        if isinstance(node, list):
-            return None, node
-        builder = _Builder(file, loader)
-        try:
-            builder.document.data = builder.build(node, (), 0)
-        except _TooLargeError as exc:
-            return None, [_at(file, exc.node, _too_large())]
-        except _TooDeepError as exc:
-            return None, [_at(file, exc.node, f"nesting deeper than {MAX_DEPTH} levels")]
-        return builder.document, builder.problems
+        return _compose_and_build(loader, file)
     except yaml.MarkedYAMLError as exc:
         return None, [_syntax_problem(file, exc)]
     except yaml.YAMLError as exc:  # a reader error: bad characters, no position beyond the text
@@ -193,6 +180,21 @@ def parse_yaml(text: str, file: str) -> tuple[Document | None, list[Problem]]:
         return None, [Problem(file, 1, 1, f"nesting deeper than {MAX_DEPTH} levels")]
     finally:
         loader.dispose()
+
+
+def _compose_and_build(loader: yaml.SafeLoader, file: str) -> tuple[Document | None,
+                                                                    list[Problem]]:
+    node = _single_node(loader, file)
+    if isinstance(node, list):
+        return None, node
+    builder = _Builder(file, loader)
+    try:
+        builder.document.data = builder.build(node, (), 0)
+    except _TooLargeError as exc:
+        return None, [_at(file, exc.node, _too_large())]
+    except _TooDeepError as exc:
+        return None, [_at(file, exc.node, f"nesting deeper than {MAX_DEPTH} levels")]
+    return builder.document, builder.problems
 
 
 def _single_node(loader: yaml.SafeLoader, file: str) -> yaml.Node | list[Problem]:
