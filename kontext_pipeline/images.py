@@ -52,7 +52,7 @@ def inspect_image(path: Path) -> ImageInfo:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise ImageCheckError("file not found") from None
+        raise ImageCheckError("does not exist") from None
     except OSError as exc:
         raise ImageCheckError(f"cannot be read ({exc.strerror})") from exc
     if size > MAX_INPUT_BYTES:
@@ -76,7 +76,7 @@ def inspect_image(path: Path) -> ImageInfo:
     except UnidentifiedImageError:
         raise ImageCheckError("is not an image file that can be decoded") from None
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's words for truncated or corrupt
-        raise ImageCheckError(f"is a damaged image ({exc})") from exc
+        raise ImageCheckError(f"is a damaged or incomplete image ({exc})") from exc
 
 
 def sha256_file(path: Path) -> str:

@@ -173,8 +173,9 @@ def _compile(data: Mapping[str, Any], findings: Findings,
         seed = step.get("seed")
         seed = seed if isinstance(seed, int) else derive_seed(base_seed, step["id"])
         model = step.get("model") if isinstance(step.get("model"), str) else default_model
-        steps.append(_StepInfo(index, step["id"], prompt, seed, str(model),
-                               usable=isinstance(source, str)))
+        usable = isinstance(source, str) and not findings.has_errors_under(
+            ("steps", index, "prompt"))
+        steps.append(_StepInfo(index, step["id"], prompt, seed, str(model), usable=usable))
     return steps
 
 

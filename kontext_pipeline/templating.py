@@ -8,6 +8,7 @@ with guards against arithmetic that would exhaust memory or time.
 from __future__ import annotations
 
 import functools
+import re
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -153,7 +154,7 @@ class Prompt:
             raise RenderError(f"refused by the template sandbox: {exc}",
                                 _template_line(exc)) from exc
         except jinja2.UndefinedError as exc:
-            raise RenderError(str(exc), _template_line(exc)) from exc
+            raise RenderError(_undefined_message(str(exc)), _template_line(exc)) from exc
         except Exception as exc:  # templates are user code: any failure is the template's
             raise RenderError(f"{type(exc).__name__}: {exc}", _template_line(exc)) from exc
         text = text.strip()
@@ -221,6 +222,22 @@ def render_steps(
             results.append(text)
         earlier[step.id] = {"prompt": text, "seed": step.seed, "model": step.model}
     return results
+
+
+_UNDEFINED_NAME = re.compile(r"^'(?P<name>[^']+)' is undefined$")
+_MISSING_ATTRIBUTE = re.compile(r"^'(?P<owner>[^']+)' has no attribute '(?P<name>[^']+)'$")
+_OWNERS = {"dict object": "a mapping", "str object": "text", "list object": "a list",
+           "int object": "a number", "float object": "a number"}
+
+
+def _undefined_message(message: str) -> str:
+    """Jinja's words for an undefined value, said the way the rest of validation says them."""
+    if match := _UNDEFINED_NAME.match(message):
+        return f"undefined variable '{match['name']}'"
+    if match := _MISSING_ATTRIBUTE.match(message):
+        owner = _OWNERS.get(match["owner"], match["owner"])
+        return f"{owner} has no attribute or key '{match['name']}'"
+    return message
 
 
 def _template_line(exc: BaseException) -> int | None:

@@ -101,21 +101,22 @@ class _Builder:
             return self.mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
             if node.tag != f"{_TAG}seq":
-                self.problem(node, f"YAML tag {node.tag!r} is not allowed in a recipe")
+                self.problem(node, f"YAML tag '{_short(node.tag)}' is not allowed in a recipe")
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         return self.scalar(node)
 
     def scalar(self, node: yaml.Node) -> Any:
-        if node.tag == _TIMESTAMP:
-            return node.value  # keep dates as the text written; no field wants a datetime
-        if node.tag not in _SCALAR_TAGS:
-            self.problem(node, f"YAML tag {node.tag!r} is not allowed in a recipe")
-            return None
+        text = str(node.value)
+        if node.tag not in _SCALAR_TAGS and node.tag != _TIMESTAMP:
+            self.problem(node, f"YAML tag '{_short(node.tag)}' is not allowed in a recipe")
+            return text
+        if node.tag == _TIMESTAMP or _is_yaml11_only(node.tag, text):
+            return text
         return self.loader.construct_object(node)
 
     def mapping(self, node: yaml.MappingNode, path: JsonPath, depth: int) -> dict[str, Any]:
         if node.tag != f"{_TAG}map":
-            self.problem(node, f"YAML tag {node.tag!r} is not allowed in a recipe")
+            self.problem(node, f"YAML tag '{_short(node.tag)}' is not allowed in a recipe")
         result: dict[str, Any] = {}
         merged: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -153,6 +154,18 @@ class _Builder:
         return merged
 
 
+def _is_yaml11_only(tag: str, text: str) -> bool:
+    """Scalars that YAML 1.1 reads as numbers or booleans but YAML 1.2 reads as text: an
+    unquoted ``16:9`` (base-60 number), ``yes``/``no``/``on``/``off``. They stay text."""
+    if tag == f"{_TAG}bool":
+        return text.lower() not in ("true", "false")
+    return tag in (f"{_TAG}int", f"{_TAG}float") and ":" in text
+
+
+def _short(tag: str) -> str:
+    return "!!" + tag.removeprefix(_TAG) if tag.startswith(_TAG) else tag
+
+
 class _TooLargeError(Exception):
     def __init__(self, node: yaml.Node) -> None:
         self.node = node
@@ -169,17 +182,31 @@ def parse_yaml(text: str, file: str) -> tuple[Document | None, list[Problem]]:
     if size > MAX_SOURCE_BYTES:
         message = f"the recipe is {size} bytes; recipes are limited to {MAX_SOURCE_BYTES} bytes"
         return None, [Problem(file, 1, 1, message)]
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        return None, [_reader_problem(file, text, exc)]
     try:
         return _compose_and_build(loader, file)
+    except yaml.reader.ReaderError as exc:
+        return None, [_reader_problem(file, text, exc)]
     except yaml.MarkedYAMLError as exc:
         return None, [_syntax_problem(file, exc)]
-    except yaml.YAMLError as exc:  # a reader error: bad characters, no position beyond the text
+    except yaml.YAMLError as exc:  # PyYAML's other errors carry no position
         return None, [Problem(file, 1, 1, f"not readable as YAML: {exc}")]
     except RecursionError:
         return None, [Problem(file, 1, 1, f"nesting deeper than {MAX_DEPTH} levels")]
     finally:
         loader.dispose()
+
+
+def _reader_problem(file: str, text: str, exc: yaml.reader.ReaderError) -> Problem:
+    """A character YAML does not allow (control characters and the like)."""
+    before = text[: exc.position]
+    line = before.count("\n") + 1
+    column = exc.position - (before.rfind("\n") + 1) + 1
+    return Problem(file, line, column,
+                   f"character U+{exc.character:04X} is not allowed in YAML; remove it")
 
 
 def _compose_and_build(loader: yaml.SafeLoader, file: str) -> tuple[Document | None,
@@ -226,5 +253,10 @@ def _syntax_problem(file: str, exc: yaml.MarkedYAMLError) -> Problem:
         return Problem(file, line, column, "a recipe holds one YAML document; remove the '---'")
     problem = exc.problem or "invalid YAML"
     context = f" ({exc.context})" if exc.context else ""
+    start = exc.context_mark
+    if exc.context and start is not None and exc.problem_mark is not None \
+            and start.line != exc.problem_mark.line:
+        context = f" ({exc.context} that starts at line {start.line + 1}, " \
+                  f"column {start.column + 1})"
     return Problem(file, line, column, f"YAML syntax error: {problem}{context}")
 

@@ -1,0 +1,157 @@
+"""The sandboxed template environment: strict, immutable, bounded, and blind to secrets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kontext_pipeline.templating import (
+    MAX_PROMPT_CHARS,
+    Prompt,
+    RenderError,
+    StepTemplate,
+    VariantContext,
+    base_context,
+    is_secret_name,
+    render_steps,
+    template_environ,
+)
+
+
+def render(source: str, **context: Any) -> str:
+    return Prompt(source).render(context)
+
+
+def render_error(source: str, **context: Any) -> RenderError:
+    with pytest.raises(RenderError) as caught:
+        render(source, **context)
+    return caught.value
+
+
+def test_renders_and_strips() -> None:
+    assert render("  Make it {{ color | upper }}\n", color="blue") == "Make it BLUE"
+
+
+def test_undefined_name_is_an_error_not_an_empty_string() -> None:
+    error = render_error("Make it\n{{ colour }}", color="blue")
+    assert error.message == "undefined variable 'colour'"
+    assert error.line == 2
+
+
+def test_missing_attribute_is_worded_plainly() -> None:
+    error = render_error("{{ steps.first.prompt }}", steps={})
+    assert error.message == "a mapping has no attribute or key 'first'"
+
+
+@pytest.mark.parametrize("source", [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{{ lipsum.__globals__['os'] }}",
+    "{{ namespace.__init__.__globals__ }}",
+])
+def test_python_internals_are_refused(source: str) -> None:
+    error = render_error(source)
+    assert error.message.startswith("refused by the template sandbox: access to attribute ")
+    assert error.message.endswith(" is unsafe.")
+
+
+def test_context_cannot_be_mutated() -> None:
+    items = ["a"]
+    error = render_error("{{ items.append('b') }}", items=items)
+    assert error.message.startswith("refused by the template sandbox: ")
+    assert items == ["a"]
+
+
+def test_huge_exponent_is_refused() -> None:
+    error = render_error("{{ 9 ** 99999999 }}")
+    assert error.message == ("refused by the template sandbox: exponent 99999999 is too large "
+                             "(at most 64)")
+
+
+def test_huge_repetition_is_refused_both_ways() -> None:
+    for source in ("{{ 'ab' * 10000000 }}", "{{ 10000000 * 'ab' }}"):
+        assert render_error(source).message == (
+            "refused by the template sandbox: repeating a value 10000000 times is too much "
+            "(at most 10000)")
+
+
+def test_small_arithmetic_still_works() -> None:
+    assert render("{{ 2 ** 10 }} {{ 'ab' * 3 }} {{ 6 * 7 }}") == "1024 ababab 42"
+
+
+def test_overlong_prompt_is_refused() -> None:
+    error = render_error("{% for i in range(3000) %}word {% endfor %}")
+    assert error.message == (f"the rendered prompt is 14999 characters long; at most "
+                             f"{MAX_PROMPT_CHARS} are allowed")
+
+
+def test_empty_prompt_is_refused() -> None:
+    assert render_error("{{ '' }}  ").message == "the rendered prompt is empty"
+
+
+def test_runtime_exceptions_become_render_errors_with_their_line() -> None:
+    error = render_error("one\ntwo {{ 1 / n }}", n=0)
+    assert error.message == "ZeroDivisionError: division by zero"
+    assert error.line == 2
+
+
+def test_syntax_errors_carry_the_line() -> None:
+    with pytest.raises(RenderError) as caught:
+        Prompt("fine\n{% if x %}never closed")
+    assert caught.value.message == ("template syntax error: Unexpected end of template. Jinja "
+                                    "was looking for the following tags: 'elif' or 'else' or "
+                                    "'endif'. The innermost block that needs to be closed is "
+                                    "'if'.")
+    assert caught.value.line == 2
+
+
+def test_names_and_attributes_are_found_statically() -> None:
+    prompt = Prompt("{% set local = 1 %}{{ color }}\n{{ steps.first.prompt }} {{ inputs['car'] }}"
+                    " {{ local }} {{ env.HOME }}")
+    assert [(n.name, n.line) for n in prompt.names()] == [
+        ("color", 1), ("steps", 2), ("inputs", 2), ("env", 2)]
+    assert [(n.name, n.line) for n in prompt.attributes("steps")] == [("first", 2)]
+    assert [n.name for n in prompt.attributes("inputs")] == ["car"]
+    assert [n.name for n in prompt.attributes("env")] == ["HOME"]
+
+
+@pytest.mark.parametrize(("name", "secret"), [
+    ("BFL_API_KEY", True), ("GITHUB_TOKEN", True), ("aws_secret_access_key", True),
+    ("DB_PASSWORD", True), ("HOME", False), ("USER", False), ("BRAND_COLOR", False),
+])
+def test_secret_names(name: str, secret: bool) -> None:
+    assert is_secret_name(name) is secret
+
+
+def test_templates_never_see_secrets() -> None:
+    env = template_environ({"BFL_API_KEY": "bfl_secret", "BRAND": "acme"})
+    assert env == {"BRAND": "acme"}
+
+
+def test_render_steps_shows_earlier_steps_and_matrix_overrides_vars() -> None:
+    steps = [
+        StepTemplate("first", Prompt("Paint it {{ color }}"), 11, "flux-kontext-pro"),
+        StepTemplate("second", Prompt("After '{{ steps.first.prompt }}' (seed "
+                                      "{{ steps.first.seed }}) in {{ variant.id }}"),
+                     12, "flux-kontext-max"),
+    ]
+    context = base_context(variables={"color": "red"},
+                           variant=VariantContext("color=blue", {"color": "blue"}),
+                           pipeline={"name": "p"}, inputs={}, env={})
+    assert render_steps(steps, context) == [
+        "Paint it blue",
+        "After 'Paint it blue' (seed 11) in color=blue",
+    ]
+
+
+def test_a_failed_step_is_seen_empty_by_later_steps() -> None:
+    steps = [
+        StepTemplate("first", Prompt("{{ missing }}"), 1, "flux-kontext-pro"),
+        StepTemplate("second", Prompt("x{{ steps.first.prompt }}"), 2, "flux-kontext-pro"),
+    ]
+    context = base_context(variables={}, variant=VariantContext("default", {}), pipeline={},
+                           inputs={}, env={})
+    first, second = render_steps(steps, context)
+    assert isinstance(first, RenderError)
+    assert second == "x"

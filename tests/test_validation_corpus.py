@@ -1,0 +1,287 @@
+"""Every invalid recipe under tests/recipes/invalid is refused with exit 2 and exact messages.
+
+Each case pins the whole of stderr: the problems, in source order, each as FILE:LINE:COL, and the
+closing count. No case may produce a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import INVALID, RunCli
+
+CASES: dict[str, list[str]] = {
+    'aspect-ratio-range': [
+        "4:17: defaults.aspect_ratio: '32:9' is outside the API's range of aspect ratios, from 21:9 to 9:21",
+    ],
+    'aspect-ratio-shape': [
+        '6:19: steps[0] (id: edit): aspect_ratio: "16x9" is not a ratio such as "16:9"',
+    ],
+    'bad-indentation': [
+        '5:12: YAML syntax error: mapping values are not allowed here',
+    ],
+    'bad-name': [
+        '2:7: name: "Spring Poster" is not a slug of lower-case letters, digits, \'-\', \'_\' and \'.\', starting with a letter or digit',
+    ],
+    'bad-step-id': [
+        '4:9: steps[0] (id: 2nd step): id: "2nd step" is not a name of letters, digits, \'_\' and \'-\', starting with a letter or \'_\'',
+    ],
+    'billion-laughs': [
+        '4:40: the recipe expands to more than 100000 values (are YAML aliases repeating a large anchor?)',
+    ],
+    'custom-tag': [
+        "4:10: YAML tag '!color' is not allowed in a recipe",
+    ],
+    'deep-nesting': [
+        '4:58: nesting deeper than 50 levels',
+    ],
+    'defaults-seed': [
+        "4:3: defaults: unknown key 'seed'; set the base seed at the top level of the recipe or in a step",
+        "5:3: defaults: unknown key 'model'; set the model at the top level of the recipe or in a step",
+    ],
+    'duplicate-key': [
+        "3:1: duplicate key 'name' (first defined at line 2); remove one of them",
+    ],
+    'duplicate-step-id': [
+        "6:9: steps[1] (id: edit): id: duplicate step id 'edit' (steps[0] has it too); step ids must be unique",
+    ],
+    'duplicate-step-key': [
+        "6:5: duplicate key 'prompt' (first defined at line 5); remove one of them",
+    ],
+    'empty-prompt': [
+        '5:13: steps[0] (id: edit): prompt: must not be empty',
+    ],
+    'empty-steps': [
+        '3:8: steps: must not be empty',
+    ],
+    'empty': [
+        "1:1: the recipe is empty; start with 'version: 1'",
+    ],
+    'image-forward-reference': [
+        "5:12: steps[0] (id: first): image: 'second' is a later step (steps[1]); a step can use only inputs and earlier steps",
+    ],
+    'image-listed-twice': [
+        '7:12: steps[0] (id: edit): image: lists the same image twice',
+    ],
+    'image-self-reference': [
+        "5:12: steps[0] (id: first): image: 'first' is this step itself; a step can use only inputs and earlier steps",
+    ],
+    'image-too-many': [
+        '10:12: steps[1] (id: two): image: has 5 items; at most 4 are allowed',
+        '10:12: steps[1] (id: two): image: lists the same image twice',
+    ],
+    'image-unknown': [
+        "4:3: warning: inputs: input 'photo' is not used by any step",
+        "7:12: steps[0] (id: edit): image: unknown image 'phot' (did you mean 'photo'?); expected an input name or an earlier step id",
+    ],
+    'image-wrong-type': [
+        '5:12: steps[0] (id: edit): image: expected an image name or a list of 1 to 4 image names, got 5',
+    ],
+    'input-absolute-path': [
+        "4:10: inputs.photo: '/etc/passwd' must be a path relative to the recipe file",
+    ],
+    'input-bad-name': [
+        "4:3: inputs: 'my photo' is not a name of letters, digits, '_' and '-', starting with a letter or '_'",
+        "4:3: warning: inputs: input 'my photo' is not used by any step",
+    ],
+    'input-directory': [
+        "4:10: inputs.photo: 'images/folder' is a directory, not an image file",
+    ],
+    'input-escapes-directory': [
+        "4:10: inputs.photo: '../../../pipelines/images/logo.png' leads outside the recipe's directory; keep input images beside the recipe or below it",
+    ],
+    'input-missing-file': [
+        "4:10: inputs.photo: 'images/missing.png' does not exist",
+    ],
+    'input-not-an-image': [
+        "4:10: inputs.photo: 'images/notes.txt' is not an image file that can be decoded",
+    ],
+    'input-too-many-pixels': [
+        "4:10: inputs.photo: 'images/huge.png' is 24.0 megapixels (6000×4000); the API accepts at most 20 megapixels",
+    ],
+    'input-truncated': [
+        "4:10: inputs.photo: 'images/truncated.jpg' is a damaged or incomplete image (image file is truncated (0 bytes not processed))",
+    ],
+    'many-problems': [
+        '2:7: name: "Many Problems" is not a slug of lower-case letters, digits, \'-\', \'_\' and \'.\', starting with a letter or digit',
+        '3:8: model: "flux-kontext-maxx" is not a valid model (did you mean \'flux-kontext-max\'?); expected one of \'flux-kontext-pro\', \'flux-kontext-max\'',
+        "6:12: steps[0] (id: recolor): image: unknown image 'car'; expected an input name or an earlier step id",
+        "7:13: steps[0] (id: recolor): prompt: undefined variable 'colr'",
+        '8:11: steps[0] (id: recolor): seed: -5 is below the minimum of 0',
+        "9:5: steps[1] (id: recolor): missing required key 'prompt'",
+        "9:9: steps[1] (id: recolor): id: duplicate step id 'recolor' (steps[0] has it too); step ids must be unique",
+        "10:5: steps[1] (id: recolor): unknown key 'promt' (did you mean 'prompt'?)",
+    ],
+    'matrix-duplicate-variant': [
+        "4:3: matrix: the matrix produces variant 'color=red' twice",
+    ],
+    'matrix-everything-excluded': [
+        '4:3: matrix: the matrix leaves no variant: every combination is excluded',
+    ],
+    'matrix-exclude-unknown-key': [
+        "6:7: matrix.exclude[0]: 'colour' is not a matrix key (did you mean 'color'?)",
+    ],
+    'matrix-not-a-list': [
+        '4:10: matrix.color: expected a list of values, got "red"',
+    ],
+    'missing-prompt': [
+        "4:5: steps[0] (id: edit): missing required key 'prompt'",
+    ],
+    'missing-steps': [
+        "1:1: missing required key 'steps'",
+    ],
+    'missing-version': [
+        "1:1: missing required key 'version'",
+    ],
+    'misspelt-step-key': [
+        "4:5: steps[0] (id: edit): missing required key 'prompt'",
+        "5:5: steps[0] (id: edit): unknown key 'promt' (did you mean 'prompt'?)",
+    ],
+    'misspelt-top-key': [
+        "1:1: missing required key 'steps'",
+        "3:1: unknown key 'stpes' (did you mean 'steps'?)",
+    ],
+    'not-a-mapping': [
+        '1:1: the recipe must be a mapping of keys to values, not a list',
+    ],
+    'not-utf8': [
+        '3:17: the recipe is not UTF-8 text',
+    ],
+    'output-format-jpg': [
+        '4:18: defaults.output_format: "jpg" is not a valid output_format (did you mean \'jpeg\'?); expected one of \'png\', \'jpeg\'',
+    ],
+    'output-unknown-step': [
+        "7:11: outputs.poster: unknown step 'edti' (did you mean 'edit'?)",
+    ],
+    'output-unsafe-name': [
+        "7:3: outputs: '../poster' is not a file name of letters, digits, '.', '_' and '-', starting with a letter or digit",
+    ],
+    'prompt-upsampling-text': [
+        '6:24: steps[0] (id: edit): prompt_upsampling: expected true or false, got "yes"',
+    ],
+    'python-tag': [
+        "3:14: YAML tag '!!python/object/apply:os.system' is not allowed in a recipe",
+        '3:14: description: expected text, got a list',
+    ],
+    'reserved-var-name': [
+        "4:3: vars: 'env' is reserved for the template context; choose another name",
+    ],
+    'safety-tolerance-range': [
+        '6:23: steps[0] (id: edit): safety_tolerance: 7 is above the maximum of 6',
+    ],
+    'sandbox-escape': [
+        "5:13: steps[0] (id: edit): prompt: refused by the template sandbox: access to attribute '__class__' of 'str' object is unsafe.",
+    ],
+    'sandbox-huge-power': [
+        '5:13: steps[0] (id: edit): prompt: refused by the template sandbox: exponent 999999 is too large (at most 64)',
+    ],
+    'scalar-document': [
+        '1:1: the recipe must be a mapping of keys to values, not a single value',
+    ],
+    'seed-float': [
+        '6:11: steps[0] (id: edit): seed: expected an integer, got 1.5',
+    ],
+    'seed-negative': [
+        '3:7: seed: -1 is below the minimum of 0',
+    ],
+    'seed-text': [
+        '6:11: steps[0] (id: edit): seed: expected an integer, got "lucky"',
+    ],
+    'step-id-is-input': [
+        "6:9: steps[0] (id: photo): id: step id 'photo' is also an input name; rename one so that `image` is unambiguous",
+    ],
+    'step-not-a-mapping': [
+        '4:5: steps[0]: expected a mapping, got "Make it blue"',
+    ],
+    'step-unknown-model': [
+        '6:12: steps[0] (id: edit): model: "flux-dev" is not a valid model; expected one of \'flux-kontext-pro\', \'flux-kontext-max\'',
+    ],
+    'syntax-error': [
+        "6:1: YAML syntax error: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence that starts at line 5, column 13)",
+    ],
+    'template-division-by-zero': [
+        '7:13: steps[0] (id: edit): prompt: ZeroDivisionError: division by zero',
+    ],
+    'template-later-step': [
+        '5:13: steps[0] (id: first): prompt: steps.second is this step or a later one; a prompt can use only earlier steps',
+    ],
+    'template-missing-env': [
+        "5:13: steps[0] (id: edit): prompt: environment variable 'KONTEXT_TEST_NEVER_SET' is not set",
+    ],
+    'template-renders-empty': [
+        '7:13: steps[0] (id: edit): prompt: the rendered prompt is empty',
+    ],
+    'template-secret-env': [
+        "5:13: steps[0] (id: edit): prompt: environment variable 'BFL_API_KEY' looks like a secret; templates cannot read secrets",
+    ],
+    'template-syntax-error': [
+        "5:13: steps[0] (id: edit): prompt: template syntax error: unexpected end of template, expected 'end of print statement'.",
+    ],
+    'template-unknown-input': [
+        "8:13: steps[0] (id: edit): prompt: inputs.phot is not an input (did you mean 'photo'?)",
+    ],
+    'template-variant-only': [
+        "10:13: steps[0] (id: edit): prompt: undefined variable 'shade' (variant color=blue)",
+    ],
+    'two-documents': [
+        "6:1: a recipe holds one YAML document; remove the '---'",
+    ],
+    'undefined-variable-block': [
+        "9:7: steps[0] (id: edit): prompt: undefined variable 'sky'",
+    ],
+    'undefined-variable': [
+        "7:13: steps[0] (id: edit): prompt: undefined variable 'colour' (did you mean 'color'?)",
+    ],
+    'unknown-model': [
+        '3:8: model: "flux-kontext-pr" is not a valid model (did you mean \'flux-kontext-pro\'?); expected one of \'flux-kontext-pro\', \'flux-kontext-max\'',
+    ],
+    'var-null-value': [
+        '4:9: vars.color: expected a string, number, boolean, list or mapping, got nothing',
+    ],
+    'wrong-version': [
+        '1:10: version: unsupported version 2; this kontext-pipeline reads version 1',
+    ],
+}
+
+
+def test_every_file_in_the_corpus_has_a_case() -> None:
+    files = {path.stem for path in INVALID.glob("*.yaml")}
+    assert files == set(CASES)
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_invalid_recipe_is_refused_with_exact_messages(
+    name: str, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(INVALID)
+    monkeypatch.delenv("KONTEXT_TEST_NEVER_SET", raising=False)
+    result = run_cli("validate", f"{name}.yaml")
+    errors = [line for line in CASES[name] if " warning: " not in line]
+    noun = "problem" if len(errors) == 1 else "problems"
+    expected = [f"{name}.yaml:{line}" for line in CASES[name]]
+    expected.append(f"kontext-pipeline: {len(errors)} {noun} in {name}.yaml")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == expected
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+
+
+def test_all_problems_of_several_recipes_are_reported_together(
+    run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(INVALID)
+    result = run_cli("validate", "seed-negative.yaml", str(Path("..", "..", "..", "pipelines",
+                                                                  "poster-chain.yaml")),
+                     "wrong-version.yaml")
+    assert result.exit_code == 2
+    assert result.stdout == "../../../pipelines/poster-chain.yaml: ok (3 steps, 1 variant, " \
+                            "3 tasks)\n"
+    assert result.stderr.splitlines() == [
+        "seed-negative.yaml:3:7: seed: -1 is below the minimum of 0",
+        "wrong-version.yaml:1:10: version: unsupported version 2; this kontext-pipeline reads "
+        "version 1",
+        "kontext-pipeline: 2 problems in seed-negative.yaml, wrong-version.yaml",
+    ]

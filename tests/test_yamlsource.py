@@ -1,0 +1,108 @@
+"""YAML loading: positions, safety, YAML 1.2-style scalars, bounded expansion."""
+
+from __future__ import annotations
+
+import textwrap
+
+from kontext_pipeline.yamlsource import MAX_SOURCE_BYTES, Position, parse_yaml
+
+
+def parse(text: str) -> tuple[object, list[str]]:
+    document, problems = parse_yaml(textwrap.dedent(text).lstrip(), "r.yaml")
+    return (document.data if document else None), [p.format() for p in problems]
+
+
+def test_positions_of_keys_and_values() -> None:
+    document, problems = parse_yaml("a: 1\nsteps:\n  - id: x\n    prompt: 'hi'\n", "r.yaml")
+    assert problems == []
+    assert document is not None
+    assert document.key_position(("steps",)) == Position(2, 1)
+    assert document.value_position(("steps", 0)) == Position(3, 5)
+    assert document.key_position(("steps", 0, "prompt")) == Position(4, 5)
+    assert document.value_position(("steps", 0, "prompt")) == Position(4, 13, "'")
+    # unknown paths fall back to the nearest enclosing value
+    assert document.value_position(("steps", 0, "nope", 3)) == Position(3, 5)
+
+
+def test_yaml_1_1_surprises_stay_text() -> None:
+    data, problems = parse("""
+        ratio: 16:9
+        answer: no
+        switch: on
+        flag: true
+        other: False
+        when: 2024-05-01
+        count: 3
+        share: 0.5
+    """)
+    assert problems == []
+    assert data == {"ratio": "16:9", "answer": "no", "switch": "on", "flag": True,
+                    "other": False, "when": "2024-05-01", "count": 3, "share": 0.5}
+
+
+def test_anchors_aliases_and_merge_keys_work() -> None:
+    data, problems = parse("""
+        base: &base {model: flux-kontext-max, seed: 3}
+        step:
+          <<: *base
+          seed: 4
+        list: [*base]
+    """)
+    assert problems == []
+    assert data == {
+        "base": {"model": "flux-kontext-max", "seed": 3},
+        "step": {"model": "flux-kontext-max", "seed": 4},
+        "list": [{"model": "flux-kontext-max", "seed": 3}],
+    }
+
+
+def test_every_duplicate_key_is_reported() -> None:
+    data, problems = parse("""
+        a: 1
+        a: 2
+        b: {c: 1, c: 2}
+    """)
+    assert data == {"a": 1, "b": {"c": 1}}
+    assert problems == [
+        "r.yaml:2:1: duplicate key 'a' (first defined at line 1); remove one of them",
+        "r.yaml:3:11: duplicate key 'c' (first defined at line 3); remove one of them",
+    ]
+
+
+def test_complex_keys_are_refused() -> None:
+    _, problems = parse("? [a, b]\n: 1\n")
+    assert problems == ["r.yaml:1:3: keys must be plain text, not lists or mappings"]
+
+
+def test_sets_and_binary_are_refused() -> None:
+    _, problems = parse("""
+        s: !!set {a, b}
+        b: !!binary aGVsbG8=
+    """)
+    assert problems == [
+        "r.yaml:1:4: YAML tag '!!set' is not allowed in a recipe",
+        "r.yaml:2:4: YAML tag '!!binary' is not allowed in a recipe",
+    ]
+
+
+def test_oversized_source_is_refused_before_parsing() -> None:
+    text = "a: '" + "x" * MAX_SOURCE_BYTES + "'\n"
+    document, problems = parse_yaml(text, "r.yaml")
+    assert document is None
+    assert [p.format() for p in problems] == [
+        f"r.yaml:1:1: the recipe is {len(text)} bytes; recipes are limited to "
+        f"{MAX_SOURCE_BYTES} bytes"]
+
+
+def test_deep_block_nesting_is_refused_not_a_crash() -> None:
+    text = "".join(f"{'  ' * i}k{i}:\n" for i in range(200)) + "  " * 200 + "end: 1\n"
+    document, problems = parse_yaml(text, "r.yaml")
+    assert document is None
+    assert [p.message for p in problems] == ["nesting deeper than 50 levels"]
+
+
+def test_control_characters_are_placed_and_named() -> None:
+    document, problems = parse_yaml("a: 1\nb: x\x07y\n", "r.yaml")
+    assert document is None
+    assert [p.format() for p in problems] == [
+        "r.yaml:2:5: character U+0007 is not allowed in YAML; remove it"]
