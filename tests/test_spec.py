@@ -114,7 +114,7 @@ def test_warnings_do_not_fail_validation(write_recipe: WriteRecipe) -> None:
         "warn.yaml:3:30: warning: defaults.safety_tolerance: the API applies at most 2 to a "
         "step with an input image (steps[1])",
         "warn.yaml:4:28: warning: inputs: input 'unused' is not used by any step",
-        "warn.yaml:8:44: warning: steps[2] (id: c): safety_tolerance: the API applies at most 2 "
+        "warn.yaml:8:46: warning: steps[2] (id: c): safety_tolerance: the API applies at most 2 "
         "to a step with an input image",
     ]
 
