@@ -5,13 +5,22 @@ The library behind the ``kontext-pipeline`` command::
     from kontext_pipeline import build_plan, load_spec
 
     spec = load_spec("pipelines/poster-chain.yaml")
-    plan = build_plan(spec, overrides={"color": "blue"})
+    plan = build_plan(spec, overrides={"color": "green"})
+
+Names are imported on first use, so that ``import kontext_pipeline`` (and the command line's
+``--help``) stays fast.
 """
 
-from kontext_pipeline.diagnostics import Problem
-from kontext_pipeline.errors import KontextError, SpecError, TemplateError, UsageError
-from kontext_pipeline.plan import Plan, Task, build_plan
-from kontext_pipeline.spec import Spec, Step, load_spec
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kontext_pipeline.diagnostics import Problem
+    from kontext_pipeline.errors import KontextError, SpecError, TemplateError, UsageError
+    from kontext_pipeline.plan import Plan, Task, build_plan
+    from kontext_pipeline.spec import Spec, Step, load_spec
 
 __all__ = [
     "KontextError",
@@ -26,3 +35,30 @@ __all__ = [
     "build_plan",
     "load_spec",
 ]
+
+_HOMES = {
+    "Problem": "diagnostics",
+    "KontextError": "errors",
+    "SpecError": "errors",
+    "TemplateError": "errors",
+    "UsageError": "errors",
+    "Plan": "plan",
+    "Task": "plan",
+    "build_plan": "plan",
+    "Spec": "spec",
+    "Step": "spec",
+    "load_spec": "spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'kontext_pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"kontext_pipeline.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

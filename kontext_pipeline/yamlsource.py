@@ -182,11 +182,9 @@ def parse_yaml(text: str, file: str) -> tuple[Document | None, list[Problem]]:
     if size > MAX_SOURCE_BYTES:
         message = f"the recipe is {size} bytes; recipes are limited to {MAX_SOURCE_BYTES} bytes"
         return None, [Problem(file, 1, 1, message)]
+    loader: yaml.SafeLoader | None = None
     try:
-        loader = yaml.SafeLoader(text)
-    except yaml.reader.ReaderError as exc:
-        return None, [_reader_problem(file, text, exc)]
-    try:
+        loader = yaml.SafeLoader(text)  # checks every character at once
         return _compose_and_build(loader, file)
     except yaml.reader.ReaderError as exc:
         return None, [_reader_problem(file, text, exc)]
@@ -197,7 +195,8 @@ def parse_yaml(text: str, file: str) -> tuple[Document | None, list[Problem]]:
     except RecursionError:
         return None, [Problem(file, 1, 1, f"nesting deeper than {MAX_DEPTH} levels")]
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _reader_problem(file: str, text: str, exc: yaml.reader.ReaderError) -> Problem:
