@@ -157,3 +157,10 @@ def test_public_api_is_complete_and_lazy() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout == "True\n"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("# 2. set up, then run the tests\n", 1)[1].split("\n", 1)[0]
+    assert block.endswith(".venv/bin/python -m pytest")
+    assert block in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
