@@ -11,8 +11,18 @@ from collections.abc import Sequence
 from kontext_pipeline.diagnostics import Problem
 
 __all__ = [
+    "AmbiguousSubmitError",
+    "AuthenticationError",
+    "InvalidResultError",
     "KontextError",
+    "ModerationError",
+    "OutOfCreditsError",
+    "ProviderError",
+    "ProviderTimeoutError",
+    "ProviderUnavailableError",
+    "RequestRejectedError",
     "SpecError",
+    "TaskFailedError",
     "TemplateError",
     "UsageError",
 ]
@@ -36,3 +46,77 @@ class SpecError(KontextError):
 
 class TemplateError(SpecError):
     """A prompt template failed to render (an undefined name, a sandbox refusal, a bad filter)."""
+
+
+class ProviderError(KontextError):
+    """A request to the image provider failed (exit code 1).
+
+    ``retryable``: trying the same request again later may succeed (the executor does not retry
+    on its own; the provider already did within its policy). ``stops_run``: no further request
+    can succeed either (a bad key, no credits), so the whole run stops at once.
+    """
+
+    retryable: bool = False
+    stops_run: bool = False
+
+    def __init__(self, message: str, *, details: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message if not self.details else f"{self.message} ({self.details})"
+
+
+class AuthenticationError(ProviderError):
+    """401/403: the API key is missing, invalid or lacks permission."""
+
+    stops_run = True
+
+
+class OutOfCreditsError(ProviderError):
+    """402: the account has no credits left."""
+
+    stops_run = True
+
+
+class RequestRejectedError(ProviderError):
+    """400/422: the API refused the request as malformed or invalid."""
+
+
+class ModerationError(ProviderError):
+    """``Request Moderated`` or ``Content Moderated``: never retried, never charged."""
+
+    def __init__(self, message: str, *, status: str, details: str | None = None) -> None:
+        super().__init__(message, details=details)
+        self.status = status
+
+
+class TaskFailedError(ProviderError):
+    """The task ended in ``Error``, ``Task not found`` or a status this client does not know."""
+
+    def __init__(self, message: str, *, status: str, details: str | None = None) -> None:
+        super().__init__(message, details=details)
+        self.status = status
+
+
+class ProviderUnavailableError(ProviderError):
+    """The service could not be reached or kept failing after every retry."""
+
+    retryable = True
+
+
+class AmbiguousSubmitError(ProviderError):
+    """A submit failed in a way that may have been accepted and billed; it is not retried."""
+
+
+class ProviderTimeoutError(ProviderError):
+    """The task did not finish before the overall deadline."""
+
+    retryable = True
+
+
+class InvalidResultError(ProviderError):
+    """The result could not be used: not an image, truncated, too large, or malformed JSON."""
+
+    retryable = True

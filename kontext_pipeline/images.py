@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ __all__ = [
     "MAX_INPUT_PIXELS",
     "ImageCheckError",
     "ImageInfo",
+    "inspect_bytes",
     "inspect_image",
     "sha256_file",
 ]
@@ -76,6 +78,24 @@ def inspect_image(path: Path) -> ImageInfo:
     except UnidentifiedImageError:
         raise ImageCheckError("is not an image file that can be decoded") from None
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's words for truncated or corrupt
+        raise ImageCheckError(f"is a damaged or incomplete image ({exc})") from exc
+
+
+def inspect_bytes(data: bytes) -> ImageInfo:
+    """Check that ``data`` is one complete, decodable image (a downloaded result, say)."""
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                return ImageInfo(str(image.format), image.width, image.height, len(data))
+    except Image.DecompressionBombError:
+        raise ImageCheckError("declares far too many pixels") from None
+    except UnidentifiedImageError:
+        raise ImageCheckError("is not an image file that can be decoded") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageCheckError(f"is a damaged or incomplete image ({exc})") from exc
 
 

@@ -1,0 +1,59 @@
+"""Image providers: the BFL API, and the offline preview stand-in."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from kontext_pipeline.errors import UsageError
+from kontext_pipeline.providers.base import (
+    EditRequest,
+    EditResult,
+    EventSink,
+    Provider,
+    ProviderEvent,
+)
+
+__all__ = [
+    "PROVIDERS",
+    "EditRequest",
+    "EditResult",
+    "EventSink",
+    "Provider",
+    "ProviderEvent",
+    "open_provider",
+]
+
+PROVIDERS = ("bfl", "preview")
+
+API_KEY_VARIABLE = "BFL_API_KEY"
+
+
+def open_provider(
+    name: str,
+    *,
+    environ: Mapping[str, str],
+    api_base: str | None = None,
+    concurrency: int = 24,
+) -> Provider:
+    """The provider called ``name``, configured from ``environ`` (``BFL_API_KEY``,
+    ``BFL_API_BASE``). Raises :class:`UsageError` before any work when bfl has no key."""
+    if name == "preview":
+        from kontext_pipeline.providers.preview import preview_provider  # noqa: PLC0415
+
+        return preview_provider(concurrency=concurrency)
+    if name != "bfl":
+        raise UsageError(f"unknown provider '{name}'; choose one of: {', '.join(PROVIDERS)}")
+    key = environ.get(API_KEY_VARIABLE, "").strip()
+    if not key:
+        raise UsageError(f"{API_KEY_VARIABLE} is not set: the bfl provider needs an API key. "
+                         f"Set {API_KEY_VARIABLE}, or run offline with --provider preview")
+    from kontext_pipeline.providers.bfl import (  # noqa: PLC0415
+        DEFAULT_API_BASE,
+        BflProvider,
+        http_client,
+    )
+    from kontext_pipeline.providers.policies import ActiveTaskLimiter  # noqa: PLC0415
+
+    base = api_base or environ.get("BFL_API_BASE") or DEFAULT_API_BASE
+    return BflProvider(client=http_client(), api_key=key, api_base=base,
+                       limiter=ActiveTaskLimiter(concurrency))

@@ -1,0 +1,86 @@
+"""What the executor asks of an image provider, and what it gets back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "EditRequest",
+    "EditResult",
+    "EventSink",
+    "Provider",
+    "ProviderEvent",
+]
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One image request: the rendered prompt, a concrete seed, parameters with defaults explicit
+    (``aspect_ratio`` None: not sent) and the bytes of each input image, in order."""
+
+    model: str
+    prompt: str
+    seed: int
+    aspect_ratio: str | None = None
+    output_format: str = "png"
+    safety_tolerance: int = 2
+    prompt_upsampling: bool = False
+    images: tuple[bytes, ...] = field(default=(), repr=False)
+    label: str = ""  # how events and messages name the task, e.g. "poster/default/recolor"
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """A finished image. ``cost`` is in credits when the API reported it."""
+
+    image: bytes = field(repr=False)
+    image_format: str
+    width: int
+    height: int
+    request_id: str
+    seed: int | None
+    cost: int | None
+    polls: int
+    submitted_at: float
+    finished_at: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.finished_at - self.submitted_at
+
+
+EventKind = Literal["queued", "submitted", "polling", "retrying", "downloading", "done"]
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    """Progress of one request, for live displays. Never carries the API key or signed URLs."""
+
+    label: str
+    kind: EventKind
+    request_id: str | None = None
+    progress: float | None = None
+    message: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+EventSink = Callable[[ProviderEvent], None]
+
+
+class Provider(Protocol):
+    """Makes images. ``name`` is part of every cache key, so results of different providers
+    never mix."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def generate(self, request: EditRequest, on_event: EventSink | None = None,
+                       ) -> EditResult:
+        """Submit, wait for and download one image; raise a ``ProviderError`` on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

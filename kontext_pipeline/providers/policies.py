@@ -1,0 +1,186 @@
+"""Timing policies of the BFL client: retry back-off, polling cadence, and the account's
+active-task limits (with a 429 lowering the effective limit for a while)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import random
+import statistics
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DEFAULT_MODEL_LIMITS",
+    "DEFAULT_TOTAL_LIMIT",
+    "ActiveTaskLimiter",
+    "LatencyTracker",
+    "PollPolicy",
+    "RetryPolicy",
+    "parse_retry_after",
+]
+
+DEFAULT_TOTAL_LIMIT = 24
+"""BFL allows 24 active tasks per account…"""
+
+DEFAULT_MODEL_LIMITS: Mapping[str, int] = {"flux-kontext-max": 6}
+"""…and 6 of them for flux-kontext-max."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off with full jitter; ``Retry-After`` wins when the server sends it."""
+
+    attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (1 = the first retry)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_delay)
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """When to poll: soon after the task is expected to finish, then backing off.
+
+    Before any task of a model has finished, polls start at ``first`` seconds and grow by
+    ``factor`` up to ``max_interval``. Once typical latencies are known, the first poll waits
+    ``lead`` of the typical latency and later polls come every ``step`` of it, growing.
+    """
+
+    first: float = 0.5
+    factor: float = 1.5
+    max_interval: float = 4.0
+    min_interval: float = 0.05
+    lead: float = 0.9
+    step: float = 0.05
+    deadline: float = 600.0
+
+    def delays(self, expected: float | None) -> Iterator[float]:
+        """Waits between polls, forever (the caller enforces the deadline)."""
+        if expected is None:
+            delay = self.first
+        else:
+            yield max(self.min_interval, expected * self.lead)
+            delay = max(self.min_interval, expected * self.step)
+        while True:
+            yield delay
+            delay = min(self.max_interval, delay * self.factor)
+
+
+@dataclass
+class LatencyTracker:
+    """Recent task latencies per model, to poll around the typical one."""
+
+    window: int = 32
+    _samples: dict[str, deque[float]] = field(default_factory=dict)
+
+    def record(self, model: str, seconds: float) -> None:
+        self._samples.setdefault(model, deque(maxlen=self.window)).append(seconds)
+
+    def expected(self, model: str) -> float | None:
+        samples = self._samples.get(model)
+        return statistics.median(samples) if samples else None
+
+
+class ActiveTaskLimiter:
+    """Slots for active tasks: at most ``total`` at once and ``per_model[m]`` of model ``m``.
+
+    A slot is held from submit until the task reaches a terminal status. ``throttle()`` (on a
+    429) lowers the effective total below the number active; it recovers by one slot per
+    ``recovery`` seconds without another 429.
+    """
+
+    def __init__(
+        self,
+        total: int = DEFAULT_TOTAL_LIMIT,
+        per_model: Mapping[str, int] = DEFAULT_MODEL_LIMITS,
+        *,
+        recovery: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if total < 1:
+            raise ValueError("the active-task limit must be at least 1")
+        self.total = total
+        self.per_model = dict(per_model)
+        self.recovery = recovery
+        self._clock = clock
+        self._limit = float(total)
+        self._changed_at = clock()
+        self._active = 0
+        self._by_model: dict[str, int] = {}
+        self._condition = asyncio.Condition()
+        self.peak = 0
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @property
+    def limit(self) -> int:
+        """The effective total limit now."""
+        self._recover()
+        return int(self._limit)
+
+    def _recover(self) -> None:
+        if self._limit >= self.total:
+            return
+        elapsed = self._clock() - self._changed_at
+        steps = int(elapsed / self.recovery)
+        if steps:
+            self._limit = min(float(self.total), self._limit + steps)
+            self._changed_at += steps * self.recovery
+
+    def throttle(self) -> None:
+        """The server said 429: allow one task fewer than are active now, for a while."""
+        self._limit = max(1.0, min(self._limit, self._active - 1.0))
+        self._changed_at = self._clock()
+
+    def _free(self, model: str) -> bool:
+        model_limit = self.per_model.get(model, self.total)
+        return self._active < self.limit and self._by_model.get(model, 0) < model_limit
+
+    @asynccontextmanager
+    async def slot(self, model: str) -> AsyncIterator[None]:
+        """Hold one active-task slot of ``model`` for the duration of the block."""
+        async with self._condition:
+            while not self._free(model):
+                with contextlib.suppress(asyncio.TimeoutError):  # a cool-down ended: look again
+                    await asyncio.wait_for(self._condition.wait(), timeout=self._next_change())
+            self._active += 1
+            self._by_model[model] = self._by_model.get(model, 0) + 1
+            self.peak = max(self.peak, self._active)
+        try:
+            yield
+        finally:
+            async with self._condition:
+                self._active -= 1
+                self._by_model[model] -= 1
+                self._condition.notify_all()
+
+    def _next_change(self) -> float | None:
+        if self._limit >= self.total:
+            return None
+        return max(0.01, self._changed_at + self.recovery - self._clock())

@@ -1,0 +1,27 @@
+"""The offline preview provider: the bundled BFL-compatible server, in-process.
+
+It goes through exactly the client code of the real API (:class:`BflProvider`) over an ASGI
+transport, so a recipe runs end to end with no key and no network. Its pictures are clearly
+marked PREVIEW and are deterministic; the provider's name keeps them apart in the cache.
+"""
+
+from __future__ import annotations
+
+from kontext_pipeline.providers.bfl import BflProvider, asgi_client
+from kontext_pipeline.providers.policies import ActiveTaskLimiter, PollPolicy
+from kontext_pipeline.server.app import create_app
+from kontext_pipeline.server.state import ServerConfig
+
+__all__ = ["PREVIEW_BASE", "PREVIEW_LATENCY", "preview_provider"]
+
+PREVIEW_BASE = "http://preview.kontext-pipeline.invalid"
+PREVIEW_LATENCY = 0.4
+"""Seconds a preview task takes: long enough to see progress, short enough not to wait."""
+
+
+def preview_provider(*, latency: float = PREVIEW_LATENCY, concurrency: int = 24) -> BflProvider:
+    """A provider backed by the bundled server, in this process."""
+    app = create_app(ServerConfig(latency=latency, url_ttl=3600.0))
+    return BflProvider(client=asgi_client(app), api_key="preview", api_base=PREVIEW_BASE,
+                       name="preview", limiter=ActiveTaskLimiter(concurrency),
+                       polling=PollPolicy(first=min(0.5, latency / 2 or 0.05)))

@@ -1,0 +1,310 @@
+"""The BFL-compatible ASGI application.
+
+Endpoints as BFL's: ``POST /v1/flux-kontext-pro|max`` (``x-key`` required), polling at the
+returned ``polling_url`` (``/{region}/v1/get_result?id=``, a different path than the legacy
+``/v1/get_result?id=``, which works too) and signed result URLs that expire
+(``/delivery/{id}/sample.{ext}?se=…&sig=…``, no key).
+
+Prompts can ask for outcomes: ``[[request-moderated]]``, ``[[content-moderated]]``,
+``[[error]]``, ``[[task-not-found]]``, ``[[status:Anything]]`` and ``[[never]]`` (stays Pending).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import math
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kontext_pipeline.server.imaging import RenderSpec, render
+from kontext_pipeline.server.state import (
+    DEFAULT_COSTS,
+    RequestRecord,
+    ServerConfig,
+    ServerState,
+    TaskRecord,
+    submit_digest,
+)
+from kontext_pipeline.server.validation import Submission, validate_submission
+
+__all__ = ["create_app"]
+
+_TRIGGER = re.compile(r"\[\[(?P<name>[a-z-]+)(?::(?P<arg>[^\]]+))?\]\]")
+_OUTCOMES = {
+    "request-moderated": "Request Moderated",
+    "content-moderated": "Content Moderated",
+    "error": "Error",
+    "task-not-found": "Task not found",
+}
+_MODERATION_DETAILS = {"Moderation Reasons": ["Derivative Works Filter"]}
+_MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
+
+class _DroppedResponse(Response):
+    """Promises a body, then closes the connection without sending (most of) it."""
+
+    def __init__(self, body: bytes = b"", promised: int = 1024, media_type: str = "") -> None:
+        super().__init__(content=b"", media_type=media_type or None)
+        self.partial = body
+        self.headers["content-length"] = str(max(promised, len(body) + 1))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.partial, "more_body": True})
+        raise ConnectionAbortedError("fault injection: connection dropped")
+
+
+def create_app(config: ServerConfig | None = None, state: ServerState | None = None) -> ASGIApp:
+    """The server application. Pass ``state`` to read what it saw (tests do)."""
+    service = _Service(state or ServerState(config or ServerConfig()))
+    routes = [
+        Route("/v1/flux-kontext-pro", service.submit, methods=["POST"]),
+        Route("/v1/flux-kontext-max", service.submit, methods=["POST"]),
+        Route("/v1/get_result", service.get_result, methods=["GET"]),
+        Route("/{region}/v1/get_result", service.get_result, methods=["GET"]),
+        Route("/delivery/{task_id}/sample.{ext}", service.delivery, methods=["GET"]),
+    ]
+    return _RequestLog(Starlette(routes=routes), service.state)
+
+
+class _Service:
+    """The endpoints, over one :class:`ServerState`."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.config = state.config
+
+    def _refusal(self, request: Request, *, submit: bool) -> Response | None:
+        """Authentication, credits and injected faults: an answer other than the real one."""
+        key = request.headers.get("x-key")
+        if not key:
+            return JSONResponse({"detail": "Not authenticated: send your API key in the x-key "
+                                           "header"}, status_code=401)
+        if self.config.api_keys is not None and key not in self.config.api_keys:
+            return JSONResponse({"detail": "Invalid API key"}, status_code=403)
+        if submit and key in self.config.no_credit_keys:
+            return JSONResponse({"detail": "Insufficient credits"}, status_code=402)
+        return self._fault("submit" if submit else "poll")
+
+    def _fault(self, endpoint: str) -> Response | None:
+        fault = self._pick_fault(endpoint)
+        return self._fault_response(fault) if fault else None
+
+    def _pick_fault(self, endpoint: str) -> str | None:
+        """A scripted fault, else one drawn at the configured rates, else None."""
+        faults, state = self.config.faults, self.state
+        fault = state.scripted_fault(endpoint)
+        if fault is None:
+            if state.roll(faults.error_rate):
+                fault = str(state.rng.choice((502, 503) if endpoint == "submit"
+                                             else (500, 502, 503)))
+            elif endpoint != "download" and state.roll(faults.throttle_rate):
+                fault = "429"
+            elif endpoint != "download" and state.roll(faults.drop_rate):
+                fault = "drop"
+            elif endpoint == "download" and state.roll(faults.truncate_rate):
+                fault = "truncate"
+        return fault
+
+    def _fault_response(self, fault: str) -> Response | None:
+        if fault.isdigit() and fault != "429":
+            return JSONResponse({"detail": "Internal server error"}, status_code=int(fault))
+        if fault.startswith("429"):
+            return self._too_many("Rate limit exceeded", retry_after=fault == "429")
+        if fault == "drop":
+            return _DroppedResponse(media_type="application/json")
+        return None  # download faults are answered by the delivery endpoint itself
+
+    def _too_many(self, detail: str, *, retry_after: bool = True) -> Response:
+        seconds = self.config.retry_after if retry_after else None
+        headers = {"Retry-After": str(seconds)} if seconds else None
+        return JSONResponse({"detail": detail}, status_code=429, headers=headers)
+
+    def _over_limit(self, model: str, now: float) -> Response | None:
+        config, state = self.config, self.state
+        model_limit = config.model_limits.get(model, config.active_limit)
+        if state.active(now) >= config.active_limit:
+            return self._too_many(f"Too many active tasks (limit {config.active_limit})")
+        if state.active(now, model) >= model_limit:
+            return self._too_many(f"Too many active tasks of {model} (limit {model_limit})")
+        return None
+
+    async def submit(self, request: Request) -> Response:
+        refusal = self._refusal(request, submit=True)
+        if refusal is not None:
+            return refusal
+        model = request.url.path.rsplit("/", 1)[1]
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            return JSONResponse({"detail": [{"type": "json_invalid", "loc": ["body", 0],
+                                             "msg": f"JSON decode error: {exc}", "input": {}}]},
+                                status_code=422)
+        _log_body(request, body)
+        submission, errors = await run_in_threadpool(validate_submission, body)
+        if submission is None:
+            return JSONResponse({"detail": errors}, status_code=422)
+        now = time.monotonic()
+        over = self._over_limit(model, now)
+        if over is not None:
+            return over
+        task = self._new_task(model, submission, now)
+        self.state.tasks[task.id] = task
+        self.state.submits[submit_digest(model, body)] += 1
+        self.state.record_peak(now, model)
+        if task.outcome in ("Ready", "Content Moderated") and math.isfinite(task.ready_at):
+            task.rendering = self._start_render(task, submission)
+        answer: dict[str, Any] = {"id": task.id, "cost": DEFAULT_COSTS.get(model, 0),
+                                  "input_mp": round(submission.input_pixels / 1e6, 2),
+                                  "output_mp": 1.0}
+        if self.config.return_polling_url:
+            answer["polling_url"] = (f"{_base(request)}/{self.config.region}/v1/get_result"
+                                     f"?id={task.id}")
+        return JSONResponse(answer)
+
+    def _new_task(self, model: str, submission: Submission, now: float) -> TaskRecord:
+        latency, jitter, rng = self.config.latency, self.config.faults.jitter, self.state.rng
+        if jitter:
+            latency = max(0.0, latency + rng.uniform(-jitter, jitter))
+        seed = submission.seed if submission.seed is not None else rng.randrange(2**32)
+        task = TaskRecord(
+            id=str(uuid.uuid4()), model=model, prompt=submission.prompt, seed=seed,
+            params={"aspect_ratio": submission.aspect_ratio,
+                    "output_format": submission.output_format},
+            images=submission.images, created=now, ready_at=now + latency)
+        for match in _TRIGGER.finditer(submission.prompt):
+            name, arg = match["name"], match["arg"]
+            if name in _OUTCOMES:
+                task.outcome = _OUTCOMES[name]
+            elif name == "status" and arg:
+                task.outcome = arg
+            elif name == "never":
+                task.ready_at = math.inf
+        if "Moderated" in task.outcome:
+            task.details = dict(_MODERATION_DETAILS)
+        return task
+
+    def _start_render(self, task: TaskRecord, submission: Submission) -> asyncio.Future[bytes]:
+        spec = RenderSpec(images=submission.images, prompt=submission.prompt, seed=task.seed,
+                          model=task.model, aspect_ratio=submission.aspect_ratio,
+                          output_format=submission.output_format,
+                          watermark=self.config.watermark)
+        return asyncio.ensure_future(run_in_threadpool(render, spec))
+
+    async def get_result(self, request: Request) -> Response:
+        refusal = self._refusal(request, submit=False)
+        if refusal is not None:
+            return refusal
+        task_id = request.query_params.get("id", "")
+        task = self.state.tasks.get(task_id)
+        if task is None:
+            return JSONResponse({"id": task_id, "status": "Task not found", "result": None,
+                                 "progress": None, "details": None})
+        now = time.monotonic()
+        status = task.status(now)
+        result = None
+        if status == "Ready":
+            if task.rendering is not None:
+                await task.rendering
+            if not task.charged:
+                self.state.credits_charged += DEFAULT_COSTS.get(task.model, 0)
+                task.charged = True
+            result = {"sample": self._signed_url(_base(request), task), "seed": task.seed,
+                      "prompt": task.prompt, "start_time": task.created, "end_time": now,
+                      "duration": round(now - task.created, 3)}
+        return JSONResponse({"id": task.id, "status": status, "result": result,
+                             "progress": task.progress(now) if status == "Pending" else None,
+                             "details": task.details if status != "Pending" else None})
+
+    def _signature(self, task_id: str, expires: int) -> str:
+        return hmac.new(self.config.signing_secret, f"{task_id}:{expires}".encode(),
+                        hashlib.sha256).hexdigest()
+
+    def _signed_url(self, base: str, task: TaskRecord) -> str:
+        expires = int(time.time() + self.config.url_ttl)
+        ext = task.params["output_format"]
+        return (f"{base}/delivery/{task.id}/sample.{ext}?se={expires}"
+                f"&sig={self._signature(task.id, expires)}")
+
+    async def delivery(self, request: Request) -> Response:
+        task = self.state.tasks.get(request.path_params["task_id"])
+        query = request.query_params
+        expires = int(query["se"]) if query.get("se", "").isdigit() else 0
+        if (task is None or task.rendering is None or not task.rendering.done()
+                or not hmac.compare_digest(query.get("sig", ""),
+                                           self._signature(task.id, expires))):
+            return _azure_error("AuthenticationFailed", "Signature did not match")
+        if time.time() > expires:
+            return _azure_error("AuthenticationFailed", "Signed expiry time has passed")
+        data = task.rendering.result()
+        media = _MEDIA[task.params["output_format"]]
+        fault = self._pick_fault("download")
+        if fault == "truncate":
+            return _DroppedResponse(data[: len(data) // 2], promised=len(data), media_type=media)
+        if fault == "expire":
+            return _azure_error("AuthenticationFailed", "Signed expiry time has passed")
+        return (self._fault_response(fault) if fault else None) or Response(data,
+                                                                            media_type=media)
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _azure_error(code: str, message: str) -> Response:
+    """Signed-URL refusals look like the blob store's that BFL delivers from."""
+    return Response(f"<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code>"
+                    f"<Message>{message}</Message></Error>", status_code=403,
+                    media_type="application/xml")
+
+
+def _log_body(request: Request, body: Any) -> None:
+    """Keep a submit's JSON for the request log, each image replaced by its sha256."""
+    if isinstance(body, dict):
+        request.state.body = {
+            k: hashlib.sha256(str(v).encode()).hexdigest() if k.startswith("input_image") else v
+            for k, v in body.items()}
+
+
+class _RequestLog:
+    """ASGI middleware recording each request (method, path, key, status, submit body)."""
+
+    def __init__(self, app: Starlette, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def record_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            headers = dict(scope["headers"])
+            key = headers.get(b"x-key")
+            body = scope.get("state", {}).get("body")
+            self.state.requests.append(RequestRecord(
+                method=scope["method"], path=scope["path"],
+                query=scope["query_string"].decode("latin-1"),
+                key=key.decode("latin-1") if key is not None else None, status=status,
+                body=body))

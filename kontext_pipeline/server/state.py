@@ -1,0 +1,159 @@
+"""What the local BFL-compatible server knows: its settings, its tasks, and what it has seen."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import os
+import random
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DEFAULT_COSTS",
+    "FaultConfig",
+    "RequestRecord",
+    "ServerConfig",
+    "ServerState",
+    "TaskRecord",
+]
+
+DEFAULT_COSTS: Mapping[str, int] = {"flux-kontext-pro": 4, "flux-kontext-max": 8}
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Faults to inject, each a probability per request, drawn from a seeded generator.
+
+    ``error_rate``: answer 500/502/503 (a submit gets 502/503 and is not accepted).
+    ``throttle_rate``: a spurious 429. ``drop_rate``: send headers and close the connection
+    before the body (a submit is dropped before it is accepted). ``truncate_rate``: cut a
+    result download short. ``jitter``: ± seconds on each task's latency.
+    """
+
+    error_rate: float = 0.0
+    throttle_rate: float = 0.0
+    drop_rate: float = 0.0
+    truncate_rate: float = 0.0
+    jitter: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server behaves. ``api_keys`` None accepts any non-empty key."""
+
+    latency: float = 2.0
+    api_keys: frozenset[str] | None = None
+    no_credit_keys: frozenset[str] = frozenset({"bfl_no_credits"})
+    active_limit: int = 24
+    model_limits: Mapping[str, int] = field(default_factory=lambda: {"flux-kontext-max": 6})
+    url_ttl: float = 600.0
+    return_polling_url: bool = True
+    retry_after: int | None = 1
+    faults: FaultConfig = FaultConfig()
+    watermark: str = "PREVIEW"
+    region: str = "eu4"
+    signing_secret: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+
+
+@dataclass
+class TaskRecord:
+    """One submitted task. It is active until ``ready_at``; then its ``outcome`` shows."""
+
+    id: str
+    model: str
+    prompt: str
+    seed: int
+    params: dict[str, Any]
+    images: list[bytes]
+    created: float
+    ready_at: float
+    outcome: str = "Ready"
+    details: dict[str, Any] | None = None
+    charged: bool = False
+    rendering: asyncio.Future[bytes] | None = None
+
+    def status(self, now: float) -> str:
+        if self.outcome == "Request Moderated":
+            return self.outcome
+        return "Pending" if now < self.ready_at else self.outcome
+
+    def active(self, now: float) -> bool:
+        return self.outcome != "Request Moderated" and now < self.ready_at
+
+    def progress(self, now: float) -> float | None:
+        if not math.isfinite(self.ready_at):
+            return 0.0
+        span = self.ready_at - self.created
+        return 1.0 if span <= 0 else round(min(1.0, max(0.0, (now - self.created) / span)), 2)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the server saw it (``body``: a submit's JSON, images as their sha256)."""
+
+    method: str
+    path: str
+    query: str
+    key: str | None
+    status: int
+    body: dict[str, Any] | None = None
+
+
+@dataclass
+class ServerState:
+    """Tasks, request log and counters; tests read these to see what the client did."""
+
+    config: ServerConfig
+    tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    requests: list[RequestRecord] = field(default_factory=list)
+    submits: Counter[str] = field(default_factory=Counter)
+    peak_active: int = 0
+    peak_by_model: Counter[str] = field(default_factory=Counter)
+    credits_charged: int = 0
+    scripted: dict[str, deque[str]] = field(default_factory=dict)
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.config.faults.seed)
+
+    def active(self, now: float, model: str | None = None) -> int:
+        return sum(1 for t in self.tasks.values()
+                   if t.active(now) and (model is None or t.model == model))
+
+    def record_peak(self, now: float, model: str) -> None:
+        self.peak_active = max(self.peak_active, self.active(now))
+        self.peak_by_model[model] = max(self.peak_by_model[model], self.active(now, model))
+
+    def script(self, endpoint: str, *faults: str) -> None:
+        """Answer the next requests to ``endpoint`` (``submit``, ``poll`` or ``download``) with
+        these faults, in order: ``"500"``, ``"502"``, ``"503"``, ``"429"`` (with Retry-After),
+        ``"429-bare"`` (without), ``"drop"``, and for downloads ``"truncate"`` and ``"expire"``.
+        """
+        if endpoint not in ("submit", "poll", "download"):
+            raise ValueError(f"unknown endpoint {endpoint!r}")
+        self.scripted.setdefault(endpoint, deque()).extend(faults)
+
+    def scripted_fault(self, endpoint: str) -> str | None:
+        queue = self.scripted.get(endpoint)
+        return queue.popleft() if queue else None
+
+    def roll(self, rate: float) -> bool:
+        """True with probability ``rate`` (from the seeded generator)."""
+        return rate > 0 and self.rng.random() < rate
+
+    def paths(self, method: str | None = None) -> list[str]:
+        """The paths requested, in order (optionally of one method)."""
+        return [r.path for r in self.requests if method is None or r.method == method]
+
+
+def submit_digest(model: str, body: Mapping[str, Any]) -> str:
+    """Identity of a submit's content, to count submits of the same request."""
+    hasher = hashlib.sha256(model.encode())
+    for key in sorted(body):
+        hasher.update(f"\0{key}\0{body[key]!r}".encode())
+    return hasher.hexdigest()
