@@ -182,6 +182,50 @@ def run(recipes: Sequence[str], variables: dict[str, str], provider: str,
         "built. Use `kontext-pipeline plan` to see what a run would do.")
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--latency", type=click.FloatRange(0), default=2.0, show_default=True,
+              help="Seconds from submit to a terminal status.")
+@click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
+              help="Accept only these keys (repeatable; default: any non-empty key).")
+@click.option("--active-limit", type=click.IntRange(1), default=24, show_default=True,
+              help="Active tasks allowed per account (flux-kontext-max: 6) before 429.")
+@click.option("--url-ttl", type=float, default=600.0, show_default=True,
+              help="Seconds a signed result URL stays valid.")
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Fault injection: probability of a 5xx answer.")
+@click.option("--throttle-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Fault injection: probability of a spurious 429.")
+@click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Fault injection: probability of a dropped connection.")
+@click.option("--truncate-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Fault injection: probability of a truncated result download.")
+@click.option("--jitter", type=click.FloatRange(0), default=0.0,
+              help="Fault injection: ± seconds of random latency per task.")
+@click.option("--fault-seed", type=int, default=0, show_default=True,
+              help="Seed of the fault injection's random generator.")
+def serve(*, host: str, port: int, latency: float, api_keys: Sequence[str], active_limit: int,
+          url_ttl: float, error_rate: float, throttle_rate: float, drop_rate: float,
+          truncate_rate: float, jitter: float, fault_seed: int) -> None:
+    """Run the bundled BFL-compatible server (offline use, and tests of BFL clients).
+
+    \b
+    Prompts can ask for outcomes: [[request-moderated]], [[content-moderated]], [[error]],
+    [[task-not-found]], [[status:Anything]] and [[never]] (stays Pending).
+    """
+    from kontext_pipeline.server.run import serve as run_server  # noqa: PLC0415
+    from kontext_pipeline.server.state import FaultConfig, ServerConfig  # noqa: PLC0415
+
+    faults = FaultConfig(error_rate=error_rate, throttle_rate=throttle_rate, drop_rate=drop_rate,
+                         truncate_rate=truncate_rate, jitter=jitter, seed=fault_seed)
+    config = ServerConfig(latency=latency, api_keys=frozenset(api_keys) or None,
+                          active_limit=active_limit, url_ttl=url_ttl, faults=faults)
+    click.echo(f"kontext-pipeline: BFL-compatible server on http://{host}:{port} "
+               f"(latency {latency:g} s; Ctrl-C stops it)", err=True)
+    run_server(config, host=host, port=port)
+
+
 def main() -> None:
     """The console-script entry point (exits with the documented code)."""
     cli(prog_name="kontext-pipeline")

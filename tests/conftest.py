@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
 from kontext_pipeline.cli import cli
+from kontext_pipeline.server.run import BackgroundServer
+from kontext_pipeline.server.state import FaultConfig, ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "pipelines"
@@ -41,3 +44,21 @@ def write_recipe(tmp_path: Path) -> WriteRecipe:
         return path
 
     return write
+
+
+@pytest.fixture
+def bfl_server() -> Iterator[Callable[..., BackgroundServer]]:
+    """Start the bundled BFL-compatible server on a loopback port: ``bfl_server(latency=0.05)``.
+    Every server started is stopped after the test."""
+    started: list[BackgroundServer] = []
+
+    def start(faults: FaultConfig | None = None, **settings: Any) -> BackgroundServer:
+        settings.setdefault("latency", 0.05)
+        server = BackgroundServer(ServerConfig(faults=faults or FaultConfig(), **settings))
+        server.__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)

@@ -16,9 +16,11 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import re
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from starlette.applications import Starlette
@@ -50,6 +52,8 @@ _OUTCOMES = {
 }
 _MODERATION_DETAILS = {"Moderation Reasons": ["Derivative Works Filter"]}
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
+_RENDERERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                thread_name_prefix="bfl-render")
 
 class _DroppedResponse(Response):
     """Promises a body, then closes the connection without sending (most of) it."""
@@ -196,12 +200,13 @@ class _Service:
             task.details = dict(_MODERATION_DETAILS)
         return task
 
-    def _start_render(self, task: TaskRecord, submission: Submission) -> asyncio.Future[bytes]:
+    def _start_render(self, task: TaskRecord, submission: Submission) -> Future[bytes]:
+        """Draw the result while the task is pending (in threads: event-loop independent)."""
         spec = RenderSpec(images=submission.images, prompt=submission.prompt, seed=task.seed,
                           model=task.model, aspect_ratio=submission.aspect_ratio,
                           output_format=submission.output_format,
                           watermark=self.config.watermark)
-        return asyncio.ensure_future(run_in_threadpool(render, spec))
+        return _RENDERERS.submit(render, spec)
 
     async def get_result(self, request: Request) -> Response:
         refusal = self._refusal(request, submit=False)
@@ -217,7 +222,7 @@ class _Service:
         result = None
         if status == "Ready":
             if task.rendering is not None:
-                await task.rendering
+                await asyncio.wrap_future(task.rendering)
             if not task.charged:
                 self.state.credits_charged += DEFAULT_COSTS.get(task.model, 0)
                 task.charged = True

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import os
 import random
 from collections import Counter, deque
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +75,7 @@ class TaskRecord:
     outcome: str = "Ready"
     details: dict[str, Any] | None = None
     charged: bool = False
-    rendering: asyncio.Future[bytes] | None = None
+    rendering: Future[bytes] | None = None
 
     def status(self, now: float) -> str:
         if self.outcome == "Request Moderated":
