@@ -1,0 +1,87 @@
+"""``kontext-pipeline serve``: a plain httpx script uses it exactly as BFL's documentation does."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+# BFL's documented Kontext example (requests swapped for httpx, nothing else changed): submit,
+# then poll the returned polling_url every 0.5 s with the key and the id, until Ready.
+DOCS_EXAMPLE = textwrap.dedent("""
+    import base64, os, sys, time
+    import httpx as requests
+
+    base = sys.argv[1]
+    with open(sys.argv[2], "rb") as image_file:
+        img_str = base64.b64encode(image_file.read()).decode()
+    request = requests.post(
+        f"{base}/v1/flux-kontext-pro",
+        headers={"accept": "application/json", "x-key": os.environ.get("BFL_API_KEY"),
+                 "Content-Type": "application/json"},
+        json={"prompt": "Change the car color to blue", "input_image": img_str},
+    ).json()
+    request_id = request["id"]
+    polling_url = request["polling_url"]
+    while True:
+        time.sleep(0.5)
+        result = requests.get(
+            polling_url,
+            headers={"accept": "application/json", "x-key": os.environ.get("BFL_API_KEY")},
+            params={"id": request_id},
+        ).json()
+        if result["status"] == "Ready":
+            print(f"Image ready: {result['result']['sample']}")
+            break
+        elif result["status"] in ["Error", "Failed"]:
+            print(f"Generation failed: {result}")
+            break
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def served() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kontext_pipeline", "serve", "--port", str(port),
+         "--latency", "0.6"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{base}/v1/get_result?id=x", headers={"x-key": "k"}, timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
+
+
+def test_the_documented_example_works_against_serve(served: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", DOCS_EXAMPLE, served, "pipelines/images/street.jpg"],
+        capture_output=True, text=True, timeout=60, env={"BFL_API_KEY": "bfl_docs_example",
+                                                         "PATH": ""}, check=True)
+    assert result.stdout.startswith(f"Image ready: {served}/delivery/")
+    sample = result.stdout.split("Image ready: ", 1)[1].strip()
+    image = httpx.get(sample, timeout=10)
+    assert image.status_code == 200
+    assert image.headers["content-type"] == "image/png"
+    assert image.content.startswith(b"\x89PNG")
