@@ -13,15 +13,21 @@ from kontext_pipeline.diagnostics import Problem
 __all__ = [
     "AmbiguousSubmitError",
     "AuthenticationError",
+    "BudgetExceededError",
+    "CacheError",
+    "FrozenCacheMissError",
     "InvalidResultError",
     "KontextError",
     "ModerationError",
     "OutOfCreditsError",
+    "OutputError",
     "ProviderError",
     "ProviderTimeoutError",
     "ProviderUnavailableError",
+    "RefusedToSpendError",
     "RequestRejectedError",
     "SpecError",
+    "StepsFailedError",
     "TaskFailedError",
     "TemplateError",
     "UsageError",
@@ -120,3 +126,40 @@ class InvalidResultError(ProviderError):
     """The result could not be used: not an image, truncated, too large, or malformed JSON."""
 
     retryable = True
+
+
+class CacheError(KontextError):
+    """The cache directory cannot be used (not writable, not a directory, disk full)."""
+
+
+class OutputError(KontextError):
+    """An output or manifest cannot be written where it belongs (exit code 1)."""
+
+
+class RefusedToSpendError(KontextError):
+    """The run would have to spend credits it was told not to (exit code 3)."""
+
+
+class FrozenCacheMissError(RefusedToSpendError):
+    """``--frozen``: some steps are not in the cache. ``missing`` says which, and why."""
+
+    def __init__(self, missing: Sequence[str]) -> None:
+        self.missing = tuple(missing)
+        count = len(self.missing)
+        lines = "\n".join(f"  {line}" for line in self.missing)
+        super().__init__(f"--frozen: {count} step{'' if count == 1 else 's'} not in the cache; "
+                         f"no provider was called:\n{lines}")
+
+
+class BudgetExceededError(RefusedToSpendError):
+    """``--max-credits``: the cache misses would cost more than allowed."""
+
+
+class StepsFailedError(KontextError):
+    """Some steps failed; the others finished and are cached (exit code 1)."""
+
+    def __init__(self, failures: Sequence[str]) -> None:
+        self.failures = tuple(failures)
+        count = len(self.failures)
+        lines = "\n".join(f"  {line}" for line in self.failures)
+        super().__init__(f"{count} step{'' if count == 1 else 's'} failed:\n{lines}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kontext_pipeline.executor import StepRecord
 from kontext_pipeline.plan import Plan, Task
 
-__all__ = ["dollars", "plan_json", "plan_text"]
+__all__ = ["dollars", "manifest", "plan_json", "plan_text", "task_json"]
 
 _KEY_CHARS = 12
 
@@ -98,3 +100,45 @@ def plan_json(plan: Plan) -> str:
         "totals": {"tasks": len(plan.tasks), "credits": plan.credits},
     }
     return json.dumps(document, indent=2, ensure_ascii=False)
+
+
+def manifest(plan: Plan, records: Sequence[StepRecord],
+             exported: Mapping[tuple[str, str], str]) -> dict[str, Any]:
+    """``manifest.json``: the contract CI jobs read (see the design)."""
+    steps = [_step_json(record, exported.get((record.task.variant, record.task.step)))
+             for record in records]
+    return {
+        "pipeline": plan.spec.name,
+        "spec_sha256": plan.spec.sha256,
+        "provider": plan.provider,
+        "totals": {
+            "steps": len(records),
+            "cache_hits": sum(1 for r in records if r.cache == "hit"),
+            "calls": sum(1 for r in records if r.cache == "miss" and r.status in ("done",
+                                                                                 "failed")),
+            "credits": sum(r.credits for r in records),
+            "failed": sum(1 for r in records if r.status in ("failed", "skipped")),
+        },
+        "steps": steps,
+    }
+
+
+def _step_json(record: StepRecord, output: str | None) -> dict[str, Any]:
+    task, entry = record.task, record.entry
+    return {
+        "variant": task.variant,
+        "step": task.step,
+        "model": task.model,
+        "prompt": task.prompt,
+        "seed": task.seed,
+        "params": task.params.as_dict(),
+        "inputs_sha256": list(record.inputs_sha256),
+        "output_sha256": entry.object if entry else None,
+        "output": output,
+        "cache": record.cache,
+        "request_id": entry.request_id if entry else None,
+        "credits": record.credits,
+        "duration_s": round(record.duration_s, 3),
+        "status": record.status,
+        "error": record.error,
+    }

@@ -127,15 +127,6 @@ def test_unknown_var_is_a_usage_error(run_cli: RunCli) -> None:
     assert result.stdout == ""
 
 
-def test_run_refuses_cleanly_until_providers_exist(run_cli: RunCli) -> None:
-    result = run_cli("run", "--provider", "preview", "pipelines/poster-chain.yaml")
-    assert result.exit_code == 2
-    assert result.stderr == (
-        "kontext-pipeline: the recipe is valid, but this version of kontext-pipeline cannot "
-        "execute steps yet: the providers and the executor are not built. Use "
-        "`kontext-pipeline plan` to see what a run would do.\n")
-
-
 def test_run_reports_an_invalid_recipe(run_cli: RunCli) -> None:
     result = run_cli("run", "tests/recipes/invalid/wrong-version.yaml")
     assert result.exit_code == 2

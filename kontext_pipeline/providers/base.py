@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
 @dataclass(frozen=True)
 class EditRequest:
     """One image request: the rendered prompt, a concrete seed, parameters with defaults explicit
-    (``aspect_ratio`` None: not sent) and the bytes of each input image, in order."""
+    (``aspect_ratio`` None: not sent) and each input image, in order: its bytes, or a file that
+    the provider reads only once the request has an active-task slot (so waiting requests hold
+    no image in memory)."""
 
     model: str
     prompt: str
@@ -27,7 +30,7 @@ class EditRequest:
     output_format: str = "png"
     safety_tolerance: int = 2
     prompt_upsampling: bool = False
-    images: tuple[bytes, ...] = field(default=(), repr=False)
+    images: tuple[bytes | Path, ...] = field(default=(), repr=False)
     label: str = ""  # how events and messages name the task, e.g. "poster/default/recolor"
 
 

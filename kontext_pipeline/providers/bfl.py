@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -179,9 +180,9 @@ class BflProvider:
                        ) -> EditResult:
         """Submit, poll until terminal, download and verify one image."""
         task = _Task(request, on_event or (lambda _event: None))
-        content = self._body(request)  # base64 happens once, whatever the retries
         task.event("queued")
         async with self.limiter.slot(request.model):
+            content = await asyncio.to_thread(self._body, request)  # once, whatever the retries
             await self._submit(task, content)
             result = await self._poll(task)
         self.latencies.record(request.model, self._clock() - task.submitted_at)
@@ -210,7 +211,8 @@ class BflProvider:
         if request.aspect_ratio is not None:
             body["aspect_ratio"] = request.aspect_ratio
         for field, image in zip(_IMAGE_FIELDS, request.images, strict=False):
-            body[field] = base64.b64encode(image).decode("ascii")
+            data = image.read_bytes() if isinstance(image, Path) else image
+            body[field] = base64.b64encode(data).decode("ascii")
         return json.dumps(body).encode("utf-8")
 
     def _raise_for_refusal(self, task: _Task, response: httpx.Response, action: str) -> None:

@@ -1,0 +1,225 @@
+"""The content-addressed result cache.
+
+Layout (under the cache directory)::
+
+    v1/objects/ab/<sha256>         image bytes, named by their sha256
+    v1/entries/cd/<key>.json       one entry per cache key: object, size, request and metadata
+
+Every write goes to a temporary file in the same directory and is renamed into place, so a
+reader sees a whole file or none, and concurrent runs sharing the directory corrupt nothing (two
+writers of one object write the same bytes). A damaged entry or an object whose size does not
+match its entry is a miss with a warning, never a wrong image; ``verify`` re-hashes everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kontext_pipeline.errors import CacheError
+from kontext_pipeline.files import write_atomic
+
+__all__ = ["CACHE_LAYOUT", "Cache", "CacheEntry", "CacheStats", "Lookup", "default_cache_dir"]
+
+CACHE_LAYOUT = "v1"
+_HEX = set("0123456789abcdef")
+
+
+def default_cache_dir(environ: dict[str, str] | os._Environ[str]) -> Path:
+    """``KONTEXT_CACHE_DIR``, else the user cache directory of the platform."""
+    configured = environ.get("KONTEXT_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    import platformdirs  # noqa: PLC0415  (only runs need it)
+
+    return Path(platformdirs.user_cache_dir("kontext-pipeline", appauthor=False))
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """What the cache knows about one key's result."""
+
+    key: str
+    object: str  # sha256 of the image bytes
+    size: int
+    format: str
+    width: int
+    height: int
+    provider: str
+    model: str
+    seed: int
+    request_id: str
+    credits: int
+    duration_s: float
+    created_at: float
+    request: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layout": CACHE_LAYOUT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> CacheEntry:
+        if not isinstance(data, dict) or data.get("layout") != CACHE_LAYOUT:
+            raise ValueError("not an entry of this cache layout")
+        fields = {k: data[k] for k in cls.__dataclass_fields__}
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A hit (``entry``), a plain miss, or a miss because something was damaged (``problem``)."""
+
+    entry: CacheEntry | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    entries: int
+    objects: int
+    bytes: int
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == 64 and set(name) <= _HEX
+
+
+class Cache:
+    """The cache in ``directory`` (created on first write)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.root = self.directory / CACHE_LAYOUT
+
+    def object_path(self, digest: str) -> Path:
+        return self.root / "objects" / digest[:2] / digest
+
+    def entry_path(self, key: str) -> Path:
+        return self.root / "entries" / key[:2] / f"{key}.json"
+
+    def lookup(self, key: str) -> Lookup:
+        """The entry for ``key`` if it and its object are intact (the object's size is checked;
+        its hash is checked by ``verify``)."""
+        path = self.entry_path(key)
+        try:
+            entry = CacheEntry.from_json(json.loads(path.read_bytes()))
+        except FileNotFoundError:
+            return Lookup()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return Lookup(problem=f"cache entry {key[:12]} is damaged ({type(exc).__name__}); "
+                                  "the step runs again")
+        if entry.key != key or not _is_digest(entry.object):
+            return Lookup(problem=f"cache entry {key[:12]} does not match its name; the step "
+                                  "runs again")
+        try:
+            size = self.object_path(entry.object).stat().st_size
+        except FileNotFoundError:
+            return Lookup(problem=f"cache object {entry.object[:12]} of entry {key[:12]} is "
+                                  "missing; the step runs again")
+        if size != entry.size:
+            return Lookup(problem=f"cache object {entry.object[:12]} is {size} bytes, expected "
+                                  f"{entry.size} (truncated?); the step runs again")
+        return Lookup(entry)
+
+    def read(self, entry: CacheEntry) -> bytes:
+        return self.object_path(entry.object).read_bytes()
+
+    def store(self, data: bytes, entry: CacheEntry) -> CacheEntry:
+        """Store the image bytes, then the entry; returns the entry as stored."""
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.object or len(data) != entry.size:
+            raise ValueError("the entry does not describe these bytes")
+        target = self.object_path(digest)
+        try:
+            if not (target.exists() and target.stat().st_size == len(data)):
+                write_atomic(target, data, durable=True)
+            write_atomic(self.entry_path(entry.key),
+                         json.dumps(entry.to_json(), indent=1, sort_keys=True).encode(),
+                         durable=True)
+        except OSError as exc:
+            raise CacheError(f"cannot write to the cache in {self.directory}: "
+                             f"{exc.strerror or exc}") from exc
+        return entry
+
+    def entries(self) -> Iterator[tuple[Path, CacheEntry | None]]:
+        """Every entry file, parsed (None where it is damaged)."""
+        base = self.root / "entries"
+        if not base.is_dir():
+            return
+        for path in sorted(base.glob("*/*.json")):
+            try:
+                yield path, CacheEntry.from_json(json.loads(path.read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError):
+                yield path, None
+
+    def objects(self) -> Iterator[Path]:
+        base = self.root / "objects"
+        if base.is_dir():
+            yield from (p for p in sorted(base.glob("*/*")) if _is_digest(p.name))
+
+    def stats(self) -> CacheStats:
+        entries = sum(1 for _ in self.entries())
+        objects = list(self.objects())
+        return CacheStats(entries, len(objects), sum(p.stat().st_size for p in objects))
+
+    def verify(self, *, fix: bool = False) -> list[str]:
+        """Re-hash every object and check every entry; returns the problems found (and, with
+        ``fix``, removes what is damaged)."""
+        problems: list[str] = []
+        damaged: set[str] = set()
+        for path in self.objects():
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+            if digest.hexdigest() != path.name:
+                problems.append(f"object {path.name[:12]} does not match its hash")
+                damaged.add(path.name)
+                if fix:
+                    path.unlink(missing_ok=True)
+        for path, entry in self.entries():
+            reason = None
+            if entry is None:
+                reason = "is damaged"
+            elif entry.object in damaged or not self.object_path(entry.object).exists():
+                reason = f"points at a missing or damaged object {entry.object[:12]}"
+            if reason:
+                problems.append(f"entry {path.stem[:12]} {reason}")
+                if fix:
+                    path.unlink(missing_ok=True)
+        return problems
+
+    def remove_entries(self, keep: set[str] | None = None,
+                       older_than: float | None = None) -> int:
+        """Remove entries not in ``keep`` (when given) or created more than ``older_than``
+        seconds ago (when given), then objects no entry refers to. Returns entries removed."""
+        removed = 0
+        now = time.time()
+        referenced: set[str] = set()
+        for path, entry in self.entries():
+            stale = entry is None
+            if entry is not None and keep is not None and entry.key not in keep:
+                stale = True
+            if entry is not None and older_than is not None and \
+                    now - entry.created_at > older_than:
+                stale = True
+            if stale:
+                path.unlink(missing_ok=True)
+                removed += 1
+            elif entry is not None:
+                referenced.add(entry.object)
+        for path in self.objects():
+            if path.name not in referenced:
+                path.unlink(missing_ok=True)
+        return removed
+
+    def clear(self) -> None:
+        """Remove everything this cache layout holds."""
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,172 @@
+"""The scheduler: every task starts as soon as its input images exist.
+
+Steps of one variant run in order, each output feeding the next; variants, branches and recipes
+run concurrently, bounded by the provider's active-task limits. Each result is stored in the
+cache before any step that reads it starts, so an interrupted run resumes where it stopped. The
+executor emits events and never prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from kontext_pipeline.cache import Cache, CacheEntry
+from kontext_pipeline.errors import ProviderError
+from kontext_pipeline.plan import Plan, Task
+from kontext_pipeline.providers.base import EditRequest, Provider, ProviderEvent
+
+__all__ = ["RunEvent", "RunEventSink", "StepRecord", "execute"]
+
+Status = Literal["done", "failed", "skipped", "missing"]
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """Something happened to a task: ``cached``, ``queued``, ``submitted``, ``polling``,
+    ``retrying``, ``downloading``, ``done``, ``failed``, ``skipped`` or ``warning``."""
+
+    kind: str
+    task: Task
+    progress: float | None = None
+    message: str | None = None
+
+
+RunEventSink = Callable[[RunEvent], None]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """How one task ended in this run."""
+
+    task: Task
+    status: Status
+    cache: Literal["hit", "miss"]
+    key: str | None = None
+    inputs_sha256: tuple[str, ...] = ()
+    entry: CacheEntry | None = None
+    error: str | None = None
+    credits: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
+
+
+class _Run:
+    def __init__(self, cache: Cache, provider: Provider | None, on_event: RunEventSink) -> None:
+        self.cache = cache
+        self.provider = provider
+        self.emit = on_event
+        self.results: dict[tuple[str, str, str], asyncio.Future[StepRecord]] = {}
+
+    def future(self, task: Task, step: str) -> asyncio.Future[StepRecord]:
+        return self.results[(task.pipeline, task.variant, step)]
+
+    async def run(self, task: Task) -> StepRecord:
+        inputs: list[tuple[Path, str]] = []
+        for image in task.images:
+            if image.path is not None and image.sha256 is not None:
+                inputs.append((image.path, image.sha256))
+                continue
+            parent = await self.future(task, image.name)
+            if not parent.ok or parent.entry is None:
+                self.emit(RunEvent("skipped", task, message=f"'{image.name}' did not finish"))
+                return StepRecord(task, "skipped", "miss",
+                                  error=f"skipped: its input '{image.name}' did not finish")
+            inputs.append((self.cache.object_path(parent.entry.object), parent.entry.object))
+        hashes = tuple(digest for _, digest in inputs)
+        key = task.key(hashes)
+        lookup = self.cache.lookup(key)
+        if lookup.problem:
+            self.emit(RunEvent("warning", task, message=lookup.problem))
+        if lookup.entry is not None:
+            self.emit(RunEvent("cached", task))
+            return StepRecord(task, "done", "hit", key, hashes, lookup.entry)
+        if self.provider is None:
+            return StepRecord(task, "missing", "miss", key, hashes,
+                              error=lookup.problem or "not in the cache")
+        return await self.call(self.provider, task, key, tuple(p for p, _ in inputs), hashes)
+
+    async def call(self, provider: Provider, task: Task, key: str, paths: tuple[Path, ...],
+                   hashes: tuple[str, ...]) -> StepRecord:
+        params = task.params
+        request = EditRequest(model=task.model, prompt=task.prompt, seed=task.seed,
+                              aspect_ratio=params.aspect_ratio,
+                              output_format=params.output_format,
+                              safety_tolerance=params.safety_tolerance,
+                              prompt_upsampling=params.prompt_upsampling, images=paths,
+                              label=task.id)
+
+        def relay(event: ProviderEvent) -> None:
+            self.emit(RunEvent(event.kind, task, event.progress, event.message))
+
+        started = time.monotonic()
+        try:
+            result = await provider.generate(request, relay)
+        except ProviderError as error:
+            if error.stops_run:
+                raise
+            self.emit(RunEvent("failed", task, message=str(error)))
+            return StepRecord(task, "failed", "miss", key, hashes, error=str(error),
+                              duration_s=time.monotonic() - started)
+        credits = result.cost if result.cost is not None else task.credits
+        entry = CacheEntry(
+            key=key, object=_sha256(result.image), size=len(result.image),
+            format=result.image_format, width=result.width, height=result.height,
+            provider=task.provider, model=task.model,
+            seed=result.seed if result.seed is not None else task.seed,
+            request_id=result.request_id, credits=credits,
+            duration_s=round(result.duration_s, 3), created_at=time.time(),
+            request=task.request_document(hashes))
+        await asyncio.to_thread(self.cache.store, result.image, entry)
+        return StepRecord(task, "done", "miss", key, hashes, entry, credits=credits,
+                          duration_s=time.monotonic() - started)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def execute(
+    plans: Sequence[Plan],
+    *,
+    cache: Cache,
+    provider: Provider | None,
+    on_event: RunEventSink | None = None,
+) -> list[StepRecord]:
+    """Run every task of ``plans``; returns one record per task, in plan order.
+
+    Without a provider nothing is requested: a task that is not cached is ``missing``. A failed
+    task fails (skips) the tasks downstream of it in its variant; other variants go on. An error
+    that stops the run (a refused key, no credits) cancels everything and is raised.
+    """
+    run = _Run(cache, provider, on_event or (lambda _event: None))
+    loop = asyncio.get_running_loop()
+    tasks = [task for plan in plans for task in plan.tasks]
+    for task in tasks:
+        run.results[(task.pipeline, task.variant, task.step)] = loop.create_future()
+
+    async def one(task: Task) -> None:
+        future = run.future(task, task.step)
+        try:
+            future.set_result(await run.run(task))
+        except BaseException:
+            future.cancel()  # the tasks waiting on this one are cancelled in turn
+            raise
+
+    workers = [asyncio.ensure_future(one(task)) for task in tasks]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        raise
+    return [run.future(task, task.step).result() for task in tasks]

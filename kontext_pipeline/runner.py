@@ -1,0 +1,116 @@
+"""A run, start to finish: look up the cache, refuse to spend when told to, execute, export.
+
+The provider is opened only when something is not cached, so a fully cached run (and every
+``--frozen`` run) needs no key and creates no HTTP client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kontext_pipeline.cache import Cache
+from kontext_pipeline.errors import BudgetExceededError, FrozenCacheMissError, OutputError
+from kontext_pipeline.executor import RunEventSink, StepRecord, execute
+from kontext_pipeline.export import export_outputs
+from kontext_pipeline.files import write_atomic
+from kontext_pipeline.plan import Plan
+from kontext_pipeline.providers.base import Provider
+from kontext_pipeline.report import dollars, manifest
+from kontext_pipeline.resolution import cost_of_misses, missing_lines, resolve
+
+__all__ = ["MANIFEST", "PipelineReport", "RunStart", "run_pipelines", "run_plans"]
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What the run is about to do, before any request."""
+
+    tasks: int
+    cached: int
+    credits: int
+
+    def describe(self) -> str:
+        misses = self.tasks - self.cached
+        return (f"{self.tasks} step{'' if self.tasks == 1 else 's'}: {self.cached} cached, "
+                f"{misses} to run, expected cost {self.credits} credits "
+                f"({dollars(self.credits)})")
+
+
+@dataclass(frozen=True)
+class PipelineReport:
+    """One recipe's run: its records, where its outputs went, and its manifest."""
+
+    plan: Plan
+    records: tuple[StepRecord, ...]
+    out_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def failures(self) -> list[str]:
+        """``pipeline / variant / step: reason`` of every step that did not finish."""
+        return [f"{r.task.pipeline} / {r.task.variant} / {r.task.step}: {r.error}"
+                for r in self.records if r.status in ("failed", "skipped")]
+
+
+async def run_plans(
+    plans: Sequence[Plan],
+    *,
+    cache: Cache,
+    out_dirs: Sequence[Path],
+    open_provider: Callable[[], Provider],
+    frozen: bool = False,
+    max_credits: int | None = None,
+    on_start: Callable[[RunStart], None] | None = None,
+    on_event: RunEventSink | None = None,
+) -> list[PipelineReport]:
+    """Run ``plans`` (exporting plan i into ``out_dirs[i]``) and return their reports.
+
+    Raises :class:`FrozenCacheMissError` or :class:`BudgetExceededError` before any request,
+    and a provider error that stops the run (key, credits) as soon as it happens.
+    """
+    if len(out_dirs) != len(plans):
+        raise ValueError("one output directory per plan")
+    resolved = [r for plan in plans for r in resolve(plan, cache)]
+    cached = sum(1 for r in resolved if r.hit)
+    credits = cost_of_misses(resolved)
+    if frozen and cached < len(resolved):
+        raise FrozenCacheMissError(missing_lines(resolved))
+    if max_credits is not None and credits > max_credits:
+        raise BudgetExceededError(
+            f"the steps that are not cached would cost {credits} credits ({dollars(credits)}), "
+            f"more than --max-credits {max_credits}; nothing was submitted")
+    if on_start is not None:
+        on_start(RunStart(len(resolved), cached, credits))
+    provider = None if cached == len(resolved) else open_provider()
+    try:
+        records = await execute(plans, cache=cache, provider=provider, on_event=on_event)
+    finally:
+        if provider is not None:
+            await provider.aclose()
+    reports = []
+    start = 0
+    for plan, out_dir in zip(plans, out_dirs, strict=True):
+        mine = records[start:start + len(plan.tasks)]
+        start += len(plan.tasks)
+        exported = export_outputs(plan, mine, cache, out_dir)
+        document = manifest(plan, mine, exported)
+        try:
+            write_atomic(out_dir / MANIFEST, json.dumps(document, indent=2,
+                                                         ensure_ascii=False).encode() + b"\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write {out_dir / MANIFEST}: {exc.strerror or exc}"
+                              ) from exc
+        reports.append(PipelineReport(plan, tuple(mine), out_dir, document))
+    return reports
+
+
+def run_pipelines(plans: Sequence[Plan], **options: Any) -> list[PipelineReport]:
+    """:func:`run_plans` for synchronous callers (it runs its own event loop)."""
+    return asyncio.run(run_plans(plans, **options))

@@ -1,0 +1,133 @@
+"""The content-addressed cache: atomic, verifiable, and never serving a damaged image."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from kontext_pipeline.cache import Cache, CacheEntry, default_cache_dir
+from kontext_pipeline.errors import CacheError
+
+
+def entry_for(data: bytes, key: str = "k" * 64, **changes: object) -> CacheEntry:
+    fields: dict[str, object] = {
+        "key": key, "object": hashlib.sha256(data).hexdigest(), "size": len(data),
+        "format": "png", "width": 1, "height": 1, "provider": "preview",
+        "model": "flux-kontext-pro", "seed": 1, "request_id": "r", "credits": 4,
+        "duration_s": 1.0, "created_at": time.time(), "request": {"prompt": "p"}}
+    fields.update(changes)
+    return CacheEntry(**fields)  # type: ignore[arg-type]
+
+
+def test_store_and_lookup(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    entry = cache.store(b"image bytes", entry_for(b"image bytes"))
+    assert cache.lookup(entry.key).entry == entry
+    assert cache.read(entry) == b"image bytes"
+    digest = hashlib.sha256(b"image bytes").hexdigest()
+    assert cache.object_path(digest) == tmp_path / "v1" / "objects" / digest[:2] / digest
+    assert cache.entry_path(entry.key).is_file()
+    assert not list(tmp_path.rglob(".tmp-*"))
+    assert cache.stats().entries == 1
+
+
+def test_a_missing_key_is_a_plain_miss(tmp_path: Path) -> None:
+    lookup = Cache(tmp_path).lookup("a" * 64)
+    assert (lookup.entry, lookup.problem) == (None, None)
+
+
+def test_a_truncated_object_is_a_miss_with_a_warning(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    entry = cache.store(b"0123456789", entry_for(b"0123456789"))
+    cache.object_path(entry.object).write_bytes(b"01234")
+    lookup = cache.lookup(entry.key)
+    assert lookup.entry is None
+    assert lookup.problem == (f"cache object {entry.object[:12]} is 5 bytes, expected 10 "
+                              "(truncated?); the step runs again")
+
+
+def test_a_damaged_entry_is_a_miss_with_a_warning(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    entry = cache.store(b"x", entry_for(b"x"))
+    cache.entry_path(entry.key).write_text("{not json")
+    assert cache.lookup(entry.key).problem == (
+        f"cache entry {entry.key[:12]} is damaged (JSONDecodeError); the step runs again")
+    cache.entry_path(entry.key).write_text(json.dumps({**entry.to_json(), "key": "b" * 64}))
+    assert cache.lookup(entry.key).problem == (
+        f"cache entry {entry.key[:12]} does not match its name; the step runs again")
+
+
+def test_a_missing_object_is_a_miss_with_a_warning(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    entry = cache.store(b"x", entry_for(b"x"))
+    cache.object_path(entry.object).unlink()
+    assert cache.lookup(entry.key).problem == (
+        f"cache object {entry.object[:12]} of entry {entry.key[:12]} is missing; the step "
+        "runs again")
+
+
+def test_store_refuses_an_entry_that_does_not_describe_the_bytes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not describe these bytes"):
+        Cache(tmp_path).store(b"abc", entry_for(b"abd"))
+
+
+def test_verify_finds_and_fixes_corruption_of_the_same_size(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    good = cache.store(b"good", entry_for(b"good", key="a" * 64))
+    bad = cache.store(b"flip", entry_for(b"flip", key="b" * 64))
+    cache.object_path(bad.object).write_bytes(b"flop")  # same size: only a hash shows it
+    assert cache.lookup(bad.key).entry is not None
+    problems = cache.verify()
+    assert problems == [f"object {bad.object[:12]} does not match its hash",
+                        f"entry {bad.key[:12]} points at a missing or damaged object "
+                        f"{bad.object[:12]}"]
+    assert cache.verify(fix=True) == problems
+    assert cache.verify() == []
+    assert cache.lookup(bad.key).entry is None
+    assert cache.lookup(good.key).entry == good
+
+
+def test_remove_entries_by_reachability_and_age(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    old = cache.store(b"old", entry_for(b"old", key="a" * 64, created_at=time.time() - 86400))
+    new = cache.store(b"new", entry_for(b"new", key="b" * 64))
+    assert cache.remove_entries(older_than=3600) == 1
+    assert cache.lookup(old.key).entry is None
+    assert not cache.object_path(old.object).exists()
+    assert cache.remove_entries(keep={new.key}) == 0
+    assert cache.remove_entries(keep=set()) == 1
+    assert cache.stats().objects == 0
+
+
+def test_clear(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    cache.store(b"x", entry_for(b"x"))
+    cache.clear()
+    assert cache.stats().entries == 0
+
+
+def test_an_unwritable_cache_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CacheError) as caught:
+        Cache(blocker).store(b"x", entry_for(b"x"))
+    assert str(caught.value).startswith(f"cannot write to the cache in {blocker}: ")
+
+
+def test_default_location(tmp_path: Path) -> None:
+    assert default_cache_dir({"KONTEXT_CACHE_DIR": str(tmp_path)}) == tmp_path
+    assert default_cache_dir({}).name == "kontext-pipeline"
+
+
+def test_written_files_have_ordinary_permissions(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    entry = cache.store(b"x", entry_for(b"x"))
+    mode = cache.object_path(entry.object).stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
