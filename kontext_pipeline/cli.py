@@ -168,15 +168,19 @@ def _count(n: int, noun: str) -> str:
 @_recipe_argument
 @_var_option
 @_provider_option
+@_cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(recipe: str, variables: dict[str, str], provider: str, as_json: bool) -> None:
-    """Show variants, steps, rendered prompts, seeds, models, keys and the cost."""
+def plan(*, recipe: str, variables: dict[str, str], provider: str, cache_dir: str | None,
+         as_json: bool) -> None:
+    """Show variants, steps, rendered prompts, seeds, models, cache status and the cost."""
     from kontext_pipeline.plan import build_plan  # noqa: PLC0415
     from kontext_pipeline.report import plan_json, plan_text  # noqa: PLC0415
+    from kontext_pipeline.resolution import resolve  # noqa: PLC0415
 
     spec = _load(recipe)
     result = build_plan(spec, overrides=variables, env=os.environ, provider=provider)
-    click.echo(plan_json(result) if as_json else plan_text(result))
+    resolved = resolve(result, _open_cache(cache_dir))
+    click.echo(plan_json(result, resolved) if as_json else plan_text(result, resolved))
 
 
 @cli.command()

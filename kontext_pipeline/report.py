@@ -8,6 +8,7 @@ from typing import Any
 
 from kontext_pipeline.executor import StepRecord
 from kontext_pipeline.plan import Plan, Task
+from kontext_pipeline.resolution import Resolved, cost_of_misses
 
 __all__ = ["dollars", "manifest", "plan_json", "plan_text", "task_json"]
 
@@ -25,12 +26,13 @@ def _images(task: Task) -> str:
     return "image " + ", ".join(image.name for image in task.images)
 
 
-def _key(task: Task) -> str:
-    key = task.static_key
-    if key is not None:
-        return f"key {key[:_KEY_CHARS]}"
-    waits = ", ".join(image.name for image in task.images if image.is_step)
-    return f"key after {waits}"
+def _status(resolved: Resolved) -> str:
+    if resolved.key is None:
+        return f"miss (after {resolved.waits_on})  {resolved.task.credits} credits"
+    key = resolved.key[:_KEY_CHARS]
+    if resolved.hit:
+        return f"cached  key {key}"
+    return f"miss  key {key}  {resolved.task.credits} credits"
 
 
 def _params(task: Task) -> str:
@@ -43,8 +45,8 @@ def _params(task: Task) -> str:
     return " · ".join(parts)
 
 
-def plan_text(plan: Plan) -> str:
-    """The plan as ``kontext-pipeline plan`` prints it."""
+def plan_text(plan: Plan, resolved: Sequence[Resolved]) -> str:
+    """The plan as ``kontext-pipeline plan`` prints it, with each task's cache status."""
     spec = plan.spec
     tasks = len(plan.tasks)
     lines = [
@@ -54,16 +56,20 @@ def plan_text(plan: Plan) -> str:
         f"{'' if len(spec.steps) == 1 else 's'} = {tasks} task{'' if tasks == 1 else 's'}",
     ]
     width = max(len(step.id) for step in spec.steps)
+    status = {r.task.id: r for r in resolved}
     for variant in plan.variants:
         lines.append("")
         lines.append(f"variant {variant.id}")
         for task in plan.tasks_of(variant.id):
             lines.append(f"  {task.index + 1}. {task.step:<{width}}  {task.model}  "
-                         f"seed {task.seed:<10}  {_images(task)}  {_params(task)}  {_key(task)}  "
-                         f"{task.credits} credits")
+                         f"seed {task.seed:<10}  {_images(task)}  {_params(task)}  "
+                         f"{_status(status[task.id])}")
             lines.extend(f"       {line}" for line in task.prompt.splitlines())
+    cached = sum(1 for r in resolved if r.hit)
+    credits = cost_of_misses(resolved)
     lines.append("")
-    lines.append(f"cost if nothing is cached: {plan.credits} credits ({dollars(plan.credits)})")
+    lines.append(f"{cached} of {tasks} cached; the rest cost {credits} credits "
+                 f"({dollars(credits)})")
     return "\n".join(lines)
 
 
@@ -86,9 +92,10 @@ def task_json(task: Task) -> dict[str, Any]:
     }
 
 
-def plan_json(plan: Plan) -> str:
+def plan_json(plan: Plan, resolved: Sequence[Resolved]) -> str:
     """The plan as ``kontext-pipeline plan --json`` prints it."""
     spec = plan.spec
+    status = {r.task.id: r for r in resolved}
     document = {
         "pipeline": spec.name,
         "file": spec.file,
@@ -96,8 +103,11 @@ def plan_json(plan: Plan) -> str:
         "provider": plan.provider,
         "variables": dict(plan.variables),
         "variants": [{"id": v.id, "values": dict(v.values)} for v in plan.variants],
-        "tasks": [task_json(task) for task in plan.tasks],
-        "totals": {"tasks": len(plan.tasks), "credits": plan.credits},
+        "tasks": [{**task_json(task), "key": status[task.id].key,
+                   "cache": "hit" if status[task.id].hit else "miss"} for task in plan.tasks],
+        "totals": {"tasks": len(plan.tasks), "credits": plan.credits,
+                   "cached": sum(1 for r in resolved if r.hit),
+                   "credits_to_spend": cost_of_misses(resolved)},
     }
     return json.dumps(document, indent=2, ensure_ascii=False)
 

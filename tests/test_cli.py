@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from tests.conftest import PIPELINES, ROOT, RunCli, WriteRecipe
 
@@ -73,42 +74,43 @@ def test_warnings_pass_unless_strict(run_cli: RunCli, write_recipe: WriteRecipe)
     ]
 
 
-def test_plan_text(run_cli: RunCli, monkeypatch: object) -> None:
-    result = run_cli("plan", "pipelines/poster-chain.yaml")
+def test_plan_text(run_cli: RunCli, tmp_path: Path) -> None:
+    result = run_cli("plan", "pipelines/poster-chain.yaml", "--cache-dir", str(tmp_path))
     assert result.exit_code == 0
     assert result.stdout == textwrap.dedent("""\
         poster-chain (pipelines/poster-chain.yaml)
         provider bfl · 1 variant × 3 steps = 3 tasks
 
         variant default
-          1. recolor  flux-kontext-pro  seed 4110452625  image street  png · tolerance 2  key 21920ac7a8f6  4 credits
+          1. recolor  flux-kontext-pro  seed 4110452625  image street  png · tolerance 2  miss  key 21920ac7a8f6  4 credits
                Change the car's color to blue, keep everything else unchanged
-          2. sign     flux-kontext-pro  seed 7           image recolor  png · tolerance 2  key after recolor  4 credits
+          2. sign     flux-kontext-pro  seed 7           image recolor  png · tolerance 2  miss (after recolor)  4 credits
                Replace 'OPEN DAILY' with 'CHOOSE JOY' on the shop sign, same font and colors
-          3. relight  flux-kontext-max  seed 340273185   image sign  16:9 · png · tolerance 2  key after sign  8 credits
+          3. relight  flux-kontext-max  seed 340273185   image sign  16:9 · png · tolerance 2  miss (after sign)  8 credits
                Relight the whole scene as golden hour, warm low sun from the left,
                keep the blue car and the sign text exactly as they are
 
-        cost if nothing is cached: 16 credits ($0.16)
+        0 of 3 cached; the rest cost 16 credits ($0.16)
     """)  # noqa: E501
 
 
-def test_plan_json(run_cli: RunCli) -> None:
+def test_plan_json(run_cli: RunCli, tmp_path: Path) -> None:
     result = run_cli("plan", "--json", "--var", "color=teal", "--provider", "preview",
-                     str(PIPELINES / "color-matrix.yaml"))
+                     "--cache-dir", str(tmp_path), str(PIPELINES / "color-matrix.yaml"))
     assert result.exit_code == 0
     plan = json.loads(result.stdout)
     assert plan["pipeline"] == "color-matrix"
     assert plan["provider"] == "preview"
     assert [v["id"] for v in plan["variants"]] == [
         "color=teal,finish=glossy,sign=Teal Tuesday", "color=teal,finish=matte,sign=Teal Tuesday"]
-    assert plan["totals"] == {"tasks": 4, "credits": 16}
+    assert plan["totals"] == {"tasks": 4, "credits": 16, "cached": 0, "credits_to_spend": 16}
     first = plan["tasks"][0]
     assert first["step"] == "recolor"
     assert first["images"][0]["name"] == "street"
     assert first["images"][0]["source"] == "input"
     assert len(first["key"]) == 64
     assert plan["tasks"][1]["key"] is None
+    assert {t["cache"] for t in plan["tasks"]} == {"miss"}
     assert plan["tasks"][1]["images"] == [{"name": "recolor", "source": "step", "sha256": None}]
 
 
