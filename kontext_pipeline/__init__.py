@@ -5,7 +5,7 @@ The library behind the ``kontext-pipeline`` command::
     from kontext_pipeline import build_plan, load_spec
 
     spec = load_spec("pipelines/poster-chain.yaml")
-    plan = build_plan(spec, overrides={"color": "green"})
+    plan = build_plan(spec, overrides={"color": "green"}, provider="preview")
 
 Names are imported on first use, so that ``import kontext_pipeline`` (and the command line's
 ``--help``) stays fast.
@@ -19,11 +19,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from kontext_pipeline.diagnostics import Problem
     from kontext_pipeline.errors import KontextError, SpecError, TemplateError, UsageError
+    from kontext_pipeline.cache import Cache
     from kontext_pipeline.plan import Plan, Task, build_plan
+    from kontext_pipeline.providers import open_provider
+    from kontext_pipeline.runner import PipelineReport, run_pipelines, run_plans
     from kontext_pipeline.spec import Spec, Step, load_spec
 
 __all__ = [
+    "Cache",
     "KontextError",
+    "PipelineReport",
     "Plan",
     "Problem",
     "Spec",
@@ -34,9 +39,13 @@ __all__ = [
     "UsageError",
     "build_plan",
     "load_spec",
+    "open_provider",
+    "run_pipelines",
+    "run_plans",
 ]
 
 _HOMES = {
+    "Cache": "cache",
     "Problem": "diagnostics",
     "KontextError": "errors",
     "SpecError": "errors",
@@ -45,6 +54,10 @@ _HOMES = {
     "Plan": "plan",
     "Task": "plan",
     "build_plan": "plan",
+    "open_provider": "providers",
+    "PipelineReport": "runner",
+    "run_pipelines": "runner",
+    "run_plans": "runner",
     "Spec": "spec",
     "Step": "spec",
     "load_spec": "spec",
