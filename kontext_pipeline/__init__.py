@@ -17,9 +17,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from kontext_pipeline.cache import Cache
     from kontext_pipeline.diagnostics import Problem
     from kontext_pipeline.errors import KontextError, SpecError, TemplateError, UsageError
-    from kontext_pipeline.cache import Cache
     from kontext_pipeline.plan import Plan, Task, build_plan
     from kontext_pipeline.providers import open_provider
     from kontext_pipeline.runner import PipelineReport, run_pipelines, run_plans
