@@ -51,6 +51,7 @@ from kontext_pipeline.providers.policies import (
     ActiveTaskLimiter,
     LatencyTracker,
     PollPolicy,
+    PollTimer,
     RetryPolicy,
     parse_retry_after,
 )
@@ -185,7 +186,6 @@ class BflProvider:
             content = await asyncio.to_thread(self._body, request)  # once, whatever the retries
             await self._submit(task, content)
             result = await self._poll(task)
-        self.latencies.record(request.model, self._clock() - task.submitted_at)
         sample = result.get("sample") if isinstance(result, dict) else None
         if not isinstance(sample, str) or not sample:
             raise InvalidResultError(f"{task.label}: the API said Ready but gave no result URL")
@@ -298,16 +298,11 @@ class BflProvider:
         await self._sleep(delay)
 
     async def _poll(self, task: _Task) -> Mapping[str, Any]:
-        delays = self.polling.delays(self.latencies.expected(task.request.model))
+        model = task.request.model
+        timer = PollTimer(self.polling, self._rng, self.latencies.expected(model))
         failures = 0
-        delay = next(delays)
         while True:
-            waited = self._clock() - task.submitted_at
-            if waited + delay > self.polling.deadline:
-                raise ProviderTimeoutError(
-                    f"{task.label}: no result after {self.polling.deadline:.0f} s (task "
-                    f"{task.task_id}); it was not submitted again")
-            await self._sleep(delay)
+            elapsed = await self._wait_due(task, timer)
             task.polls += 1
             body, failure, retry_after = await self._poll_once(task)
             if body is None:
@@ -317,6 +312,7 @@ class BflProvider:
                         f"{task.label}: polling failed {failures} times in a row; last: "
                         f"{failure} (task {task.task_id})")
                 delay = self.retry.delay(failures, self._rng, retry_after)
+                timer.retry(elapsed, delay)
                 task.event("retrying", message=f"poll: {failure}; retrying in {delay:.1f} s")
                 continue
             failures = 0
@@ -325,12 +321,28 @@ class BflProvider:
                 progress = body.get("progress")
                 task.event("polling", progress=float(progress)
                            if isinstance(progress, int | float) else None)
-                delay = next(delays)
+                timer.pending(elapsed, self.latencies.expected(model))
                 continue
             if status == "Ready":
+                self.latencies.record(model, self._clock() - task.submitted_at)
                 result = body.get("result")
                 return result if isinstance(result, dict) else {}
             self._raise_for_status(task, str(status), body.get("details"))
+
+    async def _wait_due(self, task: _Task, timer: PollTimer) -> float:
+        """Wait until the next poll is due (sooner if another task of the model finishes and
+        shows this one is probably ready); returns the elapsed time then."""
+        model = task.request.model
+        while True:
+            elapsed = self._clock() - task.submitted_at
+            due = timer.due(self.latencies.expected(model))
+            if due > self.polling.deadline:
+                raise ProviderTimeoutError(
+                    f"{task.label}: no result after {self.polling.deadline:.0f} s (task "
+                    f"{task.task_id}); it was not submitted again")
+            if elapsed >= due:
+                return elapsed
+            await self.latencies.wait(model, due - elapsed)
 
     async def _poll_once(self, task: _Task) -> tuple[dict[str, Any] | None, str, float | None]:
         try:

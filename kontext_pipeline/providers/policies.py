@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import math
 import random
 import statistics
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_MODEL_LIMITS",
@@ -20,6 +21,7 @@ __all__ = [
     "ActiveTaskLimiter",
     "LatencyTracker",
     "PollPolicy",
+    "PollTimer",
     "RetryPolicy",
     "parse_retry_after",
 ]
@@ -64,46 +66,87 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 @dataclass(frozen=True)
 class PollPolicy:
-    """When to poll: soon after the task is expected to finish, then backing off.
+    """When to poll: around the model's typical latency once it is known, backing off before.
 
-    Before any task of a model has finished, polls start at ``first`` seconds and grow by
-    ``factor`` up to ``max_interval``. Once typical latencies are known, the first poll waits
-    ``lead`` of the typical latency and later polls come every ``step`` of it, growing.
+    Until a task of the model has finished, the first poll comes after ``first`` seconds (spread
+    by ± ``jitter`` so that concurrent tasks sample different moments) and later ones back off by
+    ``factor`` up to ``max_interval``. Once typical latencies are known, the first poll comes at
+    ``lead`` of the typical latency, and later ones every ``step`` of it, growing by ``factor``.
     """
 
     first: float = 0.5
     factor: float = 1.5
     max_interval: float = 4.0
     min_interval: float = 0.05
-    lead: float = 0.9
+    lead: float = 0.95
     step: float = 0.05
+    jitter: float = 0.3
     deadline: float = 600.0
 
-    def delays(self, expected: float | None) -> Iterator[float]:
-        """Waits between polls, forever (the caller enforces the deadline)."""
-        if expected is None:
-            delay = self.first
+
+class PollTimer:
+    """The next poll of one task, as seconds since its submit was answered."""
+
+    def __init__(self, policy: PollPolicy, rng: random.Random, expected: float | None) -> None:
+        self.policy = policy
+        self.last_poll = -math.inf
+        self._backoff = policy.first * rng.uniform(1 - policy.jitter, 1 + policy.jitter)
+        self._near = 0
+        self.scheduled = self._backoff if expected is None else expected * policy.lead
+
+    def due(self, expected: float | None) -> float:
+        """When the next poll is due, given the typical latency known now: a task that has not
+        polled since reaching the typical latency polls at once."""
+        if expected is not None:
+            target = expected * self.policy.lead
+            if self.last_poll < target - self.policy.min_interval:
+                return min(self.scheduled, target)
+        return self.scheduled
+
+    def pending(self, elapsed: float, expected: float | None) -> None:
+        """The poll at ``elapsed`` found the task still pending."""
+        policy = self.policy
+        self.last_poll = elapsed
+        if expected is not None and elapsed >= expected * policy.lead - policy.min_interval:
+            delay = expected * policy.step * policy.factor ** self._near
+            self._near += 1
         else:
-            yield max(self.min_interval, expected * self.lead)
-            delay = max(self.min_interval, expected * self.step)
-        while True:
-            yield delay
-            delay = min(self.max_interval, delay * self.factor)
+            self._backoff = min(policy.max_interval, self._backoff * policy.factor)
+            delay = self._backoff
+        self.scheduled = elapsed + min(policy.max_interval, max(policy.min_interval, delay))
+
+    def retry(self, elapsed: float, delay: float) -> None:
+        """The poll at ``elapsed`` failed; try again after ``delay``."""
+        self.scheduled = elapsed + delay
 
 
-@dataclass
 class LatencyTracker:
-    """Recent task latencies per model, to poll around the typical one."""
+    """Recent task latencies per model (the time until a poll found the task ready), and a
+    signal for the tasks still waiting whenever one finishes."""
 
-    window: int = 32
-    _samples: dict[str, deque[float]] = field(default_factory=dict)
+    def __init__(self, window: int = 32) -> None:
+        self.window = window
+        self._samples: dict[str, deque[float]] = {}
+        self._news: dict[str, asyncio.Event] = {}
 
     def record(self, model: str, seconds: float) -> None:
         self._samples.setdefault(model, deque(maxlen=self.window)).append(seconds)
+        news = self._news.pop(model, None)
+        if news is not None:
+            news.set()
 
     def expected(self, model: str) -> float | None:
         samples = self._samples.get(model)
         return statistics.median(samples) if samples else None
+
+    async def wait(self, model: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True if a task of ``model`` finished meanwhile."""
+        news = self._news.setdefault(model, asyncio.Event())
+        try:
+            await asyncio.wait_for(news.wait(), timeout=max(0.0, timeout))
+        except asyncio.TimeoutError:
+            return False
+        return True
 
 
 class ActiveTaskLimiter:

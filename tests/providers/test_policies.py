@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 
 import pytest
@@ -12,6 +11,7 @@ from kontext_pipeline.providers.policies import (
     ActiveTaskLimiter,
     LatencyTracker,
     PollPolicy,
+    PollTimer,
     RetryPolicy,
     parse_retry_after,
 )
@@ -40,20 +40,69 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT", now=1445412480.0) == 5.0
 
 
-def test_poll_delays_before_and_after_latencies_are_known() -> None:
-    policy = PollPolicy(first=0.5, factor=2.0, max_interval=3.0, lead=0.9, step=0.05)
-    assert list(itertools.islice(policy.delays(None), 5)) == [0.5, 1.0, 2.0, 3.0, 3.0]
-    learned = list(itertools.islice(policy.delays(2.0), 4))
-    assert learned == pytest.approx([1.8, 0.1, 0.2, 0.4])
+def test_poll_timer_backs_off_until_latencies_are_known() -> None:
+    policy = PollPolicy(first=0.5, factor=2.0, max_interval=3.0, jitter=0.0)
+    timer = PollTimer(policy, random.Random(1), expected=None)
+    seen = []
+    for _ in range(5):
+        due = timer.due(None)
+        seen.append(due)
+        timer.pending(due, None)
+    assert seen == pytest.approx([0.5, 1.5, 3.5, 6.5, 9.5])
 
 
-def test_latency_tracker_uses_the_median_of_recent_tasks() -> None:
+def test_poll_timer_first_poll_spreads_concurrent_tasks() -> None:
+    policy = PollPolicy(first=0.5, jitter=0.3)
+    rng = random.Random(3)
+    firsts = [PollTimer(policy, rng, None).due(None) for _ in range(100)]
+    assert 0.35 <= min(firsts) < 0.4
+    assert 0.6 < max(firsts) <= 0.65
+
+
+def test_poll_timer_polls_around_the_typical_latency() -> None:
+    policy = PollPolicy(lead=0.95, step=0.05, factor=2.0, min_interval=0.01)
+    timer = PollTimer(policy, random.Random(1), expected=2.0)
+    assert timer.due(2.0) == pytest.approx(1.9)
+    timer.pending(1.9, 2.0)
+    assert timer.due(2.0) == pytest.approx(2.0)  # 1.9 + 5% of 2.0
+    timer.pending(2.0, 2.0)
+    assert timer.due(2.0) == pytest.approx(2.2)  # the step doubles
+
+
+def test_news_of_a_finished_task_brings_the_next_poll_forward() -> None:
+    policy = PollPolicy(first=0.5, factor=1.5, lead=1.0, jitter=0.0)
+    timer = PollTimer(policy, random.Random(1), expected=None)
+    timer.pending(0.5, None)
+    timer.pending(1.25, None)  # next backoff poll due at 2.375
+    assert timer.due(None) == pytest.approx(2.375)
+    assert timer.due(2.0) == pytest.approx(2.0)  # another task took 2.0 s: look then
+    timer.pending(2.0, 2.0)
+    assert timer.due(2.0) == pytest.approx(2.1)  # not again at once: a small step after
+
+
+def test_retry_reschedules() -> None:
+    timer = PollTimer(PollPolicy(), random.Random(1), expected=None)
+    timer.retry(1.0, 0.25)
+    assert timer.due(None) == 1.25
+
+
+def test_latency_tracker_uses_the_median_and_wakes_waiters() -> None:
     tracker = LatencyTracker(window=3)
     assert tracker.expected("m") is None
     for seconds in (10.0, 1.0, 2.0, 3.0):
         tracker.record("m", seconds)
     assert tracker.expected("m") == 2.0
     assert tracker.expected("other") is None
+
+    async def scenario() -> tuple[bool, bool]:
+        waiter = asyncio.ensure_future(tracker.wait("m", 5.0))
+        await asyncio.sleep(0.01)
+        tracker.record("m", 2.5)
+        woken = await asyncio.wait_for(waiter, 1.0)
+        timed_out = await tracker.wait("m", 0.01)
+        return woken, timed_out
+
+    assert asyncio.run(scenario()) == (True, False)
 
 
 class FakeClock:
