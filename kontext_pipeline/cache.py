@@ -7,7 +7,9 @@ Layout (under the cache directory)::
 
 Every write goes to a temporary file in the same directory and is renamed into place, so a
 reader sees a whole file or none, and concurrent runs sharing the directory corrupt nothing (two
-writers of one object write the same bytes). A damaged entry or an object whose size does not
+writers of one object write the same bytes). Files are not fsynced: after a power loss a file may
+be empty or short, which a lookup sees (a damaged entry, or an object of the wrong size) and
+treats as a miss. A damaged entry or an object whose size does not
 match its entry is a miss with a warning, never a wrong image; ``verify`` re-hashes everything.
 """
 
@@ -139,10 +141,9 @@ class Cache:
         target = self.object_path(digest)
         try:
             if not (target.exists() and target.stat().st_size == len(data)):
-                write_atomic(target, data, durable=True)
+                write_atomic(target, data)
             write_atomic(self.entry_path(entry.key),
-                         json.dumps(entry.to_json(), indent=1, sort_keys=True).encode(),
-                         durable=True)
+                         json.dumps(entry.to_json(), indent=1, sort_keys=True).encode())
         except OSError as exc:
             raise CacheError(f"cannot write to the cache in {self.directory}: "
                              f"{exc.strerror or exc}") from exc

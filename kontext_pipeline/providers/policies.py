@@ -96,12 +96,17 @@ class PollTimer:
 
     def due(self, expected: float | None) -> float:
         """When the next poll is due, given the typical latency known now: a task that has not
-        polled since reaching the typical latency polls at once."""
-        if expected is not None:
-            target = expected * self.policy.lead
-            if self.last_poll < target - self.policy.min_interval:
-                return min(self.scheduled, target)
-        return self.scheduled
+        polled since reaching the typical latency polls at once; one that has polls again a
+        small step later, whatever back-off it was scheduled with before the latency was known.
+        """
+        if expected is None:
+            return self.scheduled
+        policy = self.policy
+        target = expected * policy.lead
+        if self.last_poll < target - policy.min_interval:
+            return min(self.scheduled, target)
+        step = max(policy.min_interval, expected * policy.step * policy.factor ** self._near)
+        return min(self.scheduled, self.last_poll + step)
 
     def pending(self, elapsed: float, expected: float | None) -> None:
         """The poll at ``elapsed`` found the task still pending."""

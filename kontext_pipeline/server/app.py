@@ -79,6 +79,7 @@ def create_app(config: ServerConfig | None = None, state: ServerState | None = N
         Route("/v1/get_result", service.get_result, methods=["GET"]),
         Route("/{region}/v1/get_result", service.get_result, methods=["GET"]),
         Route("/delivery/{task_id}/sample.{ext}", service.delivery, methods=["GET"]),
+        Route("/_stats", service.stats, methods=["GET"]),
     ]
     return _RequestLog(Starlette(routes=routes), service.state)
 
@@ -262,6 +263,21 @@ class _Service:
             return _azure_error("AuthenticationFailed", "Signed expiry time has passed")
         return (self._fault_response(fault) if fault else None) or Response(data,
                                                                             media_type=media)
+
+    async def stats(self, request: Request) -> Response:
+        """This server's own counters (not a BFL endpoint): what benchmarks and tests check."""
+        state = self.state
+        polls = sum(1 for r in state.requests if r.path.endswith("/get_result"))
+        return JSONResponse({
+            "submits": sum(state.submits.values()),
+            "repeated_submits": sum(n - 1 for n in state.submits.values() if n > 1),
+            "polls": polls,
+            "downloads": sum(1 for r in state.requests if r.path.startswith("/delivery/")),
+            "peak_active": state.peak_active,
+            "peak_by_model": dict(state.peak_by_model),
+            "active": state.active(time.monotonic()),
+            "credits_charged": state.credits_charged,
+        })
 
 
 def _base(request: Request) -> str:

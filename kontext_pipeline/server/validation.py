@@ -70,8 +70,8 @@ def _decode_image(value: Any, name: str,
             with Image.open(io.BytesIO(data)) as image:
                 if image.width * image.height > MAX_IMAGE_PIXELS:
                     raise ValueError("more than 20 megapixels")
-                image.load()
                 pixels = image.width * image.height
+                image.verify()  # structure and checksums, without decoding every pixel
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         errors.append(_error("value_error", name, f"Value error, not a usable image: {exc}", ""))
         return None

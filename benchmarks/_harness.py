@@ -1,0 +1,118 @@
+"""Shared by the benchmark scripts: a BFL-compatible server in its own process, recipes, and
+timing. Each benchmark prints one table of figures and ratios against their limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "bfl_benchmark"
+CLI = [sys.executable, "-m", "kontext_pipeline"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Server:
+    """``kontext-pipeline serve`` in a separate process (so it does not share the runner's CPU
+    time slice or interpreter lock)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = httpx.get(f"{self.url}/_stats", timeout=10).json()
+        return data
+
+
+@contextmanager
+def server(latency: float, *extra: str) -> Iterator[Server]:
+    port = free_port()
+    process = subprocess.Popen([*CLI, "serve", "--port", str(port), "--latency", str(latency),
+                                *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/_stats", timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the server did not start") from None
+                time.sleep(0.05)
+        yield Server(url)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="kontext-bench-") as name:
+        yield Path(name)
+
+
+def run_cli(args: Sequence[str], *, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run the command line; returns (wall seconds, the finished process)."""
+    started = time.perf_counter()
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd,
+                            env={**os.environ, **(env or {})}, check=False)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+    return wall, result
+
+
+def median_wall(command: Sequence[str], repeat: int) -> float:
+    walls = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run(command, capture_output=True, check=True)
+        walls.append(time.perf_counter() - started)
+    return statistics.median(walls)
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print one aligned table."""
+    cells = [[str(c) for c in header], *[[_cell(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(title)
+    for index, row in enumerate(cells):
+        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if index == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def manifest(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "manifest.json").read_text())
+    return data
