@@ -75,7 +75,9 @@ def http_client(*, timeout: float = 30.0) -> httpx.AsyncClient:
     """An HTTP client suited to the API: no redirects followed (they could carry the key)."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=10.0),
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        # few connections: requests are short, and httpcore scans every pooled connection for
+        # each request it assigns
+        limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
         headers={"user-agent": _USER_AGENT},
         follow_redirects=False,
     )

@@ -4,7 +4,6 @@ active-task limits (with a 429 lowering the effective limit for a while)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import math
 import random
@@ -157,7 +156,9 @@ class LatencyTracker:
 class ActiveTaskLimiter:
     """Slots for active tasks: at most ``total`` at once and ``per_model[m]`` of model ``m``.
 
-    A slot is held from submit until the task reaches a terminal status. ``throttle()`` (on a
+    A slot is held from submit until the task reaches a terminal status. Waiters are served
+    first come, first served (one whose model is at its limit lets the next one pass), and a
+    freed slot goes straight to the next waiter: nothing else wakes up. ``throttle()`` (on a
     429) lowers the effective total below the number active; it recovers by one slot per
     ``recovery`` seconds without another 429.
     """
@@ -180,7 +181,8 @@ class ActiveTaskLimiter:
         self._changed_at = clock()
         self._active = 0
         self._by_model: dict[str, int] = {}
-        self._condition = asyncio.Condition()
+        self._waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
         self.peak = 0
 
     @property
@@ -207,29 +209,55 @@ class ActiveTaskLimiter:
         self._limit = max(1.0, min(self._limit, self._active - 1.0))
         self._changed_at = self._clock()
 
-    def _free(self, model: str) -> bool:
-        model_limit = self.per_model.get(model, self.total)
-        return self._active < self.limit and self._by_model.get(model, 0) < model_limit
+    def _model_free(self, model: str) -> bool:
+        return self._by_model.get(model, 0) < self.per_model.get(model, self.total)
+
+    def _grant(self) -> None:
+        """Hand free slots to waiters, in order."""
+        for entry in list(self._waiters):
+            if self._active >= self.limit:
+                break
+            model, future = entry
+            if future.done():
+                self._waiters.remove(entry)
+            elif self._model_free(model):
+                self._waiters.remove(entry)
+                self._take(model)
+                future.set_result(None)
+        if self._waiters and self._limit < self.total and self._timer is None:
+            delay = max(0.01, self._changed_at + self.recovery - self._clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._recovered)
+
+    def _recovered(self) -> None:
+        self._timer = None
+        self._grant()
+
+    def _take(self, model: str) -> None:
+        self._active += 1
+        self._by_model[model] = self._by_model.get(model, 0) + 1
+        self.peak = max(self.peak, self._active)
+
+    def _release(self, model: str) -> None:
+        self._active -= 1
+        self._by_model[model] -= 1
+        self._grant()
 
     @asynccontextmanager
     async def slot(self, model: str) -> AsyncIterator[None]:
         """Hold one active-task slot of ``model`` for the duration of the block."""
-        async with self._condition:
-            while not self._free(model):
-                with contextlib.suppress(asyncio.TimeoutError):  # a cool-down ended: look again
-                    await asyncio.wait_for(self._condition.wait(), timeout=self._next_change())
-            self._active += 1
-            self._by_model[model] = self._by_model.get(model, 0) + 1
-            self.peak = max(self.peak, self._active)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((model, future))
+        self._grant()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release(model)  # granted as the wait was cancelled: hand it on
+            else:
+                future.cancel()
+                self._grant()
+            raise
         try:
             yield
         finally:
-            async with self._condition:
-                self._active -= 1
-                self._by_model[model] -= 1
-                self._condition.notify_all()
-
-    def _next_change(self) -> float | None:
-        if self._limit >= self.total:
-            return None
-        return max(0.01, self._changed_at + self.recovery - self._clock())
+            self._release(model)

@@ -12,12 +12,14 @@ Prompts can ask for outcomes: ``[[request-moderated]]``, ``[[content-moderated]]
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import math
 import os
 import re
+import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,8 +54,17 @@ _OUTCOMES = {
 }
 _MODERATION_DETAILS = {"Moderation Reasons": ["Derivative Works Filter"]}
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
-_RENDERERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                                thread_name_prefix="bfl-render")
+
+
+def _background_priority() -> None:
+    """Render at a low priority: pictures are drawn while tasks are pending, and must not
+    slow down answering requests (or a client on the same machine)."""
+    with contextlib.suppress(AttributeError, OSError):  # per-thread niceness: Linux only
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+_RENDERERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="bfl-render",
+                                initializer=_background_priority)
 
 class _DroppedResponse(Response):
     """Promises a body, then closes the connection without sending (most of) it."""

@@ -173,3 +173,39 @@ async def _enter(limiter: ActiveTaskLimiter) -> int:
 def test_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ActiveTaskLimiter(0)
+
+
+def test_slots_are_granted_in_order_and_a_full_model_lets_others_pass() -> None:
+    async def scenario() -> list[str]:
+        limiter = ActiveTaskLimiter(2, {"max": 1})
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def task(name: str, model: str) -> None:
+            async with limiter.slot(model):
+                order.append(name)
+                await release.wait()
+
+        workers = [asyncio.ensure_future(task(n, m)) for n, m in
+                   [("max-1", "max"), ("max-2", "max"), ("pro-1", "pro"), ("pro-2", "pro")]]
+        await asyncio.sleep(0.01)
+        started = list(order)
+        release.set()
+        await asyncio.gather(*workers)
+        return [*started, "|", *order[len(started):]]
+
+    assert asyncio.run(scenario()) == ["max-1", "pro-1", "|", "max-2", "pro-2"]
+
+
+def test_a_cancelled_waiter_gives_up_its_place() -> None:
+    async def scenario() -> int:
+        limiter = ActiveTaskLimiter(1)
+        async with limiter.slot("pro"):
+            waiter = asyncio.ensure_future(_enter(limiter))
+            await asyncio.sleep(0.01)
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+        async with limiter.slot("pro"):
+            return limiter.active
+
+    assert asyncio.run(scenario()) == 1
