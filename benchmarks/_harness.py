@@ -104,7 +104,7 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> N
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.2f}"
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
     return str(value)
 
 

@@ -4,12 +4,9 @@ so ``--help`` starts fast."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -26,6 +23,8 @@ from kontext_pipeline.errors import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from kontext_pipeline.cache import Cache
     from kontext_pipeline.diagnostics import Problem
     from kontext_pipeline.progress import Progress
@@ -113,6 +112,8 @@ _cache_dir_option = click.option(
 
 
 def _open_cache(cache_dir: str | None) -> Cache:
+    from pathlib import Path  # noqa: PLC0415
+
     from kontext_pipeline.cache import Cache, default_cache_dir  # noqa: PLC0415
 
     return Cache(Path(cache_dir) if cache_dir else default_cache_dir(os.environ))
@@ -141,6 +142,8 @@ def _load(recipe: str) -> Spec:
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 def validate(recipes: Sequence[str], strict: bool) -> None:
     """Check recipes: schema and semantic rules, every problem with FILE:LINE:COL."""
+    import dataclasses  # noqa: PLC0415  (kept off --help's path)
+
     problems: list[Problem] = []
     for recipe in recipes:
         try:
@@ -214,6 +217,7 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
         max_credits: int | None, as_json: bool) -> None:
     """Run recipes: every step cached by its inputs, outputs and manifest.json in --out."""
     import asyncio  # noqa: PLC0415
+    import json  # noqa: PLC0415
 
     from kontext_pipeline.plan import build_plan  # noqa: PLC0415
     from kontext_pipeline.providers import open_provider  # noqa: PLC0415
@@ -263,6 +267,8 @@ def _load_all(recipes: Sequence[str]) -> list[Spec]:
 
 
 def _out_dirs(names: Sequence[str], out: str | None) -> list[Path]:
+    from pathlib import Path  # noqa: PLC0415
+
     if len(set(names)) != len(names):
         raise UsageError("two recipes have the same name; run them separately or rename one")
     if len(names) == 1:

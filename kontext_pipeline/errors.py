@@ -7,8 +7,10 @@ to its documented exit code in one place (``cli.EXIT_CODES``); the library never
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from kontext_pipeline.diagnostics import Problem
+if TYPE_CHECKING:
+    from kontext_pipeline.diagnostics import Problem
 
 __all__ = [
     "AmbiguousSubmitError",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -60,10 +60,12 @@ class StepRecord:
 
 
 class _Run:
-    def __init__(self, cache: Cache, provider: Provider | None, on_event: RunEventSink) -> None:
+    def __init__(self, cache: Cache, provider: Provider | None, on_event: RunEventSink,
+                 known: Mapping[str, CacheEntry]) -> None:
         self.cache = cache
         self.provider = provider
         self.emit = on_event
+        self.known = known
         self.results: dict[tuple[str, str, str], asyncio.Future[StepRecord]] = {}
 
     def future(self, task: Task, step: str) -> asyncio.Future[StepRecord]:
@@ -83,6 +85,9 @@ class _Run:
             inputs.append((self.cache.object_path(parent.entry.object), parent.entry.object))
         hashes = tuple(digest for _, digest in inputs)
         key = task.key(hashes)
+        if key in self.known:  # looked up moments ago, before the run started
+            self.emit(RunEvent("cached", task))
+            return StepRecord(task, "done", "hit", key, hashes, self.known[key])
         lookup = self.cache.lookup(key)
         if lookup.problem:
             self.emit(RunEvent("warning", task, message=lookup.problem))
@@ -140,14 +145,16 @@ async def execute(
     cache: Cache,
     provider: Provider | None,
     on_event: RunEventSink | None = None,
+    known: Mapping[str, CacheEntry] | None = None,
 ) -> list[StepRecord]:
     """Run every task of ``plans``; returns one record per task, in plan order.
 
     Without a provider nothing is requested: a task that is not cached is ``missing``. A failed
     task fails (skips) the tasks downstream of it in its variant; other variants go on. An error
     that stops the run (a refused key, no credits) cancels everything and is raised.
+    ``known`` maps cache keys to entries already found (they are not looked up again).
     """
-    run = _Run(cache, provider, on_event or (lambda _event: None))
+    run = _Run(cache, provider, on_event or (lambda _event: None), known or {})
     loop = asyncio.get_running_loop()
     tasks = [task for plan in plans for task in plan.tasks]
     for task in tasks:

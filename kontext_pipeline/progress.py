@@ -20,7 +20,7 @@ _STATES = {
     "skipped": "skipped",
 }
 _FINAL = ("done", "cached", "failed", "skipped")
-_PLAIN_KINDS = ("cached", "submitted", "retrying", "done", "failed", "skipped", "warning")
+_PLAIN_KINDS = ("submitted", "retrying", "done", "failed", "skipped", "warning")
 _MAX_ROWS = 24
 
 
@@ -44,7 +44,8 @@ class SilentProgress:
 
 
 class PlainProgress:
-    """One line per state change, for logs (no polling chatter)."""
+    """One line per state change, for logs: no polling chatter, and cached steps only counted
+    (in the first line) since a cached re-run would otherwise log every step."""
 
     def __init__(self, echo: Callable[[str], None]) -> None:
         self.echo = echo

@@ -90,7 +90,9 @@ async def run_plans(
         on_start(RunStart(len(resolved), cached, credits))
     provider = None if cached == len(resolved) else open_provider()
     try:
-        records = await execute(plans, cache=cache, provider=provider, on_event=on_event)
+        known = {r.key: r.entry for r in resolved if r.key is not None and r.entry is not None}
+        records = await execute(plans, cache=cache, provider=provider, on_event=on_event,
+                                known=known)
     finally:
         if provider is not None:
             await provider.aclose()

@@ -16,7 +16,7 @@ def tasks() -> list[Task]:
     return list(build_plan(load_spec(PIPELINES / "poster-chain.yaml")).tasks)
 
 
-def test_plain_progress_prints_state_changes_only() -> None:
+def test_plain_progress_prints_state_changes_only_and_counts_cached_steps() -> None:
     lines: list[str] = []
     progress = PlainProgress(lines.append)
     first, second, _ = tasks()
@@ -29,7 +29,6 @@ def test_plain_progress_prints_state_changes_only() -> None:
     progress.close()
     assert lines == [
         "run: 3 steps: 1 cached, 2 to run, expected cost 12 credits ($0.12)",
-        "poster-chain/default/recolor: cached",
         "poster-chain/default/sign: submitted",
         "poster-chain/default/sign: retrying: poll: HTTP 503; retrying in 1.0 s",
         "poster-chain/default/sign: done",
