@@ -5,7 +5,8 @@ finish sooner against a service that takes ``latency`` per task and allows ``lim
 tasks. Scenarios (the server runs in its own process, on loopback):
 
 * chain: 24 variants × 3 chained steps, 2 s latency, limit 24 (ideal 6 s), timed in-process
-  (``run_plans``) and as a whole ``kontext-pipeline run`` process, start-up included;
+  (``run_plans``) and as a whole ``kontext-pipeline run`` process, start-up included; and the
+  same at 5 s latency, closer to the real service's (the overhead per step is constant);
 * independent: 120 one-step variants at 1 s, limit 24 (ideal 5 s);
 * independent-max: the same with flux-kontext-max and its limit of 6 (ideal 20 s).
 
@@ -74,6 +75,7 @@ def main() -> None:
     rows = [
         *scenario("chain 24x3", variants=24, steps=3, latency=2.0, limit=24,
                   whole_process=True),
+        *scenario("chain 24x3 at 5 s", variants=24, steps=3, latency=5.0, limit=24),
         *scenario("independent 120", variants=120, steps=1, latency=1.0, limit=24),
         *scenario("independent 120 max", variants=120, steps=1, latency=1.0, limit=6,
                   model="flux-kontext-max"),
