@@ -84,10 +84,11 @@ class _Run:
                                   error=f"skipped: its input '{image.name}' did not finish")
             inputs.append((self.cache.object_path(parent.entry.object), parent.entry.object))
         hashes = tuple(digest for _, digest in inputs)
-        key = task.key(hashes)
-        if key in self.known:  # looked up moments ago, before the run started
+        known = self.known.get(task.id)
+        if known is not None:  # looked up moments ago, before the run started
             self.emit(RunEvent("cached", task))
-            return StepRecord(task, "done", "hit", key, hashes, self.known[key])
+            return StepRecord(task, "done", "hit", known.key, hashes, known)
+        key = task.key(hashes)
         lookup = self.cache.lookup(key)
         if lookup.problem:
             self.emit(RunEvent("warning", task, message=lookup.problem))
@@ -152,7 +153,7 @@ async def execute(
     Without a provider nothing is requested: a task that is not cached is ``missing``. A failed
     task fails (skips) the tasks downstream of it in its variant; other variants go on. An error
     that stops the run (a refused key, no credits) cancels everything and is raised.
-    ``known`` maps cache keys to entries already found (they are not looked up again).
+    ``known`` maps task ids to the cache entries already found for them (not looked up again).
     """
     run = _Run(cache, provider, on_event or (lambda _event: None), known or {})
     loop = asyncio.get_running_loop()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kontext_pipeline.cache import Cache
 from kontext_pipeline.errors import OutputError
@@ -13,7 +15,10 @@ from kontext_pipeline.executor import StepRecord
 from kontext_pipeline.files import write_atomic
 from kontext_pipeline.plan import Plan
 
-__all__ = ["EXTENSIONS", "export_outputs", "variant_folders"]
+__all__ = ["EXPORT_STATE", "EXTENSIONS", "export_outputs", "variant_folders"]
+
+EXPORT_STATE = ".kontext-export.json"
+"""Beside the outputs: what was exported where, to skip copying files that did not change."""
 
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
@@ -37,30 +42,66 @@ def variant_folders(plan: Plan) -> dict[str, str]:
 
 
 def _inside(root: Path, relative: str) -> Path:
+    """``root / relative``, refused if it resolves (through a symlink, say) outside ``root``
+    (which must be resolved already)."""
     target = (root / relative).resolve()
-    if not target.is_relative_to(root.resolve()):
+    if not target.is_relative_to(root):
         raise OutputError(f"refusing to write {relative!r}: it is outside {root}")
     return target
 
 
+def _load_state(path: Path) -> dict[str, list[Any]]:
+    try:
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _unchanged(target: Path, recorded: Any, digest: str) -> bool:
+    """Whether ``target`` is still the file this tool last exported there with ``digest``."""
+    try:
+        stat = target.stat()
+    except OSError:
+        return False
+    return bool(recorded == [digest, stat.st_size, stat.st_mtime_ns])
+
+
 def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache,
                    out_dir: Path) -> dict[tuple[str, str], str]:
-    """Copy each finished output into ``out_dir``; returns (variant, step) -> relative path."""
+    """Copy each finished output into ``out_dir``; returns (variant, step) -> relative path.
+
+    A file this tool exported before, with the same content and untouched since (same size and
+    modification time as recorded in ``.kontext-export.json``), is not copied again.
+    """
     folders = variant_folders(plan)
     by_step = {(r.task.variant, r.task.step): r for r in records}
     exported: dict[tuple[str, str], str] = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = out_dir.resolve()
+    state_path = out_dir / EXPORT_STATE
+    previous = _load_state(state_path)
+    state: dict[str, list[Any]] = {}
     for variant in plan.variants:
         for name, step in plan.spec.outputs.items():
             record = by_step.get((variant.id, step))
             if record is None or not record.ok or record.entry is None:
                 continue
+            digest = record.entry.object
             ext = EXTENSIONS.get(record.entry.format, f".{record.entry.format}")
             relative = "/".join(p for p in (folders[variant.id], f"{name}{ext}") if p)
+            target = _inside(root, relative)
             try:
-                write_atomic(_inside(out_dir, relative),
-                             source=cache.object_path(record.entry.object))
+                if not _unchanged(target, previous.get(relative), digest):
+                    write_atomic(target, source=cache.object_path(digest))
+                stat = target.stat()
             except OSError as exc:
                 raise OutputError(f"cannot write {out_dir / relative}: {exc.strerror or exc}"
                                  ) from exc
+            state[relative] = [digest, stat.st_size, stat.st_mtime_ns]
             exported.setdefault((variant.id, step), relative)
+    try:
+        write_atomic(state_path, json.dumps(state, sort_keys=True).encode())
+    except OSError as exc:
+        raise OutputError(f"cannot write {state_path}: {exc.strerror or exc}") from exc
     return exported

@@ -15,22 +15,17 @@ os.umask(_UMASK)
 _MODE = 0o666 & ~_UMASK  # what open() would have given a new file
 
 
-def write_atomic(target: Path, data: bytes | None = None, *, source: Path | None = None,
-                 durable: bool = False) -> None:
+def write_atomic(target: Path, data: bytes | None = None, *, source: Path | None = None) -> None:
     """Write ``data`` (or a copy of ``source``) to ``target`` through a temporary file in the
-    same directory, renamed into place. ``durable`` also syncs it to disk first."""
+    same directory, renamed into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
     try:
         with os.fdopen(handle, "wb") as out:
-            if source is not None:
-                with source.open("rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-            else:
+            if source is None:
                 out.write(data or b"")
-            if durable:
-                out.flush()
-                os.fsync(out.fileno())
+        if source is not None:
+            shutil.copyfile(source, temporary)  # the kernel copies (sendfile), not Python
         os.chmod(temporary, _MODE)  # mkstemp makes files private; these are ordinary files
         os.replace(temporary, target)
     except BaseException:

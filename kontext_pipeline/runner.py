@@ -90,7 +90,7 @@ async def run_plans(
         on_start(RunStart(len(resolved), cached, credits))
     provider = None if cached == len(resolved) else open_provider()
     try:
-        known = {r.key: r.entry for r in resolved if r.key is not None and r.entry is not None}
+        known = {r.task.id: r.entry for r in resolved if r.entry is not None}
         records = await execute(plans, cache=cache, provider=provider, on_event=on_event,
                                 known=known)
     finally:

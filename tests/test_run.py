@@ -268,3 +268,18 @@ def test_the_key_is_in_no_output_or_file(runner: Runner, write_recipe: WriteReci
     for path in [*runner.cache.rglob("*"), *runner.out.rglob("*")]:
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_unchanged_outputs_are_not_copied_again_but_edited_ones_are(
+    runner: Runner, write_recipe: WriteRecipe
+) -> None:
+    recipe = write_recipe(CHAIN)
+    assert runner(recipe).exit_code == 0
+    poster = runner.out / "poster.jpg"
+    original = poster.read_bytes()
+    inode = poster.stat().st_ino
+    assert runner(recipe).exit_code == 0
+    assert poster.stat().st_ino == inode  # untouched: not written again
+    poster.write_bytes(b"edited by hand")
+    assert runner(recipe).exit_code == 0
+    assert poster.read_bytes() == original  # restored from the cache
