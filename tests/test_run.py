@@ -139,7 +139,8 @@ def test_variants_run_concurrently(runner: Runner, write_recipe: WriteRecipe) ->
     assert runner.server.state.peak_active >= 4
     assert len(runner.manifest()["steps"]) == 12
     assert sorted(p.name for p in runner.out.iterdir()) == [
-        "color=blue", "color=gold", "color=green", "color=red", "manifest.json"]
+        ".kontext-export.json", "color=blue", "color=gold", "color=green", "color=red",
+        "manifest.json"]
     assert (runner.out / "color=red" / "three.png").is_file()
 
 
