@@ -140,6 +140,9 @@ class LatencyTracker:
             news.set()
 
     def expected(self, model: str) -> float | None:
+        """The median of the recent latencies (each the time until a poll saw the task ready;
+        polling a little before it, ``PollPolicy.lead``, keeps the estimate from creeping up).
+        """
         samples = self._samples.get(model)
         return statistics.median(samples) if samples else None
 
