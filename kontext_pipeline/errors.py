@@ -92,20 +92,17 @@ class RequestRejectedError(ProviderError):
     """400/422: the API refused the request as malformed or invalid."""
 
 
-class ModerationError(ProviderError):
-    """``Request Moderated`` or ``Content Moderated``: never retried, never charged."""
-
-    def __init__(self, message: str, *, status: str, details: str | None = None) -> None:
-        super().__init__(message, details=details)
-        self.status = status
-
-
 class TaskFailedError(ProviderError):
-    """The task ended in ``Error``, ``Task not found`` or a status this client does not know."""
+    """The task ended in ``Error``, ``Task not found`` or a status this client does not know;
+    ``status`` is the one it ended with."""
 
     def __init__(self, message: str, *, status: str, details: str | None = None) -> None:
         super().__init__(message, details=details)
         self.status = status
+
+
+class ModerationError(TaskFailedError):
+    """``Request Moderated`` or ``Content Moderated``: never retried, never charged."""
 
 
 class ProviderUnavailableError(ProviderError):
@@ -147,10 +144,8 @@ class FrozenCacheMissError(RefusedToSpendError):
 
     def __init__(self, missing: Sequence[str]) -> None:
         self.missing = tuple(missing)
-        count = len(self.missing)
-        lines = "\n".join(f"  {line}" for line in self.missing)
-        super().__init__(f"--frozen: {count} step{'' if count == 1 else 's'} not in the cache; "
-                         f"no provider was called:\n{lines}")
+        super().__init__(_listing("--frozen: {} not in the cache; no provider was called",
+                                  self.missing))
 
 
 class BudgetExceededError(RefusedToSpendError):
@@ -162,6 +157,10 @@ class StepsFailedError(KontextError):
 
     def __init__(self, failures: Sequence[str]) -> None:
         self.failures = tuple(failures)
-        count = len(self.failures)
-        lines = "\n".join(f"  {line}" for line in self.failures)
-        super().__init__(f"{count} step{'' if count == 1 else 's'} failed:\n{lines}")
+        super().__init__(_listing("{} failed", self.failures))
+
+
+def _listing(headline: str, lines: Sequence[str]) -> str:
+    """``headline`` with the count of steps filled in, then one indented line per step."""
+    steps = f"{len(lines)} step{'' if len(lines) == 1 else 's'}"
+    return headline.format(steps) + ":\n" + "\n".join(f"  {line}" for line in lines)

@@ -73,8 +73,8 @@ def plan_text(plan: Plan, resolved: Sequence[Resolved]) -> str:
     return "\n".join(lines)
 
 
-def task_json(task: Task) -> dict[str, Any]:
-    """One task as the JSON outputs show it."""
+def _task_fields(task: Task) -> dict[str, Any]:
+    """What a task is, as plans and manifests show it."""
     return {
         "variant": task.variant,
         "step": task.step,
@@ -82,6 +82,13 @@ def task_json(task: Task) -> dict[str, Any]:
         "prompt": task.prompt,
         "seed": task.seed,
         "params": task.params.as_dict(),
+    }
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    """One task as the JSON outputs show it."""
+    return {
+        **_task_fields(task),
         "images": [
             {"name": image.name, "source": "step" if image.is_step else "input",
              "sha256": image.sha256}
@@ -134,14 +141,9 @@ def manifest(plan: Plan, records: Sequence[StepRecord],
 
 
 def _step_json(record: StepRecord, output: str | None) -> dict[str, Any]:
-    task, entry = record.task, record.entry
+    entry = record.entry
     return {
-        "variant": task.variant,
-        "step": task.step,
-        "model": task.model,
-        "prompt": task.prompt,
-        "seed": task.seed,
-        "params": task.params.as_dict(),
+        **_task_fields(record.task),
         "inputs_sha256": list(record.inputs_sha256),
         "output_sha256": entry.object if entry else None,
         "output": output,
