@@ -1,0 +1,111 @@
+"""``run``: execute recipes, show progress, print the summary or the manifest."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import click
+
+from kontext_pipeline.cli.base import (
+    cache_dir_option,
+    cli,
+    load_all,
+    open_cache,
+    provider_option,
+    var_option,
+)
+from kontext_pipeline.errors import StepsFailedError, UsageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from kontext_pipeline.progress import Progress
+
+__all__ = ["run"]
+
+
+@cli.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", type=click.Path(file_okay=False, path_type=str),
+              help="Output directory (default: out/<recipe name>; with several recipes, "
+                   "DIR/<recipe name>).")
+@var_option
+@provider_option
+@click.option("--api-base", envvar="BFL_API_BASE", default=None,
+              help="BFL API base URL (or BFL_API_BASE; default https://api.bfl.ai).")
+@cache_dir_option
+@click.option("--concurrency", type=click.IntRange(1, 24), default=24, show_default=True,
+              help="Most tasks active at once (flux-kontext-max: at most 6).")
+@click.option("--frozen", is_flag=True,
+              help="Call no provider: every step must be cached, else exit 3.")
+@click.option("--max-credits", type=click.IntRange(0), default=None,
+              help="Refuse (exit 3) if the steps that are not cached would cost more.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the manifest as JSON on stdout, and nothing else.")
+def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], provider: str,
+        api_base: str | None, cache_dir: str | None, concurrency: int, frozen: bool,
+        max_credits: int | None, as_json: bool) -> None:
+    """Run recipes: every step cached by its inputs, outputs and manifest.json in --out."""
+    import asyncio  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from kontext_pipeline.plan import build_plan  # noqa: PLC0415
+    from kontext_pipeline.providers import open_provider  # noqa: PLC0415
+    from kontext_pipeline.runner import run_plans  # noqa: PLC0415
+
+    specs = load_all(recipes)
+    plans = [build_plan(spec, overrides=variables, env=os.environ, provider=provider)
+             for spec in specs]
+    out_dirs = _out_dirs([s.name for s in specs], out)
+    store = open_cache(cache_dir)
+    display = _progress(as_json)
+    try:
+        reports = asyncio.run(run_plans(
+            plans, cache=store, out_dirs=out_dirs, frozen=frozen, max_credits=max_credits,
+            open_provider=lambda: open_provider(provider, environ=os.environ,
+                                                api_base=api_base, concurrency=concurrency),
+            on_start=display.start, on_event=display.event))
+    finally:
+        display.close()
+    if as_json:
+        documents = [r.manifest for r in reports]
+        click.echo(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2,
+                              ensure_ascii=False))
+    else:
+        for report in reports:
+            totals = report.manifest["totals"]
+            click.echo(f"{report.plan.spec.name}: {totals['steps']} steps, "
+                       f"{totals['cache_hits']} cached, {totals['calls']} made, "
+                       f"{totals['credits']} credits -> {report.out_dir / 'manifest.json'}")
+    failures = [line for report in reports for line in report.failures]
+    if failures:
+        raise StepsFailedError(failures)
+
+
+def _out_dirs(names: Sequence[str], out: str | None) -> list[Path]:
+    from pathlib import Path  # noqa: PLC0415
+
+    if len(set(names)) != len(names):
+        raise UsageError("two recipes have the same name; run them separately or rename one")
+    if len(names) == 1:
+        return [Path(out) if out else Path("out") / names[0]]
+    return [Path(out or "out") / name for name in names]
+
+
+def _progress(as_json: bool) -> Progress:
+    from kontext_pipeline.progress import (  # noqa: PLC0415
+        LiveProgress,
+        PlainProgress,
+        SilentProgress,
+    )
+
+    if as_json:
+        return SilentProgress()
+    if sys.stderr.isatty():
+        from rich.console import Console  # noqa: PLC0415
+
+        return LiveProgress(Console(stderr=True))
+    return PlainProgress(lambda line: click.echo(line, err=True))
