@@ -187,7 +187,13 @@ class BflProvider:
         async with self.limiter.slot(request.model):
             # the body is built once, whatever the retries, and dropped once submitted: a task
             # that is polling holds no image in memory
-            await self._submit(task, await asyncio.to_thread(self._body, request))
+            try:
+                content = await asyncio.to_thread(self._body, request)
+            except OSError as exc:  # an input vanished since the plan hashed it
+                raise ProviderError(f"{task.label}: cannot read an input image "
+                                    f"({exc.strerror or exc}: {exc.filename})") from exc
+            await self._submit(task, content)
+            del content
             result = await self._poll(task)
         sample = result.get("sample") if isinstance(result, dict) else None
         if not isinstance(sample, str) or not sample:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -186,3 +187,23 @@ def test_the_body_is_encoded_once_and_sends_only_what_is_set() -> None:
 def test_an_empty_key_is_refused() -> None:
     with pytest.raises(ProviderError, match="no API key: set BFL_API_KEY"):
         BflProvider(client=httpx.AsyncClient(), api_key="")
+
+
+def test_an_input_that_vanished_fails_the_step_cleanly(tmp_path: Path) -> None:
+    api = FakeBfl()
+    bfl = provider(api)
+    missing = tmp_path / "gone.png"
+
+    async def go() -> object:
+        try:
+            return await bfl.generate(EditRequest("flux-kontext-pro", "p", 1, images=(missing,),
+                                                  label="t"))
+        finally:
+            await bfl.aclose()
+
+    with pytest.raises(ProviderError) as caught:
+        run(go())
+    assert str(caught.value) == ("t: cannot read an input image (No such file or directory: "
+                                 f"{missing})")
+    assert not caught.value.stops_run
+    assert api.seen == []
