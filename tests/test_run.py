@@ -133,7 +133,9 @@ def test_a_var_only_one_step_uses_reruns_that_step_and_those_after(
     assert runner.submits()[before:] == ["Relight the scene at dawn"]
 
 
-def test_variants_run_concurrently(runner: Runner, write_recipe: WriteRecipe) -> None:
+def test_variants_run_concurrently(run_cli: RunCli, bfl_server: Start, tmp_path: Path,
+                                  write_recipe: WriteRecipe) -> None:
+    runner = Runner(run_cli, bfl_server(latency=0.5), tmp_path)  # long enough to overlap
     result = runner(write_recipe(MATRIX))
     assert result.exit_code == 0, result.output
     assert runner.server.state.peak_active >= 4

@@ -306,7 +306,7 @@ def test_thirty_tasks_never_exceed_twenty_four_active(bfl_server: Start) -> None
 
 
 def test_kontext_max_is_limited_to_six(bfl_server: Start) -> None:
-    server = bfl_server(latency=0.1)
+    server = bfl_server(latency=0.4)
     provider = provider_for(server)
 
     async def many() -> None:
