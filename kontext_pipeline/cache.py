@@ -140,8 +140,7 @@ class Cache:
             raise ValueError("the entry does not describe these bytes")
         target = self.object_path(digest)
         try:
-            if not (target.exists() and target.stat().st_size == len(data)):
-                write_atomic(target, data)
+            write_atomic(target, data)  # even if present: an object of this name may be damaged
             write_atomic(self.entry_path(entry.key),
                          json.dumps(entry.to_json(), indent=1, sort_keys=True).encode())
         except OSError as exc:

@@ -108,7 +108,7 @@ class _Run:
                               output_format=params.output_format,
                               safety_tolerance=params.safety_tolerance,
                               prompt_upsampling=params.prompt_upsampling, images=paths,
-                              label=task.id)
+                              image_sha256=hashes, label=task.id)
 
         def relay(event: ProviderEvent) -> None:
             self.emit(RunEvent(event.kind, task, event.progress, event.message))

@@ -92,6 +92,15 @@ def test_verify_finds_and_fixes_corruption_of_the_same_size(tmp_path: Path) -> N
     assert cache.lookup(good.key).entry == good
 
 
+def test_storing_again_repairs_a_damaged_object_of_the_same_name(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    entry = cache.store(b"flip", entry_for(b"flip", key="a" * 64))
+    cache.object_path(entry.object).write_bytes(b"flop")  # a step of another key has these bytes
+    cache.store(b"flip", entry_for(b"flip", key="b" * 64))
+    assert cache.read(entry) == b"flip"
+    assert cache.verify() == []
+
+
 def test_remove_entries_by_reachability_and_age(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
     old = cache.store(b"old", entry_for(b"old", key="a" * 64, created_at=time.time() - 86400))

@@ -31,6 +31,7 @@ class EditRequest:
     safety_tolerance: int = 2
     prompt_upsampling: bool = False
     images: tuple[bytes | Path, ...] = field(default=(), repr=False)
+    image_sha256: tuple[str, ...] = ()  # when given, what each image read must hash to
     label: str = ""  # how events and messages name the task, e.g. "poster/default/recolor"
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import random
 import time
@@ -111,6 +112,12 @@ def _detail(response: httpx.Response) -> str:
     return str(detail) if detail else f"HTTP {response.status_code}"
 
 
+class _ChangedInputError(Exception):
+    def __init__(self, index: int, expected: str, actual: str) -> None:
+        super().__init__(index, expected, actual)
+        self.index, self.expected, self.actual = index, expected, actual
+
+
 @dataclass
 class _Task:
     """One request in flight: what events and messages need to know about it."""
@@ -192,6 +199,11 @@ class BflProvider:
             except OSError as exc:  # an input vanished since the plan hashed it
                 raise ProviderError(f"{task.label}: cannot read an input image "
                                     f"({exc.strerror or exc}: {exc.filename})") from exc
+            except _ChangedInputError as exc:
+                raise ProviderError(f"{task.label}: input image {exc.index + 1} is not the one "
+                                    f"planned (sha256 {exc.actual[:12]}, expected "
+                                    f"{exc.expected[:12]}): it changed on disk, or its cache "
+                                    "object is damaged; nothing was submitted") from None
             await self._submit(task, content)
             del content
             result = await self._poll(task)
@@ -222,8 +234,12 @@ class BflProvider:
         if request.aspect_ratio is not None:
             body["aspect_ratio"] = request.aspect_ratio
         parts = [json.dumps(body).encode("utf-8")[:-1]]  # without the closing brace
-        for field, image in zip(_IMAGE_FIELDS, request.images, strict=False):
+        for index, (field, image) in enumerate(zip(_IMAGE_FIELDS, request.images, strict=False)):
             data = image.read_bytes() if isinstance(image, Path) else image
+            if index < len(request.image_sha256):  # the bytes sent are the bytes keyed
+                actual = hashlib.sha256(data).hexdigest()
+                if actual != request.image_sha256[index]:
+                    raise _ChangedInputError(index, request.image_sha256[index], actual)
             parts += [f', "{field}": "'.encode(), base64.b64encode(data), b'"']
             del data
         parts.append(b"}")
@@ -291,19 +307,20 @@ class BflProvider:
         task.event("submitted")
 
     def _check_polling_host(self, task: _Task) -> None:
-        """Send the key only to the API's own domain (a polling URL may name another cluster)."""
-        base = urlsplit(self.api_base)
-        poll = urlsplit(task.polling_url)
-        base_host, poll_host = base.hostname or "", poll.hostname or ""
-        labels = base_host.split(".")
-        domain = ".".join(labels[-2:]) if len(labels) >= 3 and not base_host[-1].isdigit() \
-            else None
-        same = poll_host == base_host and (poll.port == base.port or domain is not None)
-        domains = _BFL_DOMAINS if domain in _BFL_DOMAINS else (domain,) if domain else ()
-        sibling = any(poll_host.endswith("." + d) for d in domains)
+        """Send the key only to the API's own host, or, for BFL's own domains, to another of
+        its clusters (a polling URL may name the cluster that took the task)."""
+        try:
+            base, poll = httpx.URL(self.api_base), httpx.URL(task.polling_url)
+            same = (poll.host, poll.port) == (base.host, base.port)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise ProviderError(f"{task.label}: the API gave a polling URL that is not a valid "
+                                f"URL ({exc})") from exc
+        sibling = any(base.host.endswith("." + d) and poll.host.endswith("." + d)
+                      for d in _BFL_DOMAINS)
         if not (same or sibling) or (base.scheme == "https" and poll.scheme != "https"):
-            raise ProviderError(f"{task.label}: the API gave a polling URL on {poll.netloc}, "
-                                f"outside {base.netloc}'s domain; the key is not sent there")
+            raise ProviderError(f"{task.label}: the API gave a polling URL on "
+                                f"{poll.netloc.decode()}, outside {base.netloc.decode()}'s "
+                                "domain; the key is not sent there")
 
     async def _wait_retry(self, task: _Task, attempt: int, retry_after: float | None,
                           reason: str) -> None:

@@ -91,6 +91,7 @@ class PollTimer:
         self.last_poll = -math.inf
         self._backoff = policy.first * rng.uniform(1 - policy.jitter, 1 + policy.jitter)
         self._near = 0
+        self._not_before = 0.0  # after a failed poll: not again before its retry delay
         self.scheduled = self._backoff if expected is None else expected * policy.lead
 
     def due(self, expected: float | None) -> float:
@@ -103,9 +104,9 @@ class PollTimer:
         policy = self.policy
         target = expected * policy.lead
         if self.last_poll < target - policy.min_interval:
-            return min(self.scheduled, target)
+            return max(self._not_before, min(self.scheduled, target))
         step = max(policy.min_interval, expected * policy.step * policy.factor ** self._near)
-        return min(self.scheduled, self.last_poll + step)
+        return max(self._not_before, min(self.scheduled, self.last_poll + step))
 
     def pending(self, elapsed: float, expected: float | None) -> None:
         """The poll at ``elapsed`` found the task still pending."""
@@ -120,8 +121,8 @@ class PollTimer:
         self.scheduled = elapsed + min(policy.max_interval, max(policy.min_interval, delay))
 
     def retry(self, elapsed: float, delay: float) -> None:
-        """The poll at ``elapsed`` failed; try again after ``delay``."""
-        self.scheduled = elapsed + delay
+        """The poll at ``elapsed`` failed; try again after ``delay``, not sooner."""
+        self.scheduled = self._not_before = elapsed + delay
 
 
 class LatencyTracker:

@@ -5,6 +5,7 @@ No request leaves the process: the transport answers every one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -207,3 +208,55 @@ def test_an_input_that_vanished_fails_the_step_cleanly(tmp_path: Path) -> None:
                                  f"{missing})")
     assert not caught.value.stops_run
     assert api.seen == []
+
+
+def test_an_input_that_changed_since_the_plan_is_not_submitted(tmp_path: Path) -> None:
+    api = FakeBfl()
+    bfl = provider(api)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"edited since")
+    planned = hashlib.sha256(b"as planned").hexdigest()
+    actual = hashlib.sha256(b"edited since").hexdigest()
+
+    async def go() -> object:
+        try:
+            return await bfl.generate(EditRequest("flux-kontext-pro", "p", 1, images=(photo,),
+                                                  image_sha256=(planned,), label="t"))
+        finally:
+            await bfl.aclose()
+
+    with pytest.raises(ProviderError) as caught:
+        run(go())
+    assert str(caught.value) == (
+        f"t: input image 1 is not the one planned (sha256 {actual[:12]}, expected "
+        f"{planned[:12]}): it changed on disk, or its cache object is damaged; nothing was "
+        "submitted")
+    assert api.seen == []
+
+
+def test_a_polling_url_that_is_not_a_url_is_refused() -> None:
+    api = FakeBfl(submit=httpx.Response(200, json={"id": "abc", "polling_url": "https://[::1"}))
+    with pytest.raises(ProviderError) as caught:
+        generate(api)
+    assert str(caught.value).startswith("t: the API gave a polling URL that is not a valid URL (")
+    assert len(api.seen) == 1
+
+
+def test_a_polling_url_on_another_port_of_a_private_host_gets_no_key() -> None:
+    api = FakeBfl(submit=httpx.Response(200, json={
+        "id": "abc", "polling_url": "https://gateway.example.com:8443/v1/get_result?id=abc"}))
+    bfl = provider(api)
+    bfl.api_base = "https://gateway.example.com"
+
+    async def go() -> object:
+        try:
+            return await bfl.generate(EditRequest("flux-kontext-pro", "p", 1, label="t"))
+        finally:
+            await bfl.aclose()
+
+    with pytest.raises(ProviderError) as caught:
+        run(go())
+    assert str(caught.value) == ("t: the API gave a polling URL on gateway.example.com:8443, "
+                                 "outside gateway.example.com's domain; the key is not sent "
+                                 "there")
+    assert len(api.seen) == 1

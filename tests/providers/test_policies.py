@@ -86,6 +86,14 @@ def test_retry_reschedules() -> None:
     assert timer.due(None) == 1.25
 
 
+def test_a_failed_poll_waits_its_retry_delay_even_when_the_latency_says_ready() -> None:
+    policy = PollPolicy(lead=1.0, step=0.05, min_interval=0.01)
+    timer = PollTimer(policy, random.Random(1), expected=2.0)
+    timer.retry(2.0, 1.5)  # e.g. a 503 with Retry-After: 1.5
+    assert timer.due(2.0) == 3.5  # not at once, although 2.0 s is the typical latency
+    assert timer.due(1.0) == 3.5  # nor when a faster task finishes meanwhile
+
+
 def test_latency_tracker_uses_the_median_and_wakes_waiters() -> None:
     tracker = LatencyTracker(window=3)
     assert tracker.expected("m") is None
