@@ -350,9 +350,10 @@ class BflProvider:
             status = body.get("status")
             if status == "Pending":
                 progress = body.get("progress")
-                task.event("polling", progress=float(progress)
-                           if isinstance(progress, int | float) else None)
-                timer.pending(elapsed, self.latencies.expected(model))
+                fraction = (float(progress) if isinstance(progress, int | float)
+                            and not isinstance(progress, bool) else None)
+                task.event("polling", progress=fraction)
+                timer.pending(elapsed, self.latencies.expected(model), fraction)
                 continue
             if status == "Ready":
                 self.latencies.record(model, self._clock() - task.submitted_at)
@@ -373,7 +374,10 @@ class BflProvider:
                     f"{task.task_id}); it was not submitted again")
             if elapsed >= due:
                 return elapsed
-            await self.latencies.wait(model, due - elapsed)
+            if await self.latencies.wait(model, due - elapsed):
+                latest = self.latencies.latest(model)
+                if latest is not None:
+                    timer.news(latest)
 
     async def _poll_once(self, task: _Task) -> tuple[dict[str, Any] | None, str, float | None]:
         try:

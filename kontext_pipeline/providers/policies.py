@@ -69,17 +69,24 @@ class PollPolicy:
 
     Until a task of the model has finished, the first poll comes after ``first`` seconds (spread
     by ± ``jitter`` so that concurrent tasks sample different moments) and later ones back off by
-    ``factor`` up to ``max_interval``. Once typical latencies are known, the first poll comes at
-    ``lead`` of the typical latency, and later ones every ``step`` of it, growing by ``factor``.
+    ``factor`` up to ``max_interval``. Once typical latencies are known, each task polls first
+    at a fraction of the typical latency drawn from ``lead`` ± ``spread``, and then every
+    ``step`` of it, growing by ``factor``. Tasks submitted together thus sample the moment they
+    become ready at many points, and the first to find its result ready tells the others of
+    its age (see :meth:`PollTimer.news`). Before any task of the model has finished, a task
+    whose answer reports ``progress`` (at least ``min_progress``) takes ``elapsed / progress``
+    as its typical latency. No task polls twice within ``min_interval``.
     """
 
     first: float = 0.5
     factor: float = 1.5
     max_interval: float = 4.0
-    min_interval: float = 0.05
-    lead: float = 0.95
+    min_interval: float = 0.02
+    lead: float = 0.98
+    spread: float = 0.04
     step: float = 0.05
     jitter: float = 0.3
+    min_progress: float = 0.05
     deadline: float = 600.0
 
 
@@ -90,34 +97,60 @@ class PollTimer:
         self.policy = policy
         self.last_poll = -math.inf
         self._backoff = policy.first * rng.uniform(1 - policy.jitter, 1 + policy.jitter)
+        self._lead = rng.uniform(policy.lead - policy.spread, policy.lead + policy.spread)
         self._near = 0
         self._not_before = 0.0  # after a failed poll: not again before its retry delay
-        self.scheduled = self._backoff if expected is None else expected * policy.lead
+        self._news = math.inf  # the age at which a task like this one was found ready
+        self._eta: float | None = None  # this task's latency, as its progress suggests
+        self.scheduled = self._backoff if expected is None else expected * self._lead
 
     def due(self, expected: float | None) -> float:
         """When the next poll is due, given the typical latency known now: a task that has not
-        polled since reaching the typical latency polls at once; one that has polls again a
-        small step later, whatever back-off it was scheduled with before the latency was known.
+        polled since reaching its share of the typical latency polls then; one that has polls
+        again a small step later, whatever back-off it was scheduled with before the latency
+        was known. News of a task of the same age brings the poll forward to that age.
         """
-        if expected is None:
-            return self.scheduled
         policy = self.policy
-        target = expected * policy.lead
-        if self.last_poll < target - policy.min_interval:
-            return max(self._not_before, min(self.scheduled, target))
-        step = max(policy.min_interval, expected * policy.step * policy.factor ** self._near)
-        return max(self._not_before, min(self.scheduled, self.last_poll + step))
+        expected = self._eta if expected is None else expected
+        if expected is None:
+            due = self.scheduled
+        else:
+            target = expected * self._lead
+            if self.last_poll < target - policy.min_interval:
+                due = min(self.scheduled, target)
+            else:
+                step = expected * policy.step * policy.factor ** self._near
+                due = min(self.scheduled, self.last_poll + max(policy.min_interval, step))
+        due = min(due, max(self._news, self.last_poll + policy.min_interval))
+        return max(self._not_before, due)
 
-    def pending(self, elapsed: float, expected: float | None) -> None:
-        """The poll at ``elapsed`` found the task still pending."""
+    def news(self, latency: float) -> None:
+        """Another task of the model was found ready ``latency`` seconds after its submit. Unless
+        this one has polled at that age or later already, it is probably ready at that age too:
+        poll then (at once, if it is older).
+        """
+        if self.last_poll < latency:
+            self._news = min(self._news, latency)
+
+    def pending(self, elapsed: float, expected: float | None,
+                progress: float | None = None) -> None:
+        """The poll at ``elapsed`` found the task still pending, with ``progress`` (the share
+        done, from 0 to 1) when the answer reported it."""
         policy = self.policy
         self.last_poll = elapsed
-        if expected is not None and elapsed >= expected * policy.lead - policy.min_interval:
-            delay = expected * policy.step * policy.factor ** self._near
-            self._near += 1
-        else:
+        if elapsed >= self._news:
+            self._news = math.inf
+        if progress is not None and policy.min_progress <= progress < 1:
+            self._eta = elapsed / progress
+        expected = self._eta if expected is None else expected
+        if expected is None:
             self._backoff = min(policy.max_interval, self._backoff * policy.factor)
             delay = self._backoff
+        elif elapsed >= expected * self._lead - policy.min_interval:
+            delay = expected * policy.step * policy.factor ** self._near
+            self._near += 1
+        else:  # not there yet: look again when it should be
+            delay = expected * self._lead - elapsed
         self.scheduled = elapsed + min(policy.max_interval, max(policy.min_interval, delay))
 
     def retry(self, elapsed: float, delay: float) -> None:
@@ -126,7 +159,7 @@ class PollTimer:
 
 
 class LatencyTracker:
-    """Recent task latencies per model (the time until a poll found the task ready), and a
+    """Recent task latencies per model (the time until a poll saw the task ready), and a
     signal for the tasks still waiting whenever one finishes."""
 
     def __init__(self, window: int = 32) -> None:
@@ -141,11 +174,14 @@ class LatencyTracker:
             news.set()
 
     def expected(self, model: str) -> float | None:
-        """The median of the recent latencies (each the time until a poll saw the task ready;
-        polling a little before it, ``PollPolicy.lead``, keeps the estimate from creeping up).
-        """
+        """The median of the recent latencies."""
         samples = self._samples.get(model)
         return statistics.median(samples) if samples else None
+
+    def latest(self, model: str) -> float | None:
+        """The latency of the task of ``model`` that finished last."""
+        samples = self._samples.get(model)
+        return samples[-1] if samples else None
 
     async def wait(self, model: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds; True if a task of ``model`` finished meanwhile."""

@@ -26,6 +26,7 @@ from kontext_pipeline.errors import (
 )
 from kontext_pipeline.images import inspect_bytes
 from kontext_pipeline.providers.base import EditRequest, ProviderEvent
+from kontext_pipeline.providers.policies import PollPolicy
 from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import KEY, RecordedSleep, generate, png, provider_for, run
 
@@ -332,3 +333,21 @@ def test_the_key_appears_in_no_message_or_event(bfl_server: Start) -> None:
         run(generate(provider, request(), events))
     texts = [str(caught.value), repr(caught.value), *map(repr, events)]
     assert not [t for t in texts if KEY in t]
+
+
+def test_waves_of_tasks_poll_at_most_twice_each_on_average(bfl_server: Start) -> None:
+    server = bfl_server(latency=0.5)
+    provider = provider_for(server)
+    provider.polling = PollPolicy()  # the real cadence: first poll at 0.5 s, then learnt
+
+    async def waves() -> None:
+        try:
+            await asyncio.gather(*(provider.generate(request(f"Task {i}")) for i in range(72)))
+        finally:
+            await provider.aclose()
+
+    run(waves())
+    polls = len([p for p in server.state.paths("GET") if p.endswith("/get_result")])
+    assert len(server.state.paths("POST")) == 72
+    assert polls / 72 <= 2.0  # one near the latency learnt, one more when a sibling is ready
+    assert provider.latencies.expected("flux-kontext-pro") is not None

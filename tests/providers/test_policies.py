@@ -60,7 +60,7 @@ def test_poll_timer_first_poll_spreads_concurrent_tasks() -> None:
 
 
 def test_poll_timer_polls_around_the_typical_latency() -> None:
-    policy = PollPolicy(lead=0.95, step=0.05, factor=2.0, min_interval=0.01)
+    policy = PollPolicy(lead=0.95, spread=0.0, step=0.05, factor=2.0, min_interval=0.01)
     timer = PollTimer(policy, random.Random(1), expected=2.0)
     assert timer.due(2.0) == pytest.approx(1.9)
     timer.pending(1.9, 2.0)
@@ -69,8 +69,18 @@ def test_poll_timer_polls_around_the_typical_latency() -> None:
     assert timer.due(2.0) == pytest.approx(2.2)  # the step doubles
 
 
+def test_tasks_submitted_together_spread_their_first_poll_around_the_latency() -> None:
+    policy = PollPolicy(lead=0.98, spread=0.04)
+    rng = random.Random(5)
+    firsts = [PollTimer(policy, rng, expected=2.0).due(2.0) for _ in range(200)]
+    assert 1.88 <= min(firsts) < 1.89
+    assert 2.03 < max(firsts) <= 2.04
+    assert 0.2 < sum(1 for f in firsts if f >= 2.0) / len(firsts) < 0.4  # some look late
+
+
 def test_news_of_a_finished_task_brings_the_next_poll_forward() -> None:
-    policy = PollPolicy(first=0.5, factor=1.5, lead=1.0, jitter=0.0)
+    policy = PollPolicy(first=0.5, factor=1.5, lead=1.0, spread=0.0, jitter=0.0,
+                        min_interval=0.05)
     timer = PollTimer(policy, random.Random(1), expected=None)
     timer.pending(0.5, None)
     timer.pending(1.25, None)  # next backoff poll due at 2.375
@@ -78,6 +88,44 @@ def test_news_of_a_finished_task_brings_the_next_poll_forward() -> None:
     assert timer.due(2.0) == pytest.approx(2.0)  # another task took 2.0 s: look then
     timer.pending(2.0, 2.0)
     assert timer.due(2.0) == pytest.approx(2.1)  # not again at once: a small step after
+
+
+def test_news_from_a_task_of_the_same_age_means_poll_at_that_age() -> None:
+    policy = PollPolicy(lead=1.0, spread=0.0, step=0.05, min_interval=0.02)
+    timer = PollTimer(policy, random.Random(1), expected=2.0)
+    timer.pending(1.99, 2.0)  # just too early: the next step would come at 2.09
+    assert timer.due(2.0) == pytest.approx(2.09)
+    timer.news(2.0)  # a task submitted with this one was ready at 2.0 s
+    assert timer.due(2.0) == pytest.approx(2.01)  # at that age, or min_interval after the poll
+    timer.pending(2.01, 2.0)  # still pending: the news is used up
+    assert timer.due(2.0) == pytest.approx(2.01 + 2.0 * 0.05 * 1.5)  # steps grow
+
+
+def test_news_is_ignored_by_a_task_that_polled_at_that_age_already() -> None:
+    policy = PollPolicy(lead=1.0, spread=0.0, step=0.05, min_interval=0.02)
+    timer = PollTimer(policy, random.Random(1), expected=2.0)
+    timer.pending(3.0, 2.0)  # a slow one: pending at 3.0 s
+    timer.news(2.1)  # another took 2.1 s: nothing new about this one
+    assert timer.due(2.0) == pytest.approx(3.1)
+    younger = PollTimer(policy, random.Random(1), expected=2.0)
+    younger.pending(0.5, 2.0)
+    younger.news(2.1)  # submitted later than the one that finished: poll at the same age
+    assert younger.due(2.0) == pytest.approx(2.0)  # its own target comes first anyway
+    younger.news(1.7)
+    assert younger.due(2.0) == pytest.approx(1.7)
+
+
+def test_progress_tells_the_latency_before_any_task_has_finished() -> None:
+    policy = PollPolicy(first=0.5, lead=1.0, spread=0.0, jitter=0.0, min_progress=0.05)
+    timer = PollTimer(policy, random.Random(1), expected=None)
+    timer.pending(0.5, None, progress=0.01)  # too little to go by: back off
+    assert timer.due(None) == pytest.approx(1.25)
+    timer.pending(1.25, None, progress=0.25)  # a quarter done after 1.25 s: about 5 s in all
+    assert timer.due(None) == pytest.approx(5.0)
+    assert timer.due(4.0) == pytest.approx(4.0)  # finished tasks' latency wins over progress
+    stuck = PollTimer(policy, random.Random(1), expected=None)
+    stuck.pending(0.5, None, progress=1.0)  # "done" but still pending: no estimate from it
+    assert stuck.due(None) == pytest.approx(1.25)
 
 
 def test_retry_reschedules() -> None:
