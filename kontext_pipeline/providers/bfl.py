@@ -68,6 +68,9 @@ _MODERATED = ("Request Moderated", "Content Moderated")
 _SUBMIT_RETRY_STATUSES = frozenset({429, 502, 503})
 _TRANSIENT_STATUSES = frozenset({202, 404, 408, 425, 429, 500, 502, 503, 504})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# the connection failed while sending, or closed with no answer at all: the API did not take
+# the request (a server that accepted it answers; a stale keep-alive connection is the usual case)
+_NO_ANSWER = (httpx.WriteError, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError)
 _USER_AGENT = f"kontext-pipeline httpx/{httpx.__version__}"
 _BFL_DOMAINS = ("bfl.ai", "bfl.ml")
 
@@ -264,10 +267,12 @@ class BflProvider:
         for attempt in range(1, self.retry.attempts + 1):
             retry_after = None
             try:
-                response = await self._client.post(url, content=content, headers=headers)
+                response = await self._post(task, url, content, headers)
             except _NOT_SENT as exc:
                 failure = f"cannot connect to {urlsplit(url).netloc} ({_describe(exc)})"
-            except httpx.HTTPError as exc:
+            except _NO_ANSWER as exc:
+                failure = f"the connection closed before any answer ({_describe(exc)})"
+            except httpx.HTTPError as exc:  # a timeout waiting for the answer: maybe accepted
                 raise AmbiguousSubmitError(
                     f"{task.label}: the submit failed after it was sent ({_describe(exc)}); "
                     "the API may have accepted and billed it, so it is not retried") from exc
@@ -289,6 +294,26 @@ class BflProvider:
                 raise ProviderUnavailableError(
                     f"{task.label}: the submit failed {attempt} times; last: {failure}")
             await self._wait_retry(task, attempt, retry_after, f"submit: {failure}")
+
+    async def _post(self, task: _Task, url: str, content: bytes,
+                    headers: dict[str, str]) -> httpx.Response:
+        """POST and read the answer. A failure before the answer's status line raises as it
+        is; one while reading its body returns the answer without a body, unless the status
+        said the submit was accepted (the task id is then lost with the body)."""
+        async with self._client.stream("POST", url, content=content,
+                                       headers=headers) as response:
+            try:
+                await response.aread()
+            except httpx.HTTPError as exc:
+                if response.status_code == 200:
+                    raise AmbiguousSubmitError(
+                        f"{task.label}: the API accepted the submit (HTTP 200) but the "
+                        f"connection dropped before its answer was complete ({_describe(exc)});"
+                        " the task id is lost and the API may have billed it, so it is not "
+                        "retried") from exc
+                return httpx.Response(response.status_code, headers=response.headers,
+                                      request=response.request)
+        return response
 
     def _accept(self, task: _Task, response: httpx.Response) -> None:
         try:

@@ -43,7 +43,7 @@ from kontext_pipeline.server.state import (
 )
 from kontext_pipeline.server.validation import Submission, validate_submission
 
-__all__ = ["create_app"]
+__all__ = ["ConnectionDropped", "create_app"]
 
 _TRIGGER = re.compile(r"\[\[(?P<name>[a-z-]+)(?::(?P<arg>[^\]]+))?\]\]")
 _OUTCOMES = {
@@ -66,6 +66,12 @@ def _background_priority() -> None:
 _RENDERERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="bfl-render",
                                 initializer=_background_priority)
 
+
+class ConnectionDropped(Exception):  # noqa: N818  (a fault to inject, not an error)
+    """Raised by the app to have the server close the connection with no answer at all, as a
+    network fault would (see :mod:`kontext_pipeline.server.run`)."""
+
+
 class _DroppedResponse(Response):
     """Promises a body, then closes the connection without sending (most of) it."""
 
@@ -78,7 +84,7 @@ class _DroppedResponse(Response):
         await send({"type": "http.response.start", "status": 200,
                     "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.partial, "more_body": True})
-        raise ConnectionAbortedError("fault injection: connection dropped")
+        raise ConnectionDropped("truncate")
 
 
 def create_app(config: ServerConfig | None = None, state: ServerState | None = None) -> ASGIApp:
@@ -92,7 +98,7 @@ def create_app(config: ServerConfig | None = None, state: ServerState | None = N
         Route("/delivery/{task_id}/sample.{ext}", service.delivery, methods=["GET"]),
         Route("/_stats", service.stats, methods=["GET"]),
     ]
-    return _RequestLog(Starlette(routes=routes), service.state)
+    return _Network(Starlette(routes=routes), service)
 
 
 class _Service:
@@ -118,6 +124,14 @@ class _Service:
         fault = self._pick_fault(endpoint)
         return self._fault_response(fault) if fault else None
 
+    def drops(self, endpoint: str) -> bool:
+        """Whether the network drops this request before the service sees it (a scripted
+        ``"drop"`` next in line, else one drawn at ``drop_rate``): a dropped submit is not
+        accepted."""
+        state = self.state
+        return state.scripted_fault(endpoint, only="drop") is not None or (
+            endpoint != "download" and state.roll(self.config.faults.drop_rate))
+
     def _pick_fault(self, endpoint: str) -> str | None:
         """A scripted fault, else one drawn at the configured rates, else None."""
         faults, state = self.config.faults, self.state
@@ -128,8 +142,6 @@ class _Service:
                                              else (500, 502, 503)))
             elif endpoint != "download" and state.roll(faults.throttle_rate):
                 fault = "429"
-            elif endpoint != "download" and state.roll(faults.drop_rate):
-                fault = "drop"
             elif endpoint == "download" and state.roll(faults.truncate_rate):
                 fault = "truncate"
         return fault
@@ -139,8 +151,6 @@ class _Service:
             return JSONResponse({"detail": "Internal server error"}, status_code=int(fault))
         if fault.startswith("429"):
             return self._too_many("Rate limit exceeded", retry_after=fault == "429")
-        if fault == "drop":
-            return _DroppedResponse(media_type="application/json")
         return None  # download faults are answered by the delivery endpoint itself
 
     def _too_many(self, detail: str, *, retry_after: bool = True) -> Response:
@@ -310,12 +320,24 @@ def _log_body(request: Request, body: Any) -> None:
             for k, v in body.items()}
 
 
-class _RequestLog:
-    """ASGI middleware recording each request (method, path, key, status, submit body)."""
+def _endpoint(method: str, path: str) -> str | None:
+    """Which endpoint a request is for, as faults name them."""
+    if method == "POST" and path.startswith("/v1/flux-kontext-"):
+        return "submit"
+    if path.endswith("/v1/get_result"):
+        return "poll"
+    return "download" if path.startswith("/delivery/") else None
 
-    def __init__(self, app: Starlette, state: ServerState) -> None:
+
+class _Network:
+    """What stands between the client and the service: it records each request (method, path,
+    key, status, submit body) and drops the connections that faults say it drops, before the
+    service sees them."""
+
+    def __init__(self, app: Starlette, service: _Service) -> None:
         self.app = app
-        self.state = state
+        self.service = service
+        self.state = service.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -330,6 +352,9 @@ class _RequestLog:
             await send(message)
 
         try:
+            endpoint = _endpoint(scope["method"], scope["path"])
+            if endpoint is not None and self.service.drops(endpoint):
+                raise ConnectionDropped(endpoint)
             await self.app(scope, receive, record_status)
         finally:
             headers = dict(scope["headers"])

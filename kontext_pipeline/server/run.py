@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from types import TracebackType
+from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from kontext_pipeline.server.app import create_app
+from kontext_pipeline.server.app import ConnectionDropped, create_app
 from kontext_pipeline.server.state import ServerConfig, ServerState
 
 __all__ = ["BackgroundServer", "serve"]
@@ -17,9 +21,32 @@ __all__ = ["BackgroundServer", "serve"]
 _START_TIMEOUT = 10.0
 
 
+class _FaultyH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, and one thing more: when the app raises
+    :class:`ConnectionDropped`, the connection is closed there and then, with no answer (or the
+    rest of one) and no error logged, as a network fault would do it. (Without this, uvicorn
+    answers an exception with a 500.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = self._dropping(self.app)
+
+    def _dropping(self, app: ASGIApp) -> ASGIApp:
+        async def dropping(scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                await app(scope, receive, send)
+            except ConnectionDropped:
+                self.transport.close()
+                for _ in range(3):  # let connection_lost mark the exchange as disconnected
+                    await asyncio.sleep(0)
+
+        return dropping
+
+
 def serve(config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until interrupted, logging each request."""
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info", lifespan="off")
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info", lifespan="off",
+                http=_FaultyH11Protocol)
 
 
 class BackgroundServer:
@@ -33,7 +60,8 @@ class BackgroundServer:
                  port: int = 0) -> None:
         self.state = ServerState(config or ServerConfig())
         self._config = uvicorn.Config(create_app(state=self.state), host=host, port=port,
-                                      log_level="critical", access_log=False, lifespan="off")
+                                      log_level="critical", access_log=False, lifespan="off",
+                                      http=_FaultyH11Protocol)
         self._server = uvicorn.Server(self._config)
         self._thread = threading.Thread(target=self._server.run, name="bfl-server", daemon=True)
         self.host = host

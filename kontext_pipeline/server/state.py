@@ -29,8 +29,8 @@ class FaultConfig:
     """Faults to inject, each a probability per request, drawn from a seeded generator.
 
     ``error_rate``: answer 500/502/503 (a submit gets 502/503 and is not accepted).
-    ``throttle_rate``: a spurious 429. ``drop_rate``: send headers and close the connection
-    before the body (a submit is dropped before it is accepted). ``truncate_rate``: cut a
+    ``throttle_rate``: a spurious 429. ``drop_rate``: close the connection without answering,
+    before doing anything (a dropped submit is not accepted). ``truncate_rate``: cut a
     result download short. ``jitter``: ± seconds on each task's latency.
     """
 
@@ -138,9 +138,12 @@ class ServerState:
             raise ValueError(f"unknown endpoint {endpoint!r}")
         self.scripted.setdefault(endpoint, deque()).extend(faults)
 
-    def scripted_fault(self, endpoint: str) -> str | None:
+    def scripted_fault(self, endpoint: str, only: str | None = None) -> str | None:
+        """The next scripted fault of ``endpoint`` (only if it is ``only``, when given)."""
         queue = self.scripted.get(endpoint)
-        return queue.popleft() if queue else None
+        if not queue or (only is not None and queue[0] != only):
+            return None
+        return queue.popleft()
 
     def roll(self, rate: float) -> bool:
         """True with probability ``rate`` (from the seeded generator)."""

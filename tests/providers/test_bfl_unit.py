@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -123,6 +123,58 @@ def test_a_read_timeout_after_sending_is_ambiguous() -> None:
                                  "out); the API may have accepted and billed it, so it is not "
                                  "retried")
     assert len(api.seen) == 1
+
+
+class CutShort(httpx.AsyncByteStream):
+    """An answer whose body stops with a dropped connection."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'{"id": "ab'
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete "
+                                        "message body")
+
+
+def test_an_accepted_submit_whose_answer_is_cut_short_is_not_sent_again() -> None:
+    api = FakeBfl(submit=httpx.Response(200, stream=CutShort()))
+    with pytest.raises(AmbiguousSubmitError) as caught:
+        generate(api)
+    assert str(caught.value) == (
+        "t: the API accepted the submit (HTTP 200) but the connection dropped before its answer "
+        "was complete (RemoteProtocolError: peer closed connection without sending complete "
+        "message body); the task id is lost and the API may have billed it, so it is not "
+        "retried")
+    assert len(api.seen) == 1
+
+
+def test_a_refusal_whose_body_is_cut_short_still_counts_by_its_status() -> None:
+    answers = iter([httpx.Response(503, stream=CutShort()), FakeBfl().submit])
+    api = FakeBfl()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return next(answers) if request.method == "POST" else api(request)
+
+    _, events = generate(handler)
+    retries = [e.message or "" for e in events if e.kind == "retrying"]
+    assert len(retries) == 1
+    assert retries[0].startswith("submit: HTTP 503 (HTTP 503); retrying in ")
+
+
+def test_a_submit_that_could_not_be_sent_whole_is_sent_again() -> None:
+    attempts = iter([httpx.WriteError("broken pipe"), FakeBfl().submit])
+    api = FakeBfl()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            answer = next(attempts)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return api(request)
+
+    result, events = generate(handler)
+    assert getattr(result, "request_id") == "abc"  # noqa: B009
+    assert next(e.message or "" for e in events if e.kind == "retrying").startswith(
+        "submit: the connection closed before any answer (WriteError: broken pipe); retrying")
 
 
 def test_connect_errors_on_submit_are_retried_then_reported() -> None:
