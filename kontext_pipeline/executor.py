@@ -2,24 +2,27 @@
 
 Steps of one variant run in order, each output feeding the next; variants, branches and recipes
 run concurrently, bounded by the provider's active-task limits. Each result is stored in the
-cache before any step that reads it starts, so an interrupted run resumes where it stopped. The
-executor emits events and never prints.
+cache before any step that reads it starts, and each request the API accepts is journalled until
+then, so an interrupted run resumes where it stopped and pays for no step twice. Steps that make
+the very same request (the same cache key) share one. The executor emits events and never prints.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from kontext_pipeline.cache import Cache, CacheEntry
-from kontext_pipeline.errors import ProviderError
+from kontext_pipeline.errors import ProviderError, TaskFailedError
+from kontext_pipeline.journal import Journal, JournalEntry
 from kontext_pipeline.plan import Plan, Task
-from kontext_pipeline.providers.base import EditRequest, Provider, ProviderEvent
+from kontext_pipeline.providers.base import Accepted, EditRequest, Provider, ProviderEvent
 
 __all__ = ["RunEvent", "RunEventSink", "StepRecord", "execute"]
 
@@ -61,12 +64,14 @@ class StepRecord:
 
 class _Run:
     def __init__(self, cache: Cache, provider: Provider | None, on_event: RunEventSink,
-                 known: Mapping[str, CacheEntry]) -> None:
+                 known: Mapping[str, CacheEntry], journal: Journal | None) -> None:
         self.cache = cache
         self.provider = provider
         self.emit = on_event
         self.known = known
+        self.journal = journal
         self.results: dict[tuple[str, str, str], asyncio.Future[StepRecord]] = {}
+        self.requests: dict[str, asyncio.Future[StepRecord]] = {}  # by key, while in flight
 
     def future(self, task: Task, step: str) -> asyncio.Future[StepRecord]:
         return self.results[(task.pipeline, task.variant, step)]
@@ -98,7 +103,27 @@ class _Run:
         if self.provider is None:
             return StepRecord(task, "missing", "miss", key, hashes,
                               error=lookup.problem or "not in the cache")
-        return await self.call(self.provider, task, key, tuple(p for p, _ in inputs), hashes)
+        return await self.once(self.provider, task, key, tuple(p for p, _ in inputs), hashes)
+
+    async def once(self, provider: Provider, task: Task, key: str, paths: tuple[Path, ...],
+                   hashes: tuple[str, ...]) -> StepRecord:
+        """Make the request of ``key``, or wait for the step of this run already making it."""
+        twin = self.requests.get(key)
+        if twin is not None:
+            first = await asyncio.shield(twin)
+            if not first.ok:
+                self.emit(RunEvent("failed", task, message=first.error))
+                return replace(first, task=task, duration_s=0.0)
+            self.emit(RunEvent("cached", task))
+            return replace(first, task=task, cache="hit", credits=0, duration_s=0.0)
+        future = self.requests[key] = asyncio.get_running_loop().create_future()
+        try:
+            record = await self.call(provider, task, key, paths, hashes)
+        except BaseException:
+            future.cancel()
+            raise
+        future.set_result(record)
+        return record
 
     async def call(self, provider: Provider, task: Task, key: str, paths: tuple[Path, ...],
                    hashes: tuple[str, ...]) -> StepRecord:
@@ -113,10 +138,15 @@ class _Run:
         def relay(event: ProviderEvent) -> None:
             self.emit(RunEvent(event.kind, task, event.progress, event.message))
 
+        journalled = self.journal.find(key, provider.name) if self.journal else None
         started = time.monotonic()
         try:
-            result = await provider.generate(request, relay)
+            result = await provider.generate(
+                request, relay, resume=journalled.accepted if journalled else None,
+                on_accepted=lambda accepted: self.remember(task, key, provider.name, accepted))
         except ProviderError as error:
+            if isinstance(error, TaskFailedError):  # ended for good: nothing to collect later
+                self.forget(key)
             if error.stops_run:
                 raise
             self.emit(RunEvent("failed", task, message=str(error)))
@@ -132,8 +162,28 @@ class _Run:
             duration_s=round(result.duration_s, 3), created_at=time.time(),
             request=task.request_document(hashes))
         await asyncio.to_thread(self.cache.store, result.image, entry)
+        self.forget(key)
         return StepRecord(task, "done", "miss", key, hashes, entry, credits=credits,
                           duration_s=time.monotonic() - started)
+
+    async def remember(self, task: Task, key: str, provider: str, accepted: Accepted) -> None:
+        """Journal an accepted request before its result is awaited."""
+        if self.journal is None:
+            return
+        entry = JournalEntry(key=key, provider=provider, label=task.id, accepted=accepted)
+        try:
+            await asyncio.to_thread(self.journal.record, entry)
+        except OSError as exc:  # the run goes on; only an interruption would cost it
+            self.emit(RunEvent("warning", task, message=(
+                f"cannot journal task {accepted.task_id} in {self.journal.directory} "
+                f"({exc.strerror or exc}): if this run is interrupted, the step is paid for "
+                "again")))
+
+    def forget(self, key: str) -> None:
+        if self.journal is not None:
+            # should this fail, the stale entry costs a later run one poll, which then forgets it
+            with contextlib.suppress(OSError):
+                self.journal.remove(key)
 
 
 def _sha256(data: bytes) -> str:
@@ -147,6 +197,7 @@ async def execute(
     provider: Provider | None,
     on_event: RunEventSink | None = None,
     known: Mapping[str, CacheEntry] | None = None,
+    journal: Journal | None = None,
 ) -> list[StepRecord]:
     """Run every task of ``plans``; returns one record per task, in plan order.
 
@@ -154,8 +205,10 @@ async def execute(
     task fails (skips) the tasks downstream of it in its variant; other variants go on. An error
     that stops the run (a refused key, no credits) cancels everything and is raised.
     ``known`` maps task ids to the cache entries already found for them (not looked up again).
+    ``journal`` records the requests the API accepted until their results are stored; a request
+    found in it (left by an interrupted run) is collected instead of being submitted again.
     """
-    run = _Run(cache, provider, on_event or (lambda _event: None), known or {})
+    run = _Run(cache, provider, on_event or (lambda _event: None), known or {}, journal)
     loop = asyncio.get_running_loop()
     tasks = [task for plan in plans for task in plan.tasks]
     for task in tasks:

@@ -8,27 +8,46 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+__all__ = ["TEMPORARY_PREFIX", "write_atomic"]
+
+TEMPORARY_PREFIX = ".tmp-"
+"""How the temporary files of writes in progress are named (a killed write leaves one)."""
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _MODE = 0o666 & ~_UMASK  # what open() would have given a new file
 
 
-def write_atomic(target: Path, data: bytes | None = None, *, source: Path | None = None) -> None:
+def write_atomic(target: Path, data: bytes | None = None, *, source: Path | None = None,
+                 durable: bool = False) -> None:
     """Write ``data`` (or a copy of ``source``) to ``target`` through a temporary file in the
-    same directory, renamed into place."""
+    same directory, renamed into place. ``durable``: the file and the rename are flushed to
+    disk before returning (a power cut then leaves the new file, whole)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=TEMPORARY_PREFIX)
     try:
         with os.fdopen(handle, "wb") as out:
             if source is None:
                 out.write(data or b"")
         if source is not None:
             shutil.copyfile(source, temporary)  # the kernel copies (sendfile), not Python
+        if durable:
+            _fsync(temporary)
         os.chmod(temporary, _MODE)  # mkstemp makes files private; these are ordinary files
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+    if durable:
+        with contextlib.suppress(OSError):  # Windows cannot open a directory to flush it
+            _fsync(target.parent)
+
+
+def _fsync(path: Path | str) -> None:
+    """Flush a file's bytes, or a directory's entries (a rename into it), to disk."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

@@ -18,6 +18,7 @@ from kontext_pipeline.errors import BudgetExceededError, FrozenCacheMissError, O
 from kontext_pipeline.executor import RunEventSink, StepRecord, execute
 from kontext_pipeline.export import export_outputs
 from kontext_pipeline.files import write_atomic
+from kontext_pipeline.journal import Journal
 from kontext_pipeline.plan import Plan
 from kontext_pipeline.providers.base import Provider
 from kontext_pipeline.report import dollars, manifest
@@ -35,11 +36,14 @@ class RunStart:
     tasks: int
     cached: int
     credits: int
+    collecting: int = 0  # accepted (and paid for) by an interrupted run, not stored yet
 
     def describe(self) -> str:
-        misses = self.tasks - self.cached
+        to_run = self.tasks - self.cached - self.collecting
+        collect = (f", {self.collecting} to collect from an interrupted run" if self.collecting
+                   else "")
         return (f"{self.tasks} step{'' if self.tasks == 1 else 's'}: {self.cached} cached, "
-                f"{misses} to run, expected cost {self.credits} credits "
+                f"{to_run} to run{collect}, expected cost {self.credits} credits "
                 f"({dollars(self.credits)})")
 
 
@@ -79,7 +83,10 @@ async def run_plans(
         raise ValueError("one output directory per plan")
     resolved = [r for plan in plans for r in resolve(plan, cache)]
     cached = sum(1 for r in resolved if r.hit)
-    credits = cost_of_misses(resolved)
+    journal = Journal(cache.root / "journal")
+    collecting = [r for r in resolved if not r.hit and r.key is not None
+                  and journal.find(r.key, r.task.provider) is not None]
+    credits = cost_of_misses(resolved) - cost_of_misses(collecting)
     if frozen and cached < len(resolved):
         raise FrozenCacheMissError(missing_lines(resolved))
     if max_credits is not None and credits > max_credits:
@@ -87,12 +94,12 @@ async def run_plans(
             f"the steps that are not cached would cost {credits} credits ({dollars(credits)}), "
             f"more than --max-credits {max_credits}; nothing was submitted")
     if on_start is not None:
-        on_start(RunStart(len(resolved), cached, credits))
+        on_start(RunStart(len(resolved), cached, credits, len(collecting)))
     provider = None if cached == len(resolved) else open_provider()
     try:
         known = {r.task.id: r.entry for r in resolved if r.entry is not None}
         records = await execute(plans, cache=cache, provider=provider, on_event=on_event,
-                                known=known)
+                                known=known, journal=journal)
     finally:
         if provider is not None:
             await provider.aclose()

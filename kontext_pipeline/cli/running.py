@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import click
@@ -21,6 +23,7 @@ from kontext_pipeline.errors import StepsFailedError, UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
+    from types import FrameType
 
     from kontext_pipeline.progress import Progress
 
@@ -63,11 +66,12 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
     store = open_cache(cache_dir)
     display = _progress(as_json)
     try:
-        reports = asyncio.run(run_plans(
-            plans, cache=store, out_dirs=out_dirs, frozen=frozen, max_credits=max_credits,
-            open_provider=lambda: open_provider(provider, environ=os.environ,
-                                                api_base=api_base, concurrency=concurrency),
-            on_start=display.start, on_event=display.event))
+        with _sigterm_interrupts():
+            reports = asyncio.run(run_plans(
+                plans, cache=store, out_dirs=out_dirs, frozen=frozen, max_credits=max_credits,
+                open_provider=lambda: open_provider(provider, environ=os.environ,
+                                                    api_base=api_base, concurrency=concurrency),
+                on_start=display.start, on_event=display.event))
     finally:
         display.close()
     if as_json:
@@ -83,6 +87,21 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
     failures = [line for report in reports for line in report.failures]
     if failures:
         raise StepsFailedError(failures)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a CI job's time limit, ``kill``) stops a run as Ctrl-C does: what finished
+    stays cached and accepted requests stay journalled, for the next run to collect."""
+
+    def interrupt(_signal: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _out_dirs(names: Sequence[str], out: str | None) -> list[Path]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 __all__ = [
+    "Accepted",
+    "AcceptedSink",
     "EditRequest",
     "EditResult",
     "EventSink",
@@ -55,6 +57,21 @@ class EditResult:
         return self.finished_at - self.submitted_at
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """A request the API accepted: what finds its result again, in this run or a later one.
+    ``submitted_at`` is in seconds since the epoch; ``cost`` in credits, when the API said."""
+
+    task_id: str
+    polling_url: str
+    api_base: str
+    cost: int | None
+    submitted_at: float
+
+
+AcceptedSink = Callable[[Accepted], Awaitable[None]]
+"""Told of each accepted request before its result is awaited (to journal it durably)."""
+
 EventKind = Literal["queued", "submitted", "polling", "retrying", "downloading", "done"]
 
 
@@ -80,9 +97,15 @@ class Provider(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def generate(self, request: EditRequest, on_event: EventSink | None = None,
+    async def generate(self, request: EditRequest, on_event: EventSink | None = None, *,
+                       resume: Accepted | None = None, on_accepted: AcceptedSink | None = None,
                        ) -> EditResult:
-        """Submit, wait for and download one image; raise a ``ProviderError`` on failure."""
+        """Submit, wait for and download one image; raise a ``ProviderError`` on failure.
+
+        ``resume``: the request was accepted earlier (by an interrupted run): collect that
+        task's result instead of submitting again, unless the API no longer has it.
+        ``on_accepted`` is awaited once a submit is accepted, before its result is awaited.
+        """
         ...
 
     async def aclose(self) -> None:

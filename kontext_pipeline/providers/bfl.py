@@ -47,7 +47,14 @@ from kontext_pipeline.errors import (
     TaskFailedError,
 )
 from kontext_pipeline.images import ImageCheckError, inspect_bytes
-from kontext_pipeline.providers.base import EditRequest, EditResult, EventSink, ProviderEvent
+from kontext_pipeline.providers.base import (
+    Accepted,
+    AcceptedSink,
+    EditRequest,
+    EditResult,
+    EventSink,
+    ProviderEvent,
+)
 from kontext_pipeline.providers.policies import (
     ActiveTaskLimiter,
     LatencyTracker,
@@ -115,6 +122,10 @@ def _detail(response: httpx.Response) -> str:
     return str(detail) if detail else f"HTTP {response.status_code}"
 
 
+class _TaskLostError(Exception):
+    """A task of an earlier run that cannot be collected: it is submitted again."""
+
+
 class _ChangedInputError(Exception):
     def __init__(self, index: int, expected: str, actual: str) -> None:
         super().__init__(index, expected, actual)
@@ -132,6 +143,7 @@ class _Task:
     cost: int | None = None
     polls: int = 0
     submitted_at: float = 0.0
+    resumed: bool = False  # submitted by an earlier run: its latency says nothing typical
 
     @property
     def label(self) -> str:
@@ -189,27 +201,69 @@ class BflProvider:
     def _headers(self) -> dict[str, str]:
         return {"x-key": self._key, "accept": "application/json"}
 
-    async def generate(self, request: EditRequest, on_event: EventSink | None = None,
+    async def generate(self, request: EditRequest, on_event: EventSink | None = None, *,
+                       resume: Accepted | None = None, on_accepted: AcceptedSink | None = None,
                        ) -> EditResult:
-        """Submit, poll until terminal, download and verify one image."""
+        """Submit, poll until terminal, download and verify one image (or, with ``resume``,
+        collect the result of a task an earlier run submitted)."""
         task = _Task(request, on_event or (lambda _event: None))
         task.event("queued")
-        async with self.limiter.slot(request.model):
-            # the body is built once, whatever the retries, and dropped once submitted: a task
-            # that is polling holds no image in memory
+        if resume is not None:
             try:
-                content = await asyncio.to_thread(self._body, request)
-            except OSError as exc:  # an input vanished since the plan hashed it
-                raise ProviderError(f"{task.label}: cannot read an input image "
-                                    f"({exc.strerror or exc}: {exc.filename})") from exc
-            except _ChangedInputError as exc:
-                raise ProviderError(f"{task.label}: input image {exc.index + 1} is not the one "
-                                    f"planned (sha256 {exc.actual[:12]}, expected "
-                                    f"{exc.expected[:12]}): it changed on disk, or its cache "
-                                    "object is damaged; nothing was submitted") from None
+                return await self._collect(task, resume)
+            except _TaskLostError as lost:
+                task.event("retrying", message=f"{lost}; submitting it again")
+                task = _Task(request, task.emit)
+        async with self.limiter.slot(request.model):
+            content = await self._build(task)
             await self._submit(task, content)
-            del content
+            del content  # a task that is polling holds no image in memory
+            if on_accepted is not None:
+                await on_accepted(Accepted(task.task_id, task.polling_url, self.api_base,
+                                           task.cost, time.time()))
             result = await self._poll(task)
+        return await self._finish(task, result)
+
+    async def _collect(self, task: _Task, accepted: Accepted) -> EditResult:
+        """Poll for and download the result of a task accepted by an earlier run."""
+        task.task_id, task.polling_url, task.cost = (accepted.task_id, accepted.polling_url,
+                                                     accepted.cost)
+        task.resumed = True
+        if accepted.api_base != self.api_base:
+            raise _TaskLostError(f"{task.label}: task {task.task_id} of an earlier run was "
+                                 f"accepted by {accepted.api_base}, not {self.api_base}")
+        task.submitted_at = self._clock() - max(0.0, time.time() - accepted.submitted_at)
+        self._check_polling_host(task)
+        task.event("submitted", message=f"collecting task {task.task_id} of an earlier run")
+        async with self.limiter.slot(task.request.model):
+            try:
+                result = await self._poll(task)
+            except TaskFailedError as exc:
+                if exc.status != "Task not found":
+                    raise
+                raise _TaskLostError(f"{task.label}: task {task.task_id} of an earlier run "
+                                     "is no longer known to the API") from exc
+        try:
+            return await self._finish(task, result)
+        except InvalidResultError as exc:
+            raise _TaskLostError(f"{task.label}: the result of task {task.task_id} of an "
+                                 f"earlier run can no longer be downloaded ({exc})") from exc
+
+    async def _build(self, task: _Task) -> bytes:
+        """The submit's body, built once whatever the retries (it is dropped once submitted)."""
+        try:
+            return await asyncio.to_thread(self._body, task.request)
+        except OSError as exc:  # an input vanished since the plan hashed it
+            raise ProviderError(f"{task.label}: cannot read an input image "
+                                f"({exc.strerror or exc}: {exc.filename})") from exc
+        except _ChangedInputError as exc:
+            raise ProviderError(f"{task.label}: input image {exc.index + 1} is not the one "
+                                f"planned (sha256 {exc.actual[:12]}, expected "
+                                f"{exc.expected[:12]}): it changed on disk, or its cache "
+                                "object is damaged; nothing was submitted") from None
+
+    async def _finish(self, task: _Task, result: Mapping[str, Any]) -> EditResult:
+        """Download and check the image a Ready task points at."""
         sample = result.get("sample") if isinstance(result, dict) else None
         if not isinstance(sample, str) or not sample:
             raise InvalidResultError(f"{task.label}: the API said Ready but gave no result URL")
@@ -356,9 +410,10 @@ class BflProvider:
     async def _poll(self, task: _Task) -> Mapping[str, Any]:
         model = task.request.model
         timer = PollTimer(self.polling, self._rng, self.latencies.expected(model))
+        deadline = self._clock() - task.submitted_at + self.polling.deadline
         failures = 0
         while True:
-            elapsed = await self._wait_due(task, timer)
+            elapsed = await self._wait_due(task, timer, deadline)
             task.polls += 1
             body, failure, retry_after = await self._poll_once(task)
             if body is None:
@@ -381,19 +436,21 @@ class BflProvider:
                 timer.pending(elapsed, self.latencies.expected(model), fraction)
                 continue
             if status == "Ready":
-                self.latencies.record(model, self._clock() - task.submitted_at)
+                if not task.resumed:
+                    self.latencies.record(model, self._clock() - task.submitted_at)
                 result = body.get("result")
                 return result if isinstance(result, dict) else {}
             self._raise_for_status(task, str(status), body.get("details"))
 
-    async def _wait_due(self, task: _Task, timer: PollTimer) -> float:
+    async def _wait_due(self, task: _Task, timer: PollTimer, deadline: float) -> float:
         """Wait until the next poll is due (sooner if another task of the model finishes and
-        shows this one is probably ready); returns the elapsed time then."""
+        shows this one is probably ready); returns the elapsed time then. ``deadline``: the
+        elapsed time after which no poll is made."""
         model = task.request.model
         while True:
             elapsed = self._clock() - task.submitted_at
             due = timer.due(self.latencies.expected(model))
-            if due > self.polling.deadline:
+            if due > deadline:
                 raise ProviderTimeoutError(
                     f"{task.label}: no result after {self.polling.deadline:.0f} s (task "
                     f"{task.task_id}); it was not submitted again")

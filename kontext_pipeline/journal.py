@@ -1,0 +1,92 @@
+"""The request journal: tasks the API accepted whose results are not in the cache yet.
+
+As soon as a submit is answered, its task id and polling URL are written here (durably: the file
+is flushed to disk before polling starts), one file per cache key::
+
+    v1/journal/ab/<key>.json
+
+The entry is removed once the result is stored, or once the task has ended without one
+(moderated, failed). A run that was interrupted (Ctrl-C, SIGTERM, SIGKILL, a CI job's time limit)
+leaves its entries behind; the next run of the same steps finds them and polls those tasks
+instead of submitting (and paying for) them again. A task the API no longer knows (BFL keeps
+results for a limited time) is submitted again, with a warning.
+
+An entry holds no secret: the key is never written, and a polling URL is only ever sent the key
+if it is on the API's own host (see :mod:`kontext_pipeline.providers.bfl`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kontext_pipeline.files import write_atomic
+from kontext_pipeline.providers.base import Accepted
+
+__all__ = ["Journal", "JournalEntry"]
+
+_LAYOUT = "journal-v1"
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One accepted task: which cache key and provider it is for, and how to find it again."""
+
+    key: str
+    provider: str
+    label: str
+    accepted: Accepted
+
+    def to_json(self) -> dict[str, object]:
+        return {"layout": _LAYOUT, "key": self.key, "provider": self.provider,
+                "label": self.label, **asdict(self.accepted)}
+
+    @classmethod
+    def from_json(cls, data: object) -> JournalEntry:
+        if not isinstance(data, dict) or data.get("layout") != _LAYOUT:
+            raise ValueError("not a journal entry")
+        cost = data["cost"]
+        accepted = Accepted(task_id=str(data["task_id"]), polling_url=str(data["polling_url"]),
+                            api_base=str(data["api_base"]),
+                            cost=cost if isinstance(cost, int) else None,
+                            submitted_at=float(data["submitted_at"]))
+        return cls(key=str(data["key"]), provider=str(data["provider"]),
+                   label=str(data["label"]), accepted=accepted)
+
+
+class Journal:
+    """The journal in ``directory`` (created on first write)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.json"
+
+    def record(self, entry: JournalEntry) -> None:
+        """Write ``entry`` and flush it to disk before returning."""
+        document = json.dumps(entry.to_json(), indent=1, sort_keys=True).encode()
+        write_atomic(self.path(entry.key), document, durable=True)
+
+    def find(self, key: str, provider: str) -> JournalEntry | None:
+        """The entry of ``key`` made by ``provider``, if there is a readable one."""
+        try:
+            entry = JournalEntry.from_json(json.loads(self.path(key).read_bytes()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # a damaged entry: the step is submitted (and journalled) afresh
+        return entry if entry.key == key and entry.provider == provider else None
+
+    def remove(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def entries(self) -> Iterator[JournalEntry]:
+        """Every readable entry."""
+        for path in sorted(self.directory.glob("*/*.json")):
+            try:
+                yield JournalEntry.from_json(json.loads(path.read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
