@@ -34,11 +34,16 @@ DEFAULT_MODEL_LIMITS: Mapping[str, int] = {"flux-kontext-max": 6}
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential back-off with full jitter; ``Retry-After`` wins when the server sends it."""
+    """Exponential back-off with full jitter; ``Retry-After`` wins when the server sends it.
 
-    attempts: int = 6
+    Ten attempts wait about a minute in all before giving up (at most about a minute and a
+    half): long enough to ride out a flaky minute of the service, short enough for CI to fail
+    in reasonable time when it is really down.
+    """
+
+    attempts: int = 10
     base_delay: float = 0.5
-    max_delay: float = 30.0
+    max_delay: float = 20.0
     max_retry_after: float = 120.0
 
     def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
