@@ -68,6 +68,7 @@ def test_a_killed_run_started_again_collects_what_was_accepted(
     accepted = sum(server.state.submits.values())
     assert accepted >= 4
     assert len(journal(cache)) == accepted  # every accepted request is on record
+    assert not [path for path in journal(cache) if KEY.encode() in path.read_bytes()]
     assert not out.exists()
 
     again = run_cli(*args, env={"BFL_API_KEY": KEY})

@@ -27,7 +27,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -80,6 +80,7 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _NO_ANSWER = (httpx.WriteError, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError)
 _USER_AGENT = f"kontext-pipeline httpx/{httpx.__version__}"
 _BFL_DOMAINS = ("bfl.ai", "bfl.ml")
+_SECRET_LENGTH = 8  # BFL's keys are far longer
 
 
 def http_client(*, timeout: float = 30.0) -> httpx.AsyncClient:
@@ -205,8 +206,37 @@ class BflProvider:
                        resume: Accepted | None = None, on_accepted: AcceptedSink | None = None,
                        ) -> EditResult:
         """Submit, poll until terminal, download and verify one image (or, with ``resume``,
-        collect the result of a task an earlier run submitted)."""
-        task = _Task(request, on_event or (lambda _event: None))
+        collect the result of a task an earlier run submitted).
+
+        Whatever the API answers, the key is in no event and no error this raises: a server
+        that echoes it back (in a ``detail``, a status) has it blotted out here.
+        """
+        emit = on_event or (lambda _event: None)
+        try:
+            return await self._generate(request, lambda event: emit(self._blot_event(event)),
+                                        resume, on_accepted)
+        except ProviderError as error:
+            error.message = self._blot(error.message)
+            error.details = self._blot(error.details) if error.details else error.details
+            error.args = (error.message,)
+            raise
+
+    def _leaks(self, text: str) -> bool:
+        """Whether ``text`` holds the key (a key of a few characters, a local stand-in's,
+        is no secret and would match ordinary words)."""
+        return len(self._key) >= _SECRET_LENGTH and self._key in text
+
+    def _blot(self, text: str) -> str:
+        return text.replace(self._key, "[API key]") if self._leaks(text) else text
+
+    def _blot_event(self, event: ProviderEvent) -> ProviderEvent:
+        if event.message and self._leaks(event.message):
+            return replace(event, message=self._blot(event.message))
+        return event
+
+    async def _generate(self, request: EditRequest, emit: EventSink, resume: Accepted | None,
+                        on_accepted: AcceptedSink | None) -> EditResult:
+        task = _Task(request, emit)
         task.event("queued")
         if resume is not None:
             try:
@@ -379,6 +409,10 @@ class BflProvider:
         polling_url = answer.get("polling_url")
         task.polling_url = (polling_url if isinstance(polling_url, str) and polling_url
                             else f"{self.api_base}/v1/get_result?id={task.task_id}")
+        if self._leaks(task.polling_url) or self._leaks(task.task_id):
+            raise AmbiguousSubmitError(f"{task.label}: the API answered the submit with the "
+                                       "API key in its task id or polling URL; they are not "
+                                       "used (nor written anywhere)")
         cost = answer.get("cost")
         task.cost = cost if isinstance(cost, int) and not isinstance(cost, bool) else None
         task.submitted_at = self._clock()
