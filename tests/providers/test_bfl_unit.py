@@ -22,6 +22,7 @@ from kontext_pipeline.errors import (
 )
 from kontext_pipeline.providers.base import EditRequest, ProviderEvent
 from kontext_pipeline.providers.bfl import DEFAULT_API_BASE, BflProvider
+from kontext_pipeline.providers.bfl.body import request_body
 from kontext_pipeline.providers.policies import PollPolicy, RetryPolicy
 from tests.bfl_helpers import KEY, RecordedSleep, png, run
 
@@ -31,9 +32,11 @@ CLUSTER_HOST = API_HOST.replace("api.", "api.eu4.", 1)
 DELIVERY = "https://delivery-eu1.bfl.example/results/abc/sample.png?sig=x"
 
 
-def provider(handler: Handler, *, max_result_bytes: int = 10_000_000) -> BflProvider:
+def provider(handler: Handler, *, max_result_bytes: int = 10_000_000,
+             api_base: str = DEFAULT_API_BASE) -> BflProvider:
     return BflProvider(client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),
-                       api_key=KEY, retry=RetryPolicy(attempts=3, base_delay=0.001),
+                       api_key=KEY, api_base=api_base,
+                       retry=RetryPolicy(attempts=3, base_delay=0.001),
                        polling=PollPolicy(first=0.001, max_interval=0.002),
                        sleep=RecordedSleep(cap=0.0), max_result_bytes=max_result_bytes)
 
@@ -231,7 +234,7 @@ def test_polls_that_are_not_json_are_retried() -> None:
 
 
 def test_the_body_is_encoded_once_and_sends_only_what_is_set() -> None:
-    body = json.loads(BflProvider._body(EditRequest(
+    body = json.loads(request_body(EditRequest(
         "flux-kontext-pro", "p", 5, images=(b"ab",))))
     assert body == {"prompt": "p", "seed": 5, "output_format": "png", "safety_tolerance": 2,
                     "prompt_upsampling": False, "input_image": "YWI="}
@@ -297,8 +300,7 @@ def test_a_polling_url_that_is_not_a_url_is_refused() -> None:
 def test_a_polling_url_on_another_port_of_a_private_host_gets_no_key() -> None:
     api = FakeBfl(submit=httpx.Response(200, json={
         "id": "abc", "polling_url": "https://gateway.example.com:8443/v1/get_result?id=abc"}))
-    bfl = provider(api)
-    bfl.api_base = "https://gateway.example.com"
+    bfl = provider(api, api_base="https://gateway.example.com")
 
     async def go() -> object:
         try:

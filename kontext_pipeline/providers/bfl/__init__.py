@@ -1,0 +1,26 @@
+"""The BFL FLUX.1 Kontext client: submit, poll the returned ``polling_url``, download the signed
+result. The only package of kontext-pipeline whose client code imports httpx.
+
+Retry policy (what the API documents, and what mature clients do):
+
+* **Submit** is not idempotent: a retry after the API accepted it would be billed twice. It is
+  retried only when the API did not take it: the connection could not be made, the request
+  could not be sent whole, the connection closed before any answer, or the answer was 429
+  (throttled; the account's concurrency is lowered for a while), 502 or 503. Any other failure
+  after the request was sent (a timeout waiting for the answer, an accepted answer cut short,
+  500, 504, an answer without a task id) fails the step with the reason and is *not* retried.
+* **Polls and downloads** are safe to repeat: 404/202/429/5xx answers, timeouts and dropped
+  connections are retried with exponential back-off and jitter, honouring ``Retry-After``.
+* 401/403 (key) and 402 (credits) stop the run; 400/422 fail the step with the API's ``detail``.
+* ``Request Moderated`` / ``Content Moderated`` fail the step and are never retried; ``Error``,
+  ``Task not found`` and any status this client does not know fail the step.
+
+Modules: :mod:`.provider` (one request, start to finish), :mod:`.exchanges` (the HTTP requests
+and their retries), :mod:`.answers` (what answers mean), :mod:`.body` (the submit's JSON),
+:mod:`.task` (a request's state), :mod:`.clients` (the HTTP clients).
+"""
+
+from kontext_pipeline.providers.bfl.clients import asgi_client, http_client
+from kontext_pipeline.providers.bfl.provider import DEFAULT_API_BASE, MAX_RESULT_BYTES, BflProvider
+
+__all__ = ["DEFAULT_API_BASE", "MAX_RESULT_BYTES", "BflProvider", "asgi_client", "http_client"]
