@@ -11,10 +11,16 @@ writers of one object write the same bytes). Files are not fsynced: after a powe
 be empty or short, which a lookup sees (a damaged entry, or an object of the wrong size) and
 treats as a miss. A damaged entry or an object whose size does not
 match its entry is a miss with a warning, never a wrong image; ``verify`` re-hashes everything.
+
+A write that is killed before its rename (SIGKILL, a crash) leaves its temporary file
+(``.tmp-*``) behind, which no lookup ever reads. One older than :data:`STALE_TEMPORARY_S` is
+a leftover (a younger one may be a write in progress, here or on another machine sharing the
+directory): ``verify`` reports it, ``verify --fix`` and ``gc`` remove it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -26,12 +32,23 @@ from pathlib import Path
 from typing import Any
 
 from kontext_pipeline.errors import CacheError
-from kontext_pipeline.files import write_atomic
+from kontext_pipeline.files import TEMPORARY_PREFIX, write_atomic
 
-__all__ = ["CACHE_LAYOUT", "Cache", "CacheEntry", "CacheStats", "Lookup", "default_cache_dir"]
+__all__ = [
+    "CACHE_LAYOUT",
+    "STALE_TEMPORARY_S",
+    "Cache",
+    "CacheEntry",
+    "CacheStats",
+    "Lookup",
+    "default_cache_dir",
+]
 
 CACHE_LAYOUT = "v1"
 _HEX = set("0123456789abcdef")
+STALE_TEMPORARY_S = 3600.0
+"""Age (seconds since last written) after which a temporary file is a killed write's leftover."""
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # quotas: not on Windows
 
 
 def default_cache_dir(environ: dict[str, str] | os._Environ[str]) -> Path:
@@ -144,8 +161,7 @@ class Cache:
             write_atomic(self.entry_path(entry.key),
                          json.dumps(entry.to_json(), indent=1, sort_keys=True).encode())
         except OSError as exc:
-            raise CacheError(f"cannot write to the cache in {self.directory}: "
-                             f"{exc.strerror or exc}") from exc
+            raise CacheError(_write_error(self.directory, exc)) from exc
         return entry
 
     def entries(self) -> Iterator[tuple[Path, CacheEntry | None]]:
@@ -164,15 +180,44 @@ class Cache:
         if base.is_dir():
             yield from (p for p in sorted(base.glob("*/*")) if _is_digest(p.name))
 
+    def leftovers(self, older_than: float = STALE_TEMPORARY_S) -> list[Path]:
+        """Temporary files of interrupted writes, last written more than ``older_than``
+        seconds ago."""
+        if not self.root.is_dir():
+            return []
+        now = time.time()
+        found = []
+        for path in sorted(self.root.glob(f"*/*/{TEMPORARY_PREFIX}*")):
+            try:
+                if now - path.stat().st_mtime > older_than:
+                    found.append(path)
+            except FileNotFoundError:  # its write has just finished (renamed) or failed
+                continue
+        return found
+
+    def remove_leftovers(self, older_than: float = STALE_TEMPORARY_S) -> int:
+        """Remove the temporary files of interrupted writes (see :meth:`leftovers`); returns
+        how many."""
+        leftovers = self.leftovers(older_than)
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
+
     def stats(self) -> CacheStats:
         entries = sum(1 for _ in self.entries())
         objects = list(self.objects())
         return CacheStats(entries, len(objects), sum(p.stat().st_size for p in objects))
 
     def verify(self, *, fix: bool = False) -> list[str]:
-        """Re-hash every object and check every entry; returns the problems found (and, with
-        ``fix``, removes what is damaged)."""
+        """Re-hash every object and check every entry, and look for the leftovers of
+        interrupted writes; returns the problems found (and, with ``fix``, removes what is
+        damaged or left over)."""
         problems: list[str] = []
+        for path in self.leftovers():
+            problems.append(f"temporary file {path.relative_to(self.root).as_posix()} is left "
+                            "over from an interrupted write")
+            if fix:
+                path.unlink(missing_ok=True)
         damaged: set[str] = set()
         for path in self.objects():
             digest = hashlib.sha256()
@@ -223,3 +268,14 @@ class Cache:
     def clear(self) -> None:
         """Remove everything this cache layout holds."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _write_error(directory: Path, error: OSError) -> str:
+    """What failed, where, and what to do about it."""
+    reason = error.strerror or str(error)
+    if error.errno in _DISK_FULL:
+        advice = ("free some space there (`kontext-pipeline cache gc` removes what your "
+                  "recipes no longer reach) or choose another --cache-dir")
+    else:
+        advice = "check that it is a writable directory, or choose another --cache-dir"
+    return f"cannot write to the cache in {directory}: {reason}; {advice}"

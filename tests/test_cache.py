@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from kontext_pipeline.cache import Cache, CacheEntry, default_cache_dir
+from kontext_pipeline.cache import (
+    STALE_TEMPORARY_S,
+    Cache,
+    CacheEntry,
+    CacheStats,
+    default_cache_dir,
+)
 from kontext_pipeline.errors import CacheError
 
 
@@ -125,7 +131,35 @@ def test_an_unwritable_cache_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(CacheError) as caught:
         Cache(blocker).store(b"x", entry_for(b"x"))
-    assert str(caught.value).startswith(f"cannot write to the cache in {blocker}: ")
+    assert str(caught.value) == (f"cannot write to the cache in {blocker}: Not a directory; "
+                                 "check that it is a writable directory, or choose another "
+                                 "--cache-dir")
+
+
+def test_leftovers_of_interrupted_writes_are_ignored_then_removed_once_stale(
+        tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    entry = cache.store(b"x", entry_for(b"x"))
+    old = cache.object_path(entry.object).parent / ".tmp-killed"
+    young = cache.entry_path(entry.key).parent / ".tmp-writing"
+    old.write_bytes(b"partial")
+    young.write_bytes(b"{")
+    stale = time.time() - STALE_TEMPORARY_S - 60
+    os.utime(old, (stale, stale))
+    assert cache.lookup(entry.key).entry == entry
+    assert cache.stats() == CacheStats(entries=1, objects=1, bytes=1)
+    assert cache.leftovers() == [old]
+    problem = (f"temporary file objects/{entry.object[:2]}/.tmp-killed is left over from an "
+               "interrupted write")
+    assert cache.verify() == [problem]
+    assert cache.verify(fix=True) == [problem]
+    assert not old.exists()
+    assert young.exists()  # it may be a write in progress (here or on another machine)
+    assert cache.verify() == []
+    os.utime(young, (stale, stale))
+    assert cache.remove_leftovers() == 1
+    assert not young.exists()
+    assert cache.lookup(entry.key).entry == entry
 
 
 def test_default_location(tmp_path: Path) -> None:

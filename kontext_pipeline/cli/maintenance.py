@@ -60,7 +60,8 @@ def cache_ls(cache_dir: str | None) -> None:
 @click.option("--fix", is_flag=True, help="Remove what is damaged (it is made again when "
                                           "needed).")
 def cache_verify(cache_dir: str | None, fix: bool) -> None:
-    """Re-hash every object and check every entry; exit 1 if anything is damaged."""
+    """Re-hash every object, check every entry, and look for the temporary files of writes
+    interrupted over an hour ago; exit 1 if anything is damaged or left over."""
     problems = open_cache(cache_dir).verify(fix=fix)
     for problem in problems:
         click.echo(f"{problem}{' (removed)' if fix else ''}")
@@ -79,7 +80,8 @@ def cache_verify(cache_dir: str | None, fix: bool) -> None:
               help="Remove entries created more than DAYS ago.")
 def cache_gc(*, recipes: Sequence[str], cache_dir: str | None, variables: dict[str, str],
              provider: str, older_than: float | None) -> None:
-    """Remove entries the RECIPES no longer reach (and/or older than --older-than)."""
+    """Remove entries the RECIPES no longer reach (and/or older than --older-than), and the
+    temporary files of writes interrupted over an hour ago."""
     from kontext_pipeline.plan import build_plan  # noqa: PLC0415
     from kontext_pipeline.resolution import resolve  # noqa: PLC0415
 
@@ -93,6 +95,10 @@ def cache_gc(*, recipes: Sequence[str], cache_dir: str | None, variables: dict[s
         keep = {r.key for plan in plans for r in resolve(plan, store) if r.hit and r.key}
     removed = store.remove_entries(keep, None if older_than is None else older_than * 86400)
     click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'}")
+    leftovers = store.remove_leftovers()
+    if leftovers:
+        click.echo(f"removed {leftovers} temporary file{'' if leftovers == 1 else 's'} of "
+                   "interrupted writes")
 
 
 @cache.command("clear")
