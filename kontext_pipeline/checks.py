@@ -135,14 +135,39 @@ def _input_problem(source: str, root: Path) -> str | None:
 
 
 def check_outputs(data: Mapping[str, Any], findings: Findings) -> None:
-    """Every output names a step."""
+    """Every output names a step, and every name that becomes a file or folder (the outputs,
+    the recipe's name) is one that every system can create."""
+    name = data.get("name")
+    if isinstance(name, str) and _is_device_name(name):
+        findings.add(("name",), _device_name(name))
     outputs = data.get("outputs")
     if not isinstance(outputs, dict):
         return
     ids = [i for i in step_ids(data) if i is not None]
+    seen: dict[str, str] = {}
     for name, target in outputs.items():
         if isinstance(target, str) and target not in ids:
             findings.add(("outputs", name), f"unknown step '{target}'{did_you_mean(target, ids)}")
+        if _is_device_name(name):
+            findings.add(("outputs", name), _device_name(name), at="key")
+        first = seen.setdefault(name.casefold(), name)
+        if first != name:
+            findings.add(("outputs", name), f"'{name}' and '{first}' differ only in case: on "
+                         "macOS and Windows they are one file; rename one", at="key")
+
+
+_DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+                           *(f"lpt{i}" for i in range(10))})
+
+
+def _is_device_name(name: str) -> bool:
+    """Windows reserves these names, whatever the extension (``nul.png`` is the null device)."""
+    return name.split(".", 1)[0].casefold() in _DEVICE_NAMES
+
+
+def _device_name(name: str) -> str:
+    return (f"'{name}' is the name of a device on Windows (CON, PRN, AUX, NUL, COM0-9, "
+            "LPT0-9), not a possible file name; choose another name")
 
 
 def check_params(data: Mapping[str, Any], findings: Findings) -> None:

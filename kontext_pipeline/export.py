@@ -33,10 +33,10 @@ def variant_folders(plan: Plan) -> dict[str, str]:
     taken: set[str] = set()
     for variant in plan.variants:
         name = _UNSAFE.sub("_", variant.id).strip("._") or "variant"
-        if len(name) > _MAX_FOLDER or name in taken:
+        if len(name) > _MAX_FOLDER or name.casefold() in taken:  # one folder on macOS, Windows
             digest = hashlib.sha256(variant.id.encode()).hexdigest()[:8]
             name = f"{name[:_MAX_FOLDER]}-{digest}"
-        taken.add(name)
+        taken.add(name.casefold())
         folders[variant.id] = name
     return folders
 
@@ -77,7 +77,11 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache,
     folders = variant_folders(plan)
     by_step = {(r.task.variant, r.task.step): r for r in records}
     exported: dict[tuple[str, str], str] = {}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output directory {out_dir}: "
+                          f"{exc.strerror or exc}; choose another --out") from exc
     root = out_dir.resolve()
     state_path = out_dir / EXPORT_STATE
     previous = _load_state(state_path)

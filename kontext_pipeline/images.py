@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,14 +50,18 @@ def inspect_image(path: Path) -> ImageInfo:
     """
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415  (Pillow is slow to import)
 
-    if path.is_dir():
-        raise ImageCheckError("is a directory, not an image file")
     try:
-        size = path.stat().st_size
+        status = path.stat()
     except FileNotFoundError:
         raise ImageCheckError("does not exist") from None
     except OSError as exc:
         raise ImageCheckError(f"cannot be read ({exc.strerror})") from exc
+    if stat.S_ISDIR(status.st_mode):
+        raise ImageCheckError("is a directory, not an image file")
+    if not stat.S_ISREG(status.st_mode):  # reading a pipe or a device could wait forever
+        raise ImageCheckError("is not a regular file (a pipe, a device or a socket); an input "
+                              "must be an image file")
+    size = status.st_size
     if size > MAX_INPUT_BYTES:
         raise ImageCheckError(f"is {size / 1e6:.1f} MB; the API accepts at most "
                            f"{MAX_INPUT_BYTES / 1e6:.0f} MB")

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kontext_pipeline.findings import Findings, did_you_mean
 
-__all__ = ["DEFAULT_VARIANT", "Variant", "expand_matrix", "format_value"]
+__all__ = ["DEFAULT_VARIANT", "MAX_VARIANTS", "Variant", "expand_matrix", "format_value"]
 
 DEFAULT_VARIANT = "default"
 """The id of the single variant of a recipe without a matrix."""
+
+MAX_VARIANTS = 256
+"""The most variants a recipe may have (GitHub Actions' limit on a matrix, too): ten lists of
+ten values would otherwise make ten billion."""
 
 Scalar = str | int | float | bool
 
@@ -59,6 +64,10 @@ def expand_matrix(matrix: Mapping[str, Any] | None, findings: Findings) -> list[
     if not matrix:
         return [Variant.of({})]
     axes = {k: v for k, v in matrix.items() if k not in ("include", "exclude")}
+    count = math.prod(len(v) for v in axes.values())
+    if count > MAX_VARIANTS:
+        findings.add(("matrix",), _too_many(count))
+        return []
     product = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
     if not axes:
         product = []
@@ -74,6 +83,9 @@ def expand_matrix(matrix: Mapping[str, Any] | None, findings: Findings) -> list[
     combinations = _include(product, matrix.get("include", []))
     if not combinations:
         findings.add(("matrix",), "the matrix leaves no variant: every combination is excluded")
+    if len(combinations) > MAX_VARIANTS:
+        findings.add(("matrix",), _too_many(len(combinations)))
+        return []
     variants: list[Variant] = []
     seen: set[str] = set()
     for values in combinations:
@@ -84,6 +96,11 @@ def expand_matrix(matrix: Mapping[str, Any] | None, findings: Findings) -> list[
         seen.add(variant.id)
         variants.append(variant)
     return variants
+
+
+def _too_many(count: int) -> str:
+    return (f"the matrix makes {count} combinations; at most {MAX_VARIANTS} are allowed: split "
+            "it into several recipes")
 
 
 def _include(

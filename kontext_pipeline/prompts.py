@@ -92,7 +92,12 @@ class _Checker:
         self.data, self.env, self.findings, self.lines = data, env, findings, lines
         self.variables = _mapping(data.get("vars"))
         self.inputs = _mapping(data.get("inputs"))
-        matrix_keys = {k for v in variants for k in v.values}
+        matrix = _mapping(data.get("matrix"))
+        includes = matrix.get("include")
+        matrix_keys = ({k for v in variants for k in v.values}
+                       | {k for k in matrix if k not in ("include", "exclude")}
+                       | {k for entry in (includes if isinstance(includes, list) else [])
+                          if isinstance(entry, dict) for k in entry})
         self.user_names = set(self.variables) | matrix_keys
         self.known = self.user_names | set(CONTEXT_NAMES) | global_names()
         self.attributes = (("inputs", list(self.inputs), "an input"),

@@ -24,7 +24,7 @@ from kontext_pipeline.matrix import Variant, expand_matrix
 from kontext_pipeline.prompts import DEFAULT_MODEL, check_prompts
 from kontext_pipeline.schema import check_schema
 from kontext_pipeline.templating import Prompt, template_environ
-from kontext_pipeline.yamlsource import Document, Position, parse_yaml
+from kontext_pipeline.yamlsource import MAX_SOURCE_BYTES, Document, Position, parse_yaml
 
 __all__ = ["DEFAULT_PARAMS", "InputImage", "Params", "Spec", "Step", "load_spec"]
 
@@ -151,13 +151,19 @@ def load_spec(
 
 def _read(recipe: Path, file: str) -> str:
     try:
-        raw = recipe.read_bytes()
+        with recipe.open("rb") as handle:
+            raw = handle.read(MAX_SOURCE_BYTES + 1)  # never more: the file may be endless
+            size = os.fstat(handle.fileno()).st_size
     except FileNotFoundError:
         raise SpecError([Problem(file, 0, 0, "no such recipe file")]) from None
     except IsADirectoryError:
         raise SpecError([Problem(file, 0, 0, "is a directory, not a recipe file")]) from None
     except OSError as exc:
         raise SpecError([Problem(file, 0, 0, f"cannot read the recipe: {exc.strerror}")]) from exc
+    if len(raw) > MAX_SOURCE_BYTES:
+        shown = f"{size}" if size > MAX_SOURCE_BYTES else f"more than {MAX_SOURCE_BYTES}"
+        raise SpecError([Problem(file, 1, 1, f"the recipe is {shown} bytes; recipes are limited "
+                                             f"to {MAX_SOURCE_BYTES} bytes")])
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

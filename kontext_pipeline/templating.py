@@ -2,7 +2,7 @@
 
 Templates are user input: they run in Jinja's immutable sandbox (no Python internals, no mutation
 of the context), with StrictUndefined (a misspelt variable is an error, never an empty string) and
-with guards against arithmetic that would exhaust memory or time.
+with the bounds of :mod:`kontext_pipeline.sandbox` on the memory and time a render may take.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 import jinja2
 from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from kontext_pipeline.sandbox import SandboxEnvironment, budget, guard_template
 
 __all__ = [
     "CONTEXT_NAMES",
@@ -39,11 +40,9 @@ CONTEXT_NAMES = ("inputs", "steps", "pipeline", "variant", "env")
 MAX_PROMPT_CHARS = 10_000
 """A rendered prompt longer than this is refused (a guard against runaway templates)."""
 
-_MAX_REPEAT = 10_000
-_MAX_EXPONENT = 64
 
-
-_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
+_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASS", "CREDENTIAL", "AUTH", "PRIVATE", "COOKIE",
+                 "SESSION")
 
 
 def is_secret_name(name: str) -> bool:
@@ -58,31 +57,9 @@ def template_environ(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not is_secret_name(k)}
 
 
-class _Environment(ImmutableSandboxedEnvironment):
-    """The sandbox, with ``*`` and ``**`` bounded so a template cannot exhaust memory or CPU."""
-
-    intercepted_binops = frozenset(["*", "**"])
-
-    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any,
-                   right: Any) -> Any:
-        if operator == "**" and _is_number(right) and abs(right) > _MAX_EXPONENT:
-            raise SecurityError(f"exponent {right} is too large (at most {_MAX_EXPONENT})")
-        if operator == "*":
-            count = right if isinstance(left, str | list | tuple) else left
-            other = left if count is right else right
-            if isinstance(other, str | list | tuple) and _is_number(count) and count > _MAX_REPEAT:
-                raise SecurityError(f"repeating a value {count} times is too much "
-                                    f"(at most {_MAX_REPEAT})")
-        return super().call_binop(context, operator, left, right)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 @functools.cache
-def _environment() -> _Environment:
-    return _Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+def _environment() -> SandboxEnvironment:
+    return SandboxEnvironment()
 
 
 @dataclass(frozen=True)
@@ -118,9 +95,12 @@ class Prompt:
         self.source = source
         try:
             self._ast = env.parse(source)
-            self._template = env.from_string(self._ast)
+            self._template = env.from_string(guard_template(self._ast))
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(f"template syntax error: {exc.message}", exc.lineno) from exc
+        except RecursionError as exc:  # Jinja's parser and compiler recurse per nesting level
+            raise RenderError("the template nests too deeply; keep prompt templates simple"
+                              ) from exc
 
     def names(self) -> list[Name]:
         """Top-level names the template reads but does not set itself, in source order."""
@@ -149,12 +129,16 @@ class Prompt:
     def render(self, context: Mapping[str, Any]) -> str:
         """Render with ``context``; the result is stripped of surrounding whitespace."""
         try:
-            text = self._template.render(context)
+            with budget():
+                text = self._template.render(context)
         except SecurityError as exc:
             raise RenderError(f"refused by the template sandbox: {exc}",
                                 _template_line(exc)) from exc
         except jinja2.UndefinedError as exc:
             raise RenderError(_undefined_message(str(exc)), _template_line(exc)) from exc
+        except RecursionError as exc:  # a macro calling itself
+            raise RenderError("refused by the template sandbox: the template recurses too "
+                              "deeply; keep prompt templates simple") from exc
         except Exception as exc:  # templates are user code: any failure is the template's
             raise RenderError(f"{type(exc).__name__}: {exc}", _template_line(exc)) from exc
         text = text.strip()

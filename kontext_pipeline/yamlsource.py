@@ -18,6 +18,7 @@ from kontext_pipeline.diagnostics import Problem
 __all__ = [
     "MAX_DEPTH",
     "MAX_NODES",
+    "MAX_NUMBER_CHARS",
     "MAX_SOURCE_BYTES",
     "Document",
     "JsonPath",
@@ -33,6 +34,10 @@ MAX_NODES = 100_000
 
 MAX_DEPTH = 50
 """Upper bound on nesting of mappings and lists."""
+
+MAX_NUMBER_CHARS = 100
+"""Upper bound on the characters of an integer (Python refuses to read or print very long
+ones, and no value of a recipe needs more than ten digits)."""
 
 JsonPath = tuple[str | int, ...]
 
@@ -90,6 +95,13 @@ class _Builder:
         pos = Position.of(node)
         self.problems.append(Problem(self.file, pos.line, pos.column, message))
 
+    def check_tag(self, node: yaml.Node) -> bool:
+        """Whether a scalar's tag is one of YAML's core types (else a problem is recorded)."""
+        if node.tag in _SCALAR_TAGS or node.tag == _TIMESTAMP:
+            return True
+        self.problem(node, f"YAML tag '{_short(node.tag)}' is not allowed in a recipe")
+        return False
+
     def build(self, node: yaml.Node, path: JsonPath, depth: int) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES:
@@ -107,9 +119,10 @@ class _Builder:
 
     def scalar(self, node: yaml.Node) -> Any:
         text = str(node.value)
-        if node.tag not in _SCALAR_TAGS and node.tag != _TIMESTAMP:
-            self.problem(node, f"YAML tag '{_short(node.tag)}' is not allowed in a recipe")
+        if not self.check_tag(node):
             return text
+        if node.tag == f"{_TAG}int" and len(text) > MAX_NUMBER_CHARS:
+            raise _TooLongNumberError(node)
         if node.tag == _TIMESTAMP or _is_yaml11_only(node.tag, text):
             return text
         return self.loader.construct_object(node)
@@ -126,6 +139,7 @@ class _Builder:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
                 self.problem(key_node, "keys must be plain text, not lists or mappings")
                 continue
+            self.check_tag(key_node)
             key = str(key_node.value)
             key_path = (*path, key)
             if key in result:
@@ -176,6 +190,11 @@ class _TooDeepError(Exception):
         self.node = node
 
 
+class _TooLongNumberError(Exception):
+    def __init__(self, node: yaml.Node) -> None:
+        self.node = node
+
+
 def parse_yaml(text: str, file: str) -> tuple[Document | None, list[Problem]]:
     """Parse one YAML document. Returns the document (None if unusable) and the problems."""
     size = len(text.encode("utf-8", "surrogatepass"))
@@ -220,12 +239,16 @@ def _compose_and_build(loader: yaml.SafeLoader, file: str) -> tuple[Document | N
         return None, [_at(file, exc.node, _too_large())]
     except _TooDeepError as exc:
         return None, [_at(file, exc.node, f"nesting deeper than {MAX_DEPTH} levels")]
+    except _TooLongNumberError as exc:
+        return None, [_at(file, exc.node, f"a number of {len(exc.node.value)} characters is "
+                                          f"too long; a recipe's numbers have at most "
+                                          f"{MAX_NUMBER_CHARS}")]
     return builder.document, builder.problems
 
 
 def _single_node(loader: yaml.SafeLoader, file: str) -> yaml.Node | list[Problem]:
     node = loader.get_single_node()  # raises ComposerError on a second document
-    if node is None:
+    if node is None or (node.tag == f"{_TAG}null" and not node.value):  # nothing, or a bare ---
         return [Problem(file, 1, 1, "the recipe is empty; start with 'version: 1'")]
     if not isinstance(node, yaml.MappingNode):
         kind = "a list" if isinstance(node, yaml.SequenceNode) else "a single value"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -81,3 +82,11 @@ def test_sha256_file(tmp_path: Path) -> None:
     data = bytes(range(256)) * 10_000
     path.write_bytes(data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_pipe_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    path = tmp_path / "photo.png"
+    os.mkfifo(path)
+    assert check(path) == ("is not a regular file (a pipe, a device or a socket); an input must "
+                           "be an image file")

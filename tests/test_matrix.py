@@ -86,3 +86,13 @@ def test_variant_ids_format_values_as_json_except_text() -> None:
     assert Variant.of({"color": "red", "hd": True, "n": 2, "x": 1.5}).id == (
         "color=red,hd=true,n=2,x=1.5")
     assert format_value(False) == "false"
+
+
+def test_a_matrix_of_more_than_256_combinations_is_refused_before_it_is_made() -> None:
+    variants, problems = expand({f"k{i}": list(range(10)) for i in range(12)})
+    assert variants == []
+    assert problems == ["recipe.yaml:1:1: matrix: the matrix makes 1000000000000 combinations; "
+                        "at most 256 are allowed: split it into several recipes"]
+    variants, problems = expand({"a": list(range(16)), "b": list(range(16))})
+    assert len(variants) == 256
+    assert problems == []

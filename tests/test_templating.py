@@ -118,7 +118,9 @@ def test_names_and_attributes_are_found_statically() -> None:
 
 @pytest.mark.parametrize(("name", "secret"), [
     ("BFL_API_KEY", True), ("GITHUB_TOKEN", True), ("aws_secret_access_key", True),
-    ("DB_PASSWORD", True), ("HOME", False), ("USER", False), ("BRAND_COLOR", False),
+    ("DB_PASSWORD", True), ("PGPASSPHRASE", True), ("SESSION_ID", True),
+    ("BROWSER_COOKIE", True), ("PRIVATE_CERT_PEM", True),
+    ("HOME", False), ("USER", False), ("BRAND_COLOR", False),
 ])
 def test_secret_names(name: str, secret: bool) -> None:
     assert is_secret_name(name) is secret
@@ -155,3 +157,30 @@ def test_a_failed_step_is_seen_empty_by_later_steps() -> None:
     first, second = render_steps(steps, context)
     assert isinstance(first, RenderError)
     assert second == "x"
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("[{{ '%05d' % 42 }}|{{ '%-4s' % 'ab' }}|{{ '%s-%s' % ('a', 'b') }}]", "[00042|ab  |a-b]"),
+    ("[{{ '{:>6}|{:.2f}'.format('ab', 3.14159) }}]", "[    ab|3.14]"),
+    ("[{{ 'ab' | center(6) }}|{{ 'ab'.ljust(4, '.') }}|{{ '7'.zfill(3) }}]", "[  ab  |ab..|007]"),
+    ("[{{ words | join(', ') }}|{{ ', '.join(words) }}|{{ 'a-b' | replace('-', ' and ') }}]",
+     "[red, blue|red, blue|a and b]"),
+    ("[{{ 'one two three' | wordwrap(5) | replace('\n', '/') }}|{{ 'a\nb' | indent(2) }}]",
+     "[one/two/three|a\n  b]"),
+    ("[{{ words | batch(1) | list | length }}|{{ {'k': words} | tojson }}]",
+     '[2|{"k": ["red", "blue"]}]'),
+    ("[{% macro tag(w) %}<{{ w }}>{% endmacro %}{% for w in words %}{{ tag(w) }}{% endfor %}]",
+     "[<red><blue>]"),
+    ("[{{ (2 ** 64) * (2 ** 64) }}|{{ ('ab' ~ 'cd') * 2 }}|{{ [1, 2] + [3] }}]",
+     "[340282366920938463463374607431768211456|abcdabcd|[1, 2, 3]]"),
+    ("[{% for w in words %}{{ loop.index }}/{{ loop.length }}{{ loop.cycle(',', '') }}"
+     "{% endfor %}]", "[1/2,2/2]"),
+    ("{% for i in range(1500) %}{% for j in range(4) %}{% endfor %}{% endfor %}done", "done"),
+])
+def test_ordinary_templates_stay_within_the_sandbox_bounds(source: str, expected: str) -> None:
+    assert render(source, words=["red", "blue"]) == expected
+
+
+def test_the_bounds_are_per_render() -> None:
+    prompt = Prompt("{% for i in range(6000) %}{% endfor %}x")
+    assert [prompt.render({}) for _ in range(3)] == ["x", "x", "x"]

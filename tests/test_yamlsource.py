@@ -106,3 +106,26 @@ def test_control_characters_are_placed_and_named() -> None:
     assert document is None
     assert [p.format() for p in problems] == [
         "r.yaml:2:5: character U+0007 is not allowed in YAML; remove it"]
+
+
+def test_a_tag_on_a_key_is_refused_like_one_on_a_value() -> None:
+    data, problems = parse("""
+        !!python/name:os.system name: x
+        ? !custom key
+        : y
+    """)
+    assert problems == ["r.yaml:1:1: YAML tag '!!python/name:os.system' is not allowed in a recipe",
+                        "r.yaml:2:3: YAML tag '!custom' is not allowed in a recipe"]
+    assert data == {"name": "x", "key": "y"}
+
+
+def test_a_number_too_long_to_read_is_refused() -> None:
+    data, problems = parse("seed: 0x" + "f" * 200 + "\n")
+    assert data is None
+    assert problems == ["r.yaml:1:7: a number of 202 characters is too long; a recipe's numbers "
+                        "have at most 100"]
+
+
+def test_a_bare_document_marker_is_an_empty_recipe() -> None:
+    assert parse("---\n...\n") == (None, ["r.yaml:1:1: the recipe is empty; start with "
+                                          "'version: 1'"])
