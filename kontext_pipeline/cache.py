@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kontext_pipeline.errors import CacheError
-from kontext_pipeline.files import TEMPORARY_PREFIX, write_atomic
+from kontext_pipeline.files import TEMPORARY_PREFIX, cannot_make, write_atomic
 
 __all__ = [
     "CACHE_LAYOUT",
@@ -116,6 +116,13 @@ class Cache:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.root = self.directory / CACHE_LAYOUT
+
+    def check_writable(self) -> None:
+        """Raise now if the cache could not be written (a run checks before it pays); nothing
+        is created."""
+        problem = cannot_make(self.root)
+        if problem is not None:
+            raise CacheError(_write_error(self.directory, problem))
 
     def object_path(self, digest: str) -> Path:
         return self.root / "objects" / digest[:2] / digest

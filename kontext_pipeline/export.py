@@ -12,10 +12,10 @@ from typing import Any
 from kontext_pipeline.cache import Cache
 from kontext_pipeline.errors import OutputError
 from kontext_pipeline.executor import StepRecord
-from kontext_pipeline.files import write_atomic
+from kontext_pipeline.files import cannot_make, write_atomic
 from kontext_pipeline.plan import Plan
 
-__all__ = ["EXPORT_STATE", "EXTENSIONS", "export_outputs", "variant_folders"]
+__all__ = ["EXPORT_STATE", "EXTENSIONS", "check_out_dir", "export_outputs", "variant_folders"]
 
 EXPORT_STATE = ".kontext-export.json"
 """Beside the outputs: what was exported where, to skip copying files that did not change."""
@@ -67,6 +67,19 @@ def _unchanged(target: Path, recorded: Any, digest: str) -> bool:
     return bool(recorded == [digest, stat.st_size, stat.st_mtime_ns])
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Raise now if ``out_dir`` could not be made (a run checks before any request, so as to
+    fail before paying); nothing is created."""
+    problem = cannot_make(out_dir)
+    if problem is not None:
+        raise _cannot_create(out_dir, problem)
+
+
+def _cannot_create(out_dir: Path, error: OSError) -> OutputError:
+    return OutputError(f"cannot create the output directory {out_dir}: "
+                       f"{error.strerror or error}; choose another --out")
+
+
 def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache,
                    out_dir: Path) -> dict[tuple[str, str], str]:
     """Copy each finished output into ``out_dir``; returns (variant, step) -> relative path.
@@ -80,8 +93,7 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache,
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the output directory {out_dir}: "
-                          f"{exc.strerror or exc}; choose another --out") from exc
+        raise _cannot_create(out_dir, exc) from exc
     root = out_dir.resolve()
     state_path = out_dir / EXPORT_STATE
     previous = _load_state(state_path)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["TEMPORARY_PREFIX", "write_atomic"]
+__all__ = ["TEMPORARY_PREFIX", "cannot_make", "write_atomic"]
 
 TEMPORARY_PREFIX = ".tmp-"
 """How the temporary files of writes in progress are named (a killed write leaves one)."""
@@ -16,6 +17,19 @@ TEMPORARY_PREFIX = ".tmp-"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _MODE = 0o666 & ~_UMASK  # what open() would have given a new file
+
+
+def cannot_make(directory: Path) -> OSError | None:
+    """Why ``directory`` could not be created and written to (None if it could), found without
+    creating anything: the nearest part of the path that exists must be a writable folder."""
+    existing = directory
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
+    return None
 
 
 def write_atomic(target: Path, data: bytes | None = None, *, source: Path | None = None,

@@ -27,6 +27,8 @@ _MAX_ROWS = 24
 class Progress(Protocol):
     def start(self, start: RunStart) -> None: ...
     def event(self, event: RunEvent) -> None: ...
+    def note(self, message: str) -> None:
+        """Something about the run as a whole (a refused webhook notification)."""
     def close(self) -> None: ...
 
 
@@ -37,6 +39,9 @@ class SilentProgress:
         pass
 
     def event(self, event: RunEvent) -> None:
+        pass
+
+    def note(self, message: str) -> None:
         pass
 
     def close(self) -> None:
@@ -58,6 +63,9 @@ class PlainProgress:
             return
         detail = f": {event.message}" if event.message else ""
         self.echo(f"{event.task.id}: {event.kind}{detail}")
+
+    def note(self, message: str) -> None:
+        self.echo(f"warning: {message}")
 
     def close(self) -> None:
         pass
@@ -104,6 +112,9 @@ class LiveProgress:
             row.message = event.message
         if state == "failed":
             self.console.print(f"[red]failed[/] {event.task.id}: {event.message}")
+
+    def note(self, message: str) -> None:
+        self.console.print(f"[yellow]warning[/] {message}", markup=True, highlight=False)
 
     def _render(self) -> Any:
         from rich.table import Table  # noqa: PLC0415

@@ -16,7 +16,7 @@ from typing import Any
 from kontext_pipeline.cache import Cache
 from kontext_pipeline.errors import BudgetExceededError, FrozenCacheMissError, OutputError
 from kontext_pipeline.executor import RunEventSink, StepRecord, execute
-from kontext_pipeline.export import export_outputs
+from kontext_pipeline.export import check_out_dir, export_outputs
 from kontext_pipeline.files import write_atomic
 from kontext_pipeline.journal import Journal
 from kontext_pipeline.plan import Plan
@@ -59,7 +59,8 @@ class PipelineReport:
     @property
     def failures(self) -> list[str]:
         """``pipeline / variant / step: reason`` of every step that did not finish."""
-        return [f"{r.task.pipeline} / {r.task.variant} / {r.task.step}: {r.error}"
+        return [f"{r.task.pipeline} / {r.task.variant} / {r.task.step}: "
+                f"{(r.error or '').removeprefix(f'{r.task.id}: ')}"
                 for r in self.records if r.status in ("failed", "skipped")]
 
 
@@ -81,6 +82,10 @@ async def run_plans(
     """
     if len(out_dirs) != len(plans):
         raise ValueError("one output directory per plan")
+    for out_dir in out_dirs:  # where the results go must be usable before anything is paid
+        check_out_dir(out_dir)
+    if not frozen:
+        cache.check_writable()
     resolved = [r for plan in plans for r in resolve(plan, cache)]
     cached = sum(1 for r in resolved if r.hit)
     journal = Journal(cache.root / "journal")

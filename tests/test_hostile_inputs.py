@@ -554,18 +554,12 @@ OPTIONS = [
                         STARTING + "kontext-pipeline: the API base URL 'ftp://api.example' is "
                                    "not an http:// or https:// URL; check --api-base or "
                                    "BFL_API_BASE\n"),
-        id="api-base-not-http",
-        marks=pytest.mark.xfail(strict=True, reason="providers/__init__.py open_provider does "
-                                "not check the base URL: every step fails (exit 1) as a submit "
-                                "'the API may have accepted and billed'")),
+        id="api-base-not-http"),
     pytest.param(Option(("run", "recipe.yaml"), EXIT_INVALID,
                         STARTING + "kontext-pipeline: BFL_API_KEY holds characters an API key "
                                    "cannot have (only printable ASCII without spaces); check "
                                    "how it was set\n",
-                        {"BFL_API_KEY": "bfl_clé"}), id="api-key-not-ascii",
-        marks=pytest.mark.xfail(strict=True, reason="providers/__init__.py open_provider "
-                                "passes the key on: httpx's UnicodeEncodeError escapes as a "
-                                "traceback, exit 1")),
+                        {"BFL_API_KEY": "bfl_clé"}), id="api-key-not-ascii"),
 ]
 
 
@@ -602,6 +596,20 @@ def test_an_output_directory_that_cannot_be_made_fails_without_a_traceback(work:
     assert result.stderr == ("kontext-pipeline: cannot create the output directory afile/sub: "
                              "Not a directory; choose another --out\n")
     assert_no_traceback(result)
+    assert not (work / "cache").exists()  # refused before any step ran
+
+
+def test_a_cache_directory_that_cannot_be_written_fails_before_any_request(work: Path) -> None:
+    write("recipe.yaml", HEAD + STEPS)(work)
+    write("afile", "not a directory\n")(work)
+    result = invoke("run", "recipe.yaml", "--provider", "preview", "--cache-dir", "afile",
+                    "--out", "out")
+    assert result.exit_code == EXIT_FAILED
+    assert result.stderr == ("kontext-pipeline: cannot write to the cache in afile: Not a "
+                             "directory; check that it is a writable directory, or choose "
+                             "another --cache-dir\n")
+    assert_no_traceback(result)
+    assert not (work / "out").exists()  # refused before any step ran
 
 
 # --- the API's answers -------------------------------------------------------------------------
@@ -670,28 +678,25 @@ class Answer:
 
 
 FAILED = "kontext-pipeline: 1 step failed:\n  hostile / default / edit: "
-LABEL = "hostile/default/edit: "
 NOT_AUTHENTICATED = "Not authenticated: send your API key in the x-key header"
-NO_RESULT_URL = FAILED + LABEL + "the API said Ready but gave no result URL\n"
+NO_RESULT_URL = FAILED + "the API said Ready but gave no result URL\n"
 
 ANSWERS = [
     pytest.param(Answer(
         "submit", JSONResponse({"status": "Pending"}), EXIT_FAILED,
-        FAILED + LABEL + "the API accepted the submit but its answer has no task id; not "
+        FAILED + "the API accepted the submit but its answer has no task id; not "
                          "retried\n"), id="submit-answer-without-id"),
     pytest.param(Answer(
         "submit", Response("<html><body>Bad gateway</body></html>", media_type="text/html"),
         EXIT_FAILED,
-        FAILED + LABEL + "the API's answer to the submit is not JSON; it may have accepted and "
+        FAILED + "the API's answer to the submit is not JSON; it may have accepted and "
                          "billed it, so it is not retried\n"),
-        id="submit-answer-not-json", marks=pytest.mark.xfail(
-            strict=True, reason="providers/bfl/exchanges.py _accept says 'its answer has no "
-                                "task id' of an answer that is not JSON at all")),
+        id="submit-answer-not-json"),
     pytest.param(Answer(
         "submit", JSONResponse({"id": "t1",
                                 "polling_url": "http://203.0.113.7/v1/get_result?id=t1"}),
         EXIT_FAILED,
-        FAILED + LABEL + "the API gave a polling URL on 203.0.113.7, outside {netloc}'s domain; "
+        FAILED + "the API gave a polling URL on 203.0.113.7, outside {netloc}'s domain; "
                          "the key is not sent there\n"), id="polling-url-on-another-host"),
     pytest.param(Answer(
         "poll", JSONResponse({"id": "t1", "status": "Ready", "result": {"seed": 1}}),
@@ -721,7 +726,7 @@ ANSWERS = [
                                             "msg": "String should have at most 10000 "
                                                    "characters"}]}, status_code=422),
         EXIT_FAILED,
-        FAILED + LABEL + "the API rejected the request (HTTP 422) (prompt: String should have at "
+        FAILED + "the API rejected the request (HTTP 422) (prompt: String should have at "
                          "most 10000 characters)\n"), id="422"),
 ]
 
@@ -795,7 +800,7 @@ def test_an_answer_that_stays_broken_fails_the_step_after_its_retries(
                             open_provider=lambda: quick_provider(api.url))
     (task,) = set(api.scripted.state.tasks) - before
     error = StepsFailedError([line for report in reports for line in report.failures])
-    assert str(error) == ("1 step failed:\n  hostile / default / edit: " + LABEL
+    assert str(error) == ("1 step failed:\n  hostile / default / edit: "
                           + message.replace("{task}", task))
     assert exit_code(error) == EXIT_FAILED
 

@@ -196,8 +196,8 @@ def test_a_moderated_step_fails_its_variant_only(runner: Runner,
     assert status[("color=blue", "three")] == "skipped"
     assert all(v == "done" for (variant, _), v in status.items() if variant != "color=blue")
     summary = result.stderr.split("kontext-pipeline: 2 steps failed:\n", 1)[1].splitlines()
-    assert summary[0].startswith("  grid / color=blue / two: grid/color=blue/two: Content "
-                                 "Moderated: the API's moderation refused the result")
+    assert summary[0].startswith("  grid / color=blue / two: Content Moderated: the API's "
+                                 "moderation refused the result")
     assert summary[1] == ("  grid / color=blue / three: skipped: its input 'two' did not "
                           "finish")
     assert not (runner.out / "color=blue" / "three.png").exists()

@@ -136,9 +136,13 @@ def cache_clear(cache_dir: str | None, yes: bool) -> None:
               help="Fault injection: ± seconds of random latency per task.")
 @click.option("--fault-seed", type=int, default=0, show_default=True,
               help="Seed of the fault injection's random generator.")
+@click.option("--webhook-signature", type=click.Choice(["hmac", "secret", "both"]),
+              default="hmac", show_default=True,
+              help="How webhooks are signed: X-BFL-Signature (an HMAC of the body), the raw "
+                   "secret in X-Webhook-Secret, or both.")
 def serve(*, host: str, port: int, latency: float, api_keys: Sequence[str], active_limit: int,
           url_ttl: float, error_rate: float, throttle_rate: float, drop_rate: float,
-          truncate_rate: float, jitter: float, fault_seed: int) -> None:
+          truncate_rate: float, jitter: float, fault_seed: int, webhook_signature: str) -> None:
     """Run the bundled BFL-compatible server (offline use, and tests of BFL clients).
 
     \b
@@ -151,7 +155,8 @@ def serve(*, host: str, port: int, latency: float, api_keys: Sequence[str], acti
     faults = FaultConfig(error_rate=error_rate, throttle_rate=throttle_rate, drop_rate=drop_rate,
                          truncate_rate=truncate_rate, jitter=jitter, seed=fault_seed)
     config = ServerConfig(latency=latency, api_keys=frozenset(api_keys) or None,
-                          active_limit=active_limit, url_ttl=url_ttl, faults=faults)
+                          active_limit=active_limit, url_ttl=url_ttl, faults=faults,
+                          webhook_signature=webhook_signature)
     click.echo(f"kontext-pipeline: BFL-compatible server on http://{host}:{port} "
                f"(latency {latency:g} s; Ctrl-C stops it)", err=True)
     run_server(config, host=host, port=port)

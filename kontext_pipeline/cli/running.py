@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from kontext_pipeline.progress import Progress
+    from kontext_pipeline.providers.inbox import Webhook
+    from kontext_pipeline.runner import PipelineReport
 
 __all__ = ["run"]
 
@@ -48,9 +50,15 @@ __all__ = ["run"]
               help="Refuse (exit 3) if the steps that are not cached would cost more.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the manifest as JSON on stdout, and nothing else.")
+@click.option("--webhook-url", metavar="URL", default=None,
+              help="Have the API push each result to URL (public; it must reach "
+                   "--webhook-listen); polling slows to a fallback.")
+@click.option("--webhook-listen", metavar="HOST:PORT", default=None,
+              help="Where to receive the pushed results (with --webhook-url).")
 def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], provider: str,
         api_base: str | None, cache_dir: str | None, concurrency: int, frozen: bool,
-        max_credits: int | None, as_json: bool) -> None:
+        max_credits: int | None, as_json: bool, webhook_url: str | None,
+        webhook_listen: str | None) -> None:
     """Run recipes: every step cached by its inputs, outputs and manifest.json in --out."""
     import asyncio  # noqa: PLC0415
     import json  # noqa: PLC0415
@@ -59,19 +67,31 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
     from kontext_pipeline.providers import open_provider  # noqa: PLC0415
     from kontext_pipeline.runner import run_plans  # noqa: PLC0415
 
+    webhook = _webhook(webhook_url, webhook_listen)
     specs = load_all(recipes)
     plans = [build_plan(spec, overrides=variables, env=os.environ, provider=provider)
              for spec in specs]
     out_dirs = _out_dirs([s.name for s in specs], out)
     store = open_cache(cache_dir)
     display = _progress(as_json)
-    try:
-        with _sigterm_interrupts():
-            reports = asyncio.run(run_plans(
+
+    async def run_all() -> list[PipelineReport]:
+        async with contextlib.AsyncExitStack() as stack:
+            if webhook is not None and webhook_listen is not None and not frozen:
+                from kontext_pipeline.webhooks import receiving  # noqa: PLC0415
+
+                await stack.enter_async_context(receiving(webhook, webhook_listen,
+                                                          display.note))
+            return await run_plans(
                 plans, cache=store, out_dirs=out_dirs, frozen=frozen, max_credits=max_credits,
                 open_provider=lambda: open_provider(provider, environ=os.environ,
-                                                    api_base=api_base, concurrency=concurrency),
-                on_start=display.start, on_event=display.event))
+                                                    api_base=api_base, concurrency=concurrency,
+                                                    webhook=webhook),
+                on_start=display.start, on_event=display.event)
+
+    try:
+        with _sigterm_interrupts():
+            reports = asyncio.run(run_all())
     finally:
         display.close()
     if as_json:
@@ -87,6 +107,20 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
     failures = [line for report in reports for line in report.failures]
     if failures:
         raise StepsFailedError(failures)
+
+
+def _webhook(url: str | None, listen: str | None) -> Webhook | None:
+    """The run's webhook (with a fresh secret), if both options are given."""
+    if url is None and listen is None:
+        return None
+    if url is None or listen is None:
+        raise UsageError("--webhook-url and --webhook-listen go together: the API pushes to "
+                         "the URL, and the run receives on HOST:PORT")
+    from kontext_pipeline.providers.inbox import Webhook  # noqa: PLC0415
+    from kontext_pipeline.webhooks import check_url, parse_listen  # noqa: PLC0415
+
+    parse_listen(listen)
+    return Webhook(check_url(url))
 
 
 @contextlib.contextmanager

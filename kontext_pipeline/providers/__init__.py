@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from kontext_pipeline.errors import UsageError
 from kontext_pipeline.providers.base import (
@@ -23,6 +24,9 @@ __all__ = [
     "open_provider",
 ]
 
+if TYPE_CHECKING:
+    from kontext_pipeline.providers.inbox import Webhook
+
 PROVIDERS = ("bfl", "preview")
 
 API_KEY_VARIABLE = "BFL_API_KEY"
@@ -34,26 +38,40 @@ def open_provider(
     environ: Mapping[str, str],
     api_base: str | None = None,
     concurrency: int = 24,
+    webhook: Webhook | None = None,
 ) -> Provider:
     """The provider called ``name``, configured from ``environ`` (``BFL_API_KEY``,
-    ``BFL_API_BASE``). Raises :class:`UsageError` before any work when bfl has no key."""
+    ``BFL_API_BASE``). Raises :class:`UsageError` before any work when bfl has no key.
+    With ``webhook``, every submit asks the API to push its result there, and polling is only
+    a slow fallback."""
     if name == "preview":
         from kontext_pipeline.providers.preview import preview_provider  # noqa: PLC0415
 
-        return preview_provider(concurrency=concurrency)
+        return preview_provider(concurrency=concurrency, webhook=webhook)
     if name != "bfl":
         raise UsageError(f"unknown provider '{name}'; choose one of: {', '.join(PROVIDERS)}")
     key = environ.get(API_KEY_VARIABLE, "").strip()
     if not key:
         raise UsageError(f"{API_KEY_VARIABLE} is not set: the bfl provider needs an API key. "
                          f"Set {API_KEY_VARIABLE}, or run offline with --provider preview")
+    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+        raise UsageError(f"{API_KEY_VARIABLE} holds characters an API key cannot have (only "
+                         "printable ASCII without spaces); check how it was set")
     from kontext_pipeline.providers.bfl import (  # noqa: PLC0415
         DEFAULT_API_BASE,
         BflProvider,
         http_client,
     )
-    from kontext_pipeline.providers.policies import ActiveTaskLimiter  # noqa: PLC0415
+    from kontext_pipeline.providers.policies import (  # noqa: PLC0415
+        WEBHOOK_FALLBACK,
+        ActiveTaskLimiter,
+    )
 
     base = api_base or environ.get("BFL_API_BASE") or DEFAULT_API_BASE
+    scheme, _, rest = base.partition("://")
+    if scheme not in ("http", "https") or not rest.split("/", 1)[0]:
+        raise UsageError(f"the API base URL '{base}' is not an http:// or https:// URL; check "
+                         "--api-base or BFL_API_BASE")
     return BflProvider(client=http_client(), api_key=key, api_base=base,
-                       limiter=ActiveTaskLimiter(concurrency))
+                       limiter=ActiveTaskLimiter(concurrency), webhook=webhook,
+                       polling=WEBHOOK_FALLBACK if webhook else None)

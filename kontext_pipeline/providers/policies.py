@@ -17,6 +17,7 @@ from dataclasses import dataclass
 __all__ = [
     "DEFAULT_MODEL_LIMITS",
     "DEFAULT_TOTAL_LIMIT",
+    "WEBHOOK_FALLBACK",
     "ActiveTaskLimiter",
     "LatencyTracker",
     "PollPolicy",
@@ -93,6 +94,10 @@ class PollPolicy:
     jitter: float = 0.3
     min_progress: float = 0.05
     deadline: float = 600.0
+
+
+WEBHOOK_FALLBACK = PollPolicy(first=30.0, factor=1.0, max_interval=30.0, jitter=0.3)
+"""Polling while the API pushes results (webhooks): every 30 s or so, in case one never comes."""
 
 
 class PollTimer:

@@ -8,7 +8,8 @@ marked PREVIEW and are deterministic; the provider's name keeps them apart in th
 from __future__ import annotations
 
 from kontext_pipeline.providers.bfl import BflProvider, asgi_client
-from kontext_pipeline.providers.policies import ActiveTaskLimiter, PollPolicy
+from kontext_pipeline.providers.inbox import Webhook
+from kontext_pipeline.providers.policies import WEBHOOK_FALLBACK, ActiveTaskLimiter, PollPolicy
 from kontext_pipeline.server.app import create_app
 from kontext_pipeline.server.state import ServerConfig
 
@@ -19,9 +20,12 @@ PREVIEW_LATENCY = 0.4
 """Seconds a preview task takes: long enough to see progress, short enough not to wait."""
 
 
-def preview_provider(*, latency: float = PREVIEW_LATENCY, concurrency: int = 24) -> BflProvider:
-    """A provider backed by the bundled server, in this process."""
+def preview_provider(*, latency: float = PREVIEW_LATENCY, concurrency: int = 24,
+                     webhook: Webhook | None = None) -> BflProvider:
+    """A provider backed by the bundled server, in this process (which pushes results to
+    ``webhook`` like BFL, if one is given)."""
     app = create_app(ServerConfig(latency=latency, url_ttl=3600.0))
+    polling = WEBHOOK_FALLBACK if webhook else PollPolicy(first=min(0.5, latency / 2 or 0.05))
     return BflProvider(client=asgi_client(app), api_key="preview", api_base=PREVIEW_BASE,
                        name="preview", limiter=ActiveTaskLimiter(concurrency),
-                       polling=PollPolicy(first=min(0.5, latency / 2 or 0.05)))
+                       polling=polling, webhook=webhook)

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kontext_pipeline.server.imaging import RenderSpec, render
+from kontext_pipeline.server.notify import deliver
 from kontext_pipeline.server.state import (
     DEFAULT_COSTS,
     RequestRecord,
@@ -107,6 +108,7 @@ class _Service:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.config = state.config
+        self._notifying: set[asyncio.Future[None]] = set()  # webhooks on their way
 
     def _refusal(self, request: Request, *, submit: bool) -> Response | None:
         """Authentication, credits and injected faults: an answer other than the real one."""
@@ -192,6 +194,11 @@ class _Service:
         self.state.record_peak(now, model)
         if task.outcome in ("Ready", "Content Moderated") and math.isfinite(task.ready_at):
             task.rendering = self._start_render(task, submission)
+        if submission.webhook_url and math.isfinite(task.ready_at):
+            notifying = asyncio.ensure_future(self._notify(
+                task, submission.webhook_url, submission.webhook_secret, _base(request)))
+            self._notifying.add(notifying)
+            notifying.add_done_callback(self._notifying.discard)
         answer: dict[str, Any] = {"id": task.id, "cost": DEFAULT_COSTS.get(model, 0),
                                   "input_mp": round(submission.input_pixels / 1e6, 2),
                                   "output_mp": 1.0}
@@ -239,6 +246,10 @@ class _Service:
         if task is None:
             return JSONResponse({"id": task_id, "status": "Task not found", "result": None,
                                  "progress": None, "details": None})
+        return JSONResponse(await self._status_body(task, _base(request)))
+
+    async def _status_body(self, task: TaskRecord, base: str) -> dict[str, Any]:
+        """A task's status as a poll (or a webhook) tells it; a Ready one is charged then."""
         now = time.monotonic()
         status = task.status(now)
         result = None
@@ -248,12 +259,19 @@ class _Service:
             if not task.charged:
                 self.state.credits_charged += DEFAULT_COSTS.get(task.model, 0)
                 task.charged = True
-            result = {"sample": self._signed_url(_base(request), task), "seed": task.seed,
+            result = {"sample": self._signed_url(base, task), "seed": task.seed,
                       "prompt": task.prompt, "start_time": task.created, "end_time": now,
                       "duration": round(now - task.created, 3)}
-        return JSONResponse({"id": task.id, "status": status, "result": result,
-                             "progress": task.progress(now) if status == "Pending" else None,
-                             "details": task.details if status != "Pending" else None})
+        return {"id": task.id, "status": status, "result": result,
+                "progress": task.progress(now) if status == "Pending" else None,
+                "details": task.details if status != "Pending" else None}
+
+    async def _notify(self, task: TaskRecord, url: str, secret: str | None, base: str) -> None:
+        """Once the task has ended, POST its status to the webhook URL it came with."""
+        await asyncio.sleep(max(0.0, task.ready_at - time.monotonic()))
+        payload = await self._status_body(task, base)
+        await deliver(url, secret, payload, self.config.webhook_signature,
+                      self.state.webhooks.append)
 
     def _signature(self, task_id: str, expires: int) -> str:
         return hmac.new(self.config.signing_secret, f"{task_id}:{expires}".encode(),

@@ -10,7 +10,10 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kontext_pipeline.server.notify import Delivery
 
 __all__ = [
     "DEFAULT_COSTS",
@@ -57,6 +60,7 @@ class ServerConfig:
     faults: FaultConfig = FaultConfig()
     watermark: str = "PREVIEW"
     region: str = "eu4"
+    webhook_signature: str = "hmac"  # how webhooks are signed: "hmac", "secret" or "both"
     signing_secret: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
 
 
@@ -115,6 +119,7 @@ class ServerState:
     peak_active: int = 0
     peak_by_model: Counter[str] = field(default_factory=Counter)
     credits_charged: int = 0
+    webhooks: list[Delivery] = field(default_factory=list)
     scripted: dict[str, deque[str]] = field(default_factory=dict)
     rng: random.Random = field(init=False)
 

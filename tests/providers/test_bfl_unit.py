@@ -113,8 +113,8 @@ def test_submit_answer_that_is_not_json_is_ambiguous() -> None:
     api = FakeBfl(submit=httpx.Response(200, text="<html>gateway</html>"))
     with pytest.raises(AmbiguousSubmitError) as caught:
         generate(api)
-    assert str(caught.value) == ("t: the API accepted the submit but its answer has no task "
-                                 "id; not retried")
+    assert str(caught.value) == ("t: the API's answer to the submit is not JSON; it may have "
+                                 "accepted and billed it, so it is not retried")
     assert len(api.seen) == 1
 
 

@@ -139,8 +139,13 @@ class Exchanges:
     def _accept(self, task: TaskState, response: httpx.Response, api_base: str) -> None:
         try:
             answer = response.json()
+        except ValueError as exc:
+            raise AmbiguousSubmitError(f"{task.label}: the API's answer to the submit is not "
+                                       "JSON; it may have accepted and billed it, so it is not "
+                                       "retried") from exc
+        try:
             task.task_id = str(answer["id"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise AmbiguousSubmitError(f"{task.label}: the API accepted the submit but its "
                                        "answer has no task id; not retried") from exc
         polling_url = answer.get("polling_url")
