@@ -57,6 +57,8 @@ class PlainProgress:
 
     def start(self, start: RunStart) -> None:
         self.echo(f"run: {start.describe()}")
+        for task, why in start.reasons.items():
+            self.echo(f"{task}: runs: {why}")
 
     def event(self, event: RunEvent) -> None:
         if event.kind not in _PLAIN_KINDS:
@@ -95,7 +97,9 @@ class LiveProgress:
     def start(self, start: RunStart) -> None:
         self.total = start.tasks
         self.headline = start.describe()
-        self.console.print(f"run: {self.headline}")
+        self.console.print(f"run: {self.headline}", markup=False, highlight=False)
+        for task, why in start.reasons.items():
+            self.console.print(f"{task}: runs: {why}", markup=False, highlight=False)
 
     def event(self, event: RunEvent) -> None:
         if event.kind == "warning":

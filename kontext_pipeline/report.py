@@ -45,8 +45,10 @@ def _params(task: Task) -> str:
     return " · ".join(parts)
 
 
-def plan_text(plan: Plan, resolved: Sequence[Resolved]) -> str:
-    """The plan as ``kontext-pipeline plan`` prints it, with each task's cache status."""
+def plan_text(plan: Plan, resolved: Sequence[Resolved],
+              reasons: Mapping[str, str] | None = None) -> str:
+    """The plan as ``kontext-pipeline plan`` prints it, with each task's cache status (and,
+    for a task that will run, ``reasons[task.id]``: why)."""
     spec = plan.spec
     tasks = len(plan.tasks)
     lines = [
@@ -65,6 +67,8 @@ def plan_text(plan: Plan, resolved: Sequence[Resolved]) -> str:
                          f"seed {task.seed:<10}  {_images(task)}  {_params(task)}  "
                          f"{_status(status[task.id])}")
             lines.extend(f"       {line}" for line in task.prompt.splitlines())
+            if reasons and task.id in reasons:
+                lines.append(f"       why: {reasons[task.id]}")
     cached = sum(1 for r in resolved if r.hit)
     credits = cost_of_misses(resolved)
     lines.append("")
@@ -99,8 +103,9 @@ def task_json(task: Task) -> dict[str, Any]:
     }
 
 
-def plan_json(plan: Plan, resolved: Sequence[Resolved]) -> str:
-    """The plan as ``kontext-pipeline plan --json`` prints it."""
+def plan_json(plan: Plan, resolved: Sequence[Resolved],
+              reasons: Mapping[str, str] | None = None) -> str:
+    """The plan as ``kontext-pipeline plan --json`` prints it (``why``: see :func:`plan_text`)."""
     spec = plan.spec
     status = {r.task.id: r for r in resolved}
     document = {
@@ -111,7 +116,8 @@ def plan_json(plan: Plan, resolved: Sequence[Resolved]) -> str:
         "variables": dict(plan.variables),
         "variants": [{"id": v.id, "values": dict(v.values)} for v in plan.variants],
         "tasks": [{**task_json(task), "key": status[task.id].key,
-                   "cache": "hit" if status[task.id].hit else "miss"} for task in plan.tasks],
+                   "cache": "hit" if status[task.id].hit else "miss",
+                   "why": (reasons or {}).get(task.id)} for task in plan.tasks],
         "totals": {"tasks": len(plan.tasks), "credits": plan.credits,
                    "cached": sum(1 for r in resolved if r.hit),
                    "credits_to_spend": cost_of_misses(resolved)},

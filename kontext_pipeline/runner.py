@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kontext_pipeline.cache import Cache
 from kontext_pipeline.errors import BudgetExceededError, FrozenCacheMissError, OutputError
 from kontext_pipeline.executor import RunEventSink, StepRecord, execute
+from kontext_pipeline.explain import explain_misses, last_run
 from kontext_pipeline.export import check_out_dir, export_outputs
 from kontext_pipeline.files import write_atomic
 from kontext_pipeline.journal import Journal
@@ -37,6 +38,7 @@ class RunStart:
     cached: int
     credits: int
     collecting: int = 0  # accepted (and paid for) by an interrupted run, not stored yet
+    reasons: Mapping[str, str] = field(default_factory=dict)  # task id -> why it runs
 
     def describe(self) -> str:
         to_run = self.tasks - self.cached - self.collecting
@@ -99,7 +101,11 @@ async def run_plans(
             f"the steps that are not cached would cost {credits} credits ({dollars(credits)}), "
             f"more than --max-credits {max_credits}; nothing was submitted")
     if on_start is not None:
-        on_start(RunStart(len(resolved), cached, credits, len(collecting)))
+        reasons: dict[str, str] = {}  # why each step that is not cached runs
+        for plan, out_dir in zip(plans, out_dirs, strict=True):
+            of_plan = [r for r in resolved if r.task.pipeline == plan.spec.name]
+            reasons.update(explain_misses(of_plan, last_run(out_dir)))
+        on_start(RunStart(len(resolved), cached, credits, len(collecting), reasons))
     provider = None if cached == len(resolved) else open_provider()
     try:
         known = {r.task.id: r.entry for r in resolved if r.entry is not None}

@@ -60,10 +60,17 @@ def _count(n: int, noun: str) -> str:
 @var_option
 @provider_option
 @cache_dir_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=str),
+              help="Where the last run of the recipe went (default: out/<recipe name>): steps "
+                   "that will run say what changed since.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(*, recipe: str, variables: dict[str, str], provider: str, cache_dir: str | None,
-         as_json: bool) -> None:
-    """Show variants, steps, rendered prompts, seeds, models, cache status and the cost."""
+         out: str | None, as_json: bool) -> None:
+    """Show variants, steps, rendered prompts, seeds, models, cache status and the cost, and
+    why each step that will run does."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from kontext_pipeline.explain import explain_misses, last_run  # noqa: PLC0415
     from kontext_pipeline.plan import build_plan  # noqa: PLC0415
     from kontext_pipeline.report import plan_json, plan_text  # noqa: PLC0415
     from kontext_pipeline.resolution import resolve  # noqa: PLC0415
@@ -71,7 +78,9 @@ def plan(*, recipe: str, variables: dict[str, str], provider: str, cache_dir: st
     spec = load(recipe)
     result = build_plan(spec, overrides=variables, env=os.environ, provider=provider)
     resolved = resolve(result, open_cache(cache_dir))
-    click.echo(plan_json(result, resolved) if as_json else plan_text(result, resolved))
+    reasons = explain_misses(resolved, last_run(Path(out) if out else Path("out") / spec.name))
+    click.echo(plan_json(result, resolved, reasons) if as_json
+               else plan_text(result, resolved, reasons))
 
 
 @cli.command()
