@@ -9,12 +9,13 @@ from kontext_pipeline.journal import Journal, JournalEntry
 from kontext_pipeline.providers.base import Accepted
 
 KEY = "ab" + "c" * 62
+API_BASE = "https://api.example"
 
 
 def entry(key: str = KEY, provider: str = "bfl") -> JournalEntry:
     return JournalEntry(key=key, provider=provider, label="poster/default/recolor",
                         accepted=Accepted(task_id="t-1", polling_url="https://api.eu4.bfl.ai/v1/"
-                                          "get_result?id=t-1", api_base="https://api.bfl.ai",
+                                          "get_result?id=t-1", api_base=API_BASE,
                                           cost=4, submitted_at=1_700_000_000.5))
 
 
@@ -36,7 +37,7 @@ def test_what_an_entry_holds(tmp_path: Path) -> None:
     assert json.loads(journal.path(KEY).read_text()) == {
         "layout": "journal-v1", "key": KEY, "provider": "bfl", "label": "poster/default/recolor",
         "task_id": "t-1", "polling_url": "https://api.eu4.bfl.ai/v1/get_result?id=t-1",
-        "api_base": "https://api.bfl.ai", "cost": 4, "submitted_at": 1_700_000_000.5}
+        "api_base": API_BASE, "cost": 4, "submitted_at": 1_700_000_000.5}
 
 
 def test_another_providers_or_a_damaged_entry_is_not_used(tmp_path: Path) -> None:

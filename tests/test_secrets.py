@@ -13,7 +13,7 @@ import pytest
 
 from kontext_pipeline.errors import ProviderError
 from kontext_pipeline.providers.base import EditRequest, ProviderEvent
-from kontext_pipeline.providers.bfl import BflProvider, http_client
+from kontext_pipeline.providers.bfl import DEFAULT_API_BASE, BflProvider, http_client
 from kontext_pipeline.providers.policies import PollPolicy, RetryPolicy
 from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import KEY, RecordedSleep, run
@@ -106,7 +106,7 @@ def echoing(request: httpx.Request) -> httpx.Response:
                                                      "msg": f"bad prompt for {key}"}]})
     if request.method == "POST":
         return httpx.Response(200, json={"id": "t1", "polling_url":
-                                         "https://api.bfl.ai/v1/get_result?id=t1"})
+                                         f"{DEFAULT_API_BASE}/v1/get_result?id=t1"})
     if request.url.params.get("id") == "t1":
         return httpx.Response(200, json={"status": f"Error for {key}", "details": {"key": key}})
     return httpx.Response(500, text=f"no, {key}")
@@ -140,7 +140,7 @@ def test_an_api_that_echoes_the_key_has_it_blotted_out(prompt: str, message: str
 
 def test_a_polling_url_holding_the_key_is_not_used() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"id": "t2", "polling_url": "https://api.bfl.ai/v1/"
+        return httpx.Response(200, json={"id": "t2", "polling_url": f"{DEFAULT_API_BASE}/v1/"
                                          f"get_result?id=t2&k={request.headers['x-key']}"})
 
     provider = BflProvider(client=httpx.AsyncClient(transport=httpx.MockTransport(answer)),

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from kontext_pipeline.images import inspect_bytes
 from kontext_pipeline.providers.base import Accepted, EditRequest, EditResult, ProviderEvent
+from kontext_pipeline.providers.bfl import DEFAULT_API_BASE
 from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import provider_for, run
 
@@ -78,13 +79,13 @@ def test_a_task_the_api_no_longer_knows_is_submitted_again(bfl_server: Start) ->
 def test_a_task_accepted_by_another_api_base_is_submitted_again(bfl_server: Start) -> None:
     server = bfl_server()
     elsewhere = Accepted("t-9", "https://api.eu4.bfl.ai/v1/get_result?id=t-9",
-                         "https://api.bfl.ai", 4, time.time())
+                         DEFAULT_API_BASE, 4, time.time())
     events: list[ProviderEvent] = []
     generate(server, resume=elsewhere, events=events)
     assert server.state.paths()[0] == "/v1/flux-kontext-pro"  # nothing asked about t-9
     assert len(server.state.paths("POST")) == 1
     assert [e.message for e in events if e.kind == "retrying"] == [
-        f"test/step: task t-9 of an earlier run was accepted by https://api.bfl.ai, not "
+        f"test/step: task t-9 of an earlier run was accepted by {DEFAULT_API_BASE}, not "
         f"{server.url}; submitting it again"]
 
 
