@@ -23,6 +23,7 @@ __all__ = [
     "ModerationError",
     "OutOfCreditsError",
     "OutputError",
+    "ProvenanceError",
     "ProviderError",
     "ProviderTimeoutError",
     "ProviderUnavailableError",
@@ -42,6 +43,11 @@ class KontextError(Exception):
 
 class UsageError(KontextError):
     """A bad command-line option or library argument (exit code 2)."""
+
+
+class ProvenanceError(UsageError):
+    """An image given to ``inspect`` cannot be read, is not a PNG or JPEG, or carries no (or
+    damaged) provenance (exit code 2)."""
 
 
 class SpecError(KontextError):

@@ -1,0 +1,25 @@
+"""``inspect``: the provenance an exported image carries."""
+
+from __future__ import annotations
+
+import click
+
+from kontext_pipeline.cli.base import cli
+
+__all__ = ["inspect"]
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the provenance as JSON.")
+def inspect(image: str, as_json: bool) -> None:
+    """Show which recipe, variant and step made an exported PNG or JPEG: model, seed, prompt,
+    provider, cache key, and the sha256 of the image as generated (the manifest's)."""
+    import json  # noqa: PLC0415  (kept off --help's path)
+    from pathlib import Path  # noqa: PLC0415
+
+    from kontext_pipeline.provenance import read_provenance_file  # noqa: PLC0415
+
+    found = read_provenance_file(Path(image))
+    click.echo(json.dumps({"file": image, **found.to_json()}, indent=2, ensure_ascii=False)
+               if as_json else found.describe())
