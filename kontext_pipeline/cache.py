@@ -270,6 +270,9 @@ class Cache:
         for path in self.objects():
             if path.name not in referenced:
                 path.unlink(missing_ok=True)
+        for path in self.root.glob("thumbnails/*/*.json"):  # the reports' thumbnails
+            if path.name.split("-", 1)[0] not in referenced:
+                path.unlink(missing_ok=True)
         return removed
 
     def clear(self) -> None:

@@ -126,9 +126,31 @@ def plan_json(plan: Plan, resolved: Sequence[Resolved],
 
 
 def manifest(plan: Plan, records: Sequence[StepRecord],
-             exported: Mapping[tuple[str, str], str]) -> dict[str, Any]:
-    """``manifest.json``: the contract CI jobs read (see the design)."""
-    steps = [_step_json(record, exported.get((record.task.variant, record.task.step)))
+             exported: Mapping[tuple[str, str], str], *,
+             base: str | None = None) -> dict[str, Any]:
+    """``manifest.json``: the contract CI jobs read (see the design).
+
+    Beyond the design's fields, each step lists the ``images`` it read, in order: ``name``,
+    ``source`` (``input`` or ``step``) and, for an input, its file's ``path`` relative to
+    ``base`` (the manifest's folder) with ``/`` separators, or absolute without ``base``."""
+    import os  # noqa: PLC0415  (here, to keep this addition in one place)
+
+    def images(task: Task) -> list[dict[str, str]]:
+        listed = []
+        for image in task.images:
+            if image.path is None:
+                listed.append({"name": image.name, "source": "step"})
+                continue
+            try:
+                path = os.path.relpath(image.path, base) if base is not None else str(image.path)
+            except ValueError:  # Windows: the input is on another drive
+                path = str(image.path)
+            listed.append({"name": image.name, "source": "input",
+                           "path": path.replace(os.sep, "/")})
+        return listed
+
+    steps = [{**_step_json(record, exported.get((record.task.variant, record.task.step))),
+              "images": images(record.task)}
              for record in records]
     return {
         "pipeline": plan.spec.name,

@@ -25,9 +25,10 @@ from kontext_pipeline.providers.base import Provider
 from kontext_pipeline.report import dollars, manifest
 from kontext_pipeline.resolution import cost_of_misses, missing_lines, resolve
 
-__all__ = ["MANIFEST", "PipelineReport", "RunStart", "run_pipelines", "run_plans"]
+__all__ = ["MANIFEST", "REPORT", "PipelineReport", "RunStart", "run_pipelines", "run_plans"]
 
 MANIFEST = "manifest.json"
+REPORT = "report.html"
 
 
 @dataclass(frozen=True)
@@ -120,15 +121,34 @@ async def run_plans(
         mine = records[start:start + len(plan.tasks)]
         start += len(plan.tasks)
         exported = export_outputs(plan, mine, cache, out_dir)
-        document = manifest(plan, mine, exported)
-        try:
-            write_atomic(out_dir / MANIFEST, json.dumps(document, indent=2,
-                                                         ensure_ascii=False).encode() + b"\n")
-        except OSError as exc:
-            raise OutputError(f"cannot write {out_dir / MANIFEST}: {exc.strerror or exc}"
-                              ) from exc
+        document = manifest(plan, mine, exported, base=str(out_dir))
+        encoded = json.dumps(document, indent=2, ensure_ascii=False).encode() + b"\n"
+        if not _unchanged(out_dir, encoded):  # a re-run that changed nothing rewrites nothing
+            try:
+                write_atomic(out_dir / MANIFEST, encoded)
+            except OSError as exc:
+                raise OutputError(f"cannot write {out_dir / MANIFEST}: {exc.strerror or exc}"
+                                  ) from exc
+            _write_report(document, cache, out_dir)
         reports.append(PipelineReport(plan, tuple(mine), out_dir, document))
     return reports
+
+
+def _write_report(document: dict[str, Any], cache: Cache, out_dir: Path) -> None:
+    from kontext_pipeline.gallery import render_report, write_report  # noqa: PLC0415
+    from kontext_pipeline.manifests import parse_manifest  # noqa: PLC0415
+
+    write_report(out_dir / REPORT, render_report(parse_manifest(document), cache=cache,
+                                                 base=out_dir))
+
+
+def _unchanged(out_dir: Path, manifest_bytes: bytes) -> bool:
+    """Whether ``out_dir`` holds this very manifest already, and the report made from it."""
+    try:
+        return ((out_dir / MANIFEST).read_bytes() == manifest_bytes
+                and (out_dir / REPORT).is_file())
+    except OSError:
+        return False
 
 
 def run_pipelines(plans: Sequence[Plan], **options: Any) -> list[PipelineReport]:

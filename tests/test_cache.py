@@ -174,3 +174,16 @@ def test_written_files_have_ordinary_permissions(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_gc_removes_the_thumbnails_of_the_objects_it_removes(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    kept = cache.store(b"kept", entry_for(b"kept", key="a" * 64))
+    gone = cache.store(b"gone", entry_for(b"gone", key="b" * 64))
+    for entry in (kept, gone):
+        thumbnail = cache.root / "thumbnails" / entry.object[:2] / f"{entry.object}-320.json"
+        thumbnail.parent.mkdir(parents=True, exist_ok=True)
+        thumbnail.write_text("{}")
+    assert cache.remove_entries(keep={kept.key}) == 1
+    assert [p.name.split("-")[0] for p in (cache.root / "thumbnails").glob("*/*.json")] == [
+        kept.object]

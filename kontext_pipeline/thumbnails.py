@@ -1,0 +1,112 @@
+"""Thumbnails: a small picture of an image, made to be embedded in a page as a ``data:`` URI.
+
+A thumbnail is at most :data:`THUMBNAIL_SIDE` pixels on its longer side and a few kilobytes
+(WebP, or JPEG where Pillow lacks WebP), so a report of hundreds of images stays light; the full
+image is never embedded.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kontext_pipeline.files import write_atomic
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["MAX_SOURCE_PIXELS", "THUMBNAIL_SIDE", "Thumbnail", "ThumbnailError",
+           "ThumbnailStore", "make_thumbnail"]
+
+THUMBNAIL_SIDE = 320
+"""The longer side of a thumbnail, in pixels (sharp enough at 240 CSS pixels on a phone)."""
+
+MAX_SOURCE_PIXELS = 50_000_000
+"""Larger images are not decoded (the API makes about one megapixel, and takes at most 20)."""
+
+_QUALITY = 60
+
+
+class ThumbnailError(Exception):
+    """The bytes are not an image a thumbnail can be made of; the message says why."""
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A downscaled copy of an image, encoded."""
+
+    data: bytes
+    mime: str
+    width: int
+    height: int
+
+    @property
+    def data_uri(self) -> str:
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+
+def make_thumbnail(data: bytes, side: int = THUMBNAIL_SIDE) -> Thumbnail:
+    """A thumbnail of the image ``data``, at most ``side`` pixels on its longer side."""
+    from PIL import Image, UnidentifiedImageError, features  # noqa: PLC0415  (slow to import)
+
+    webp = features.check("webp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > MAX_SOURCE_PIXELS:
+                    raise ThumbnailError(f"is {image.width}×{image.height} pixels, too large "
+                                         "to show")
+                image.draft("RGB", (side * 2, side * 2))  # JPEG: decode at a reduced scale
+                picture = image.convert("RGBA" if _has_alpha(image) and webp else "RGB")
+                picture.thumbnail((side, side), Image.Resampling.LANCZOS)
+    except Image.DecompressionBombError:
+        raise ThumbnailError("declares far too many pixels to show") from None
+    except UnidentifiedImageError:
+        raise ThumbnailError("is not an image that can be decoded") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's words for truncated or corrupt
+        raise ThumbnailError(f"is a damaged or incomplete image ({exc})") from exc
+    out = io.BytesIO()
+    if webp:
+        picture.save(out, "WEBP", quality=_QUALITY, method=4)
+    else:
+        picture.save(out, "JPEG", quality=_QUALITY, optimize=True)
+    return Thumbnail(out.getvalue(), "image/webp" if webp else "image/jpeg", picture.width,
+                     picture.height)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
+class ThumbnailStore:
+    """Thumbnails kept by the sha256 of the image they show (in the cache, beside its objects),
+    so that a report of images already seen decodes none of them again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, digest: str) -> Path:
+        return self.directory / digest[:2] / f"{digest}-{THUMBNAIL_SIDE}.json"
+
+    def get(self, digest: str) -> Thumbnail | None:
+        """The stored thumbnail of ``digest``; None if there is none that can be read."""
+        try:
+            kept = json.loads(self.path(digest).read_bytes())
+            return Thumbnail(base64.b64decode(kept["data"], validate=True), str(kept["mime"]),
+                             int(kept["width"]), int(kept["height"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, digest: str, thumbnail: Thumbnail) -> None:
+        """Keep ``thumbnail`` (best effort: a store that cannot be written only costs time)."""
+        kept = {"mime": thumbnail.mime, "width": thumbnail.width, "height": thumbnail.height,
+                "data": base64.b64encode(thumbnail.data).decode("ascii")}
+        with contextlib.suppress(OSError):
+            write_atomic(self.path(digest), json.dumps(kept).encode())

@@ -1,0 +1,100 @@
+"""Thumbnails: small, the right shape, and a clear refusal for what is not an image."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from kontext_pipeline.thumbnails import (
+    THUMBNAIL_SIDE,
+    ThumbnailError,
+    ThumbnailStore,
+    make_thumbnail,
+)
+
+
+def encoded(image: Image.Image, format_: str) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format_)
+    return out.getvalue()
+
+
+def opened(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image
+
+
+@pytest.mark.parametrize(("size", "shape"), [((1248, 832), (320, 213)),
+                                             ((672, 1568), (137, 320)),
+                                             ((100, 50), (100, 50))])
+def test_a_thumbnail_keeps_the_shape_within_the_side(size: tuple[int, int],
+                                                     shape: tuple[int, int]) -> None:
+    thumbnail = make_thumbnail(encoded(Image.new("RGB", size, (200, 40, 40)), "JPEG"))
+    assert (thumbnail.width, thumbnail.height) == shape
+    assert max(shape) <= THUMBNAIL_SIDE
+    assert thumbnail.mime == "image/webp"
+    assert opened(thumbnail.data).size == shape
+    assert thumbnail.data_uri.startswith("data:image/webp;base64,UklGR")  # RIFF
+
+
+def test_transparency_is_kept() -> None:
+    thumbnail = make_thumbnail(encoded(Image.new("RGBA", (64, 64), (0, 0, 0, 0)), "PNG"))
+    assert opened(thumbnail.data).getpixel((5, 5))[3] == 0  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"not an image", "is not an image that can be decoded"),
+])
+def test_what_is_not_an_image(data: bytes, message: str) -> None:
+    with pytest.raises(ThumbnailError) as raised:
+        make_thumbnail(data)
+    assert str(raised.value) == message
+
+
+def test_a_truncated_image_is_refused() -> None:
+    data = encoded(Image.effect_noise((200, 200), 50), "PNG")
+    with pytest.raises(ThumbnailError) as raised:
+        make_thumbnail(data[: len(data) // 2])
+    assert str(raised.value).startswith("is a damaged or incomplete image (")
+
+
+@pytest.mark.parametrize(("side", "message"), [
+    (10_000, "is 10000×10000 pixels, too large to show"),
+    (15_000, "declares far too many pixels to show"),  # Pillow's own limit, before ours
+])
+def test_an_image_declaring_too_many_pixels_is_not_decoded(side: int, message: str) -> None:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # only a header, no pixels
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    with pytest.raises(ThumbnailError) as raised:
+        make_thumbnail(data)
+    assert str(raised.value) == message
+
+
+def test_the_store_keeps_a_thumbnail_by_the_digest_of_its_image(tmp_path: Path) -> None:
+    store = ThumbnailStore(tmp_path / "thumbnails")
+    digest = "ab" + "0" * 62
+    assert store.get(digest) is None
+    thumbnail = make_thumbnail(encoded(Image.new("RGB", (640, 480), (20, 90, 200)), "PNG"))
+    store.put(digest, thumbnail)
+    assert store.path(digest) == tmp_path / "thumbnails" / "ab" / f"{digest}-{THUMBNAIL_SIDE}.json"
+    assert store.get(digest) == thumbnail
+    store.path(digest).write_text("{damaged")
+    assert store.get(digest) is None  # made again, never a wrong picture
+
+
+def test_a_store_that_cannot_be_written_only_costs_time(tmp_path: Path) -> None:
+    (tmp_path / "thumbnails").write_text("a file where the folder should be")
+    store = ThumbnailStore(tmp_path / "thumbnails")
+    thumbnail = make_thumbnail(encoded(Image.new("RGB", (64, 48), (9, 9, 9)), "PNG"))
+    store.put("cd" + "1" * 62, thumbnail)
+    assert store.get("cd" + "1" * 62) is None
