@@ -23,6 +23,11 @@ RunCli = Callable[..., Result]
 WriteRecipe = Callable[..., Path]
 
 
+def exported_images(out: Path) -> dict[str, bytes]:
+    """Every PNG under ``out``, by its path relative to ``out``: what two runs compare."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+
 @pytest.fixture
 def run_cli() -> RunCli:
     """Invoke the command line in-process; stdout and stderr are kept apart."""

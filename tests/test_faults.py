@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 from kontext_pipeline.server.run import BackgroundServer
 from kontext_pipeline.server.state import FaultConfig
 from tests.bfl_helpers import KEY
-from tests.conftest import RunCli, WriteRecipe
+from tests.conftest import RunCli, WriteRecipe, exported_images
 
 Start = Callable[..., BackgroundServer]
 
@@ -30,10 +29,6 @@ RECIPE = """
       stars: stars
       frame: frame
 """.replace("NUMBERS", ", ".join(str(n) for n in range(20)))
-
-
-def outputs(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))}
 
 
 def test_twenty_variants_of_three_steps_come_through_every_fault(
@@ -58,5 +53,5 @@ def test_twenty_variants_of_three_steps_come_through_every_fault(
     assert sum(stormy.state.submits.values()) == 60
     assert max(stormy.state.submits.values()) == 1  # no request was accepted twice
     assert "retrying" in results["stormy"].stderr
-    assert outputs(work / "stormy") == outputs(work / "calm")
-    assert len(outputs(work / "calm")) == 60
+    assert exported_images(work / "stormy") == exported_images(work / "calm")
+    assert len(exported_images(work / "calm")) == 60

@@ -16,7 +16,7 @@ import pytest
 
 from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import KEY
-from tests.conftest import RunCli, WriteRecipe
+from tests.conftest import RunCli, WriteRecipe, exported_images
 
 Start = Callable[..., BackgroundServer]
 
@@ -33,10 +33,6 @@ RECIPE = """
       first: first
       second: second
 """
-
-
-def outputs(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))}
 
 
 def journal(cache: Path) -> list[Path]:
@@ -82,5 +78,5 @@ def test_a_killed_run_started_again_collects_what_was_accepted(
                     str(tmp_path / "cache-ref"), "--out", str(tmp_path / "out-ref"),
                     env={"BFL_API_KEY": KEY})
     assert fresh.exit_code == 0, fresh.output
-    assert outputs(out) == outputs(tmp_path / "out-ref")
-    assert len(outputs(out)) == 8
+    assert exported_images(out) == exported_images(tmp_path / "out-ref")
+    assert len(exported_images(out)) == 8

@@ -9,7 +9,6 @@ import json
 import socket
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ from kontext_pipeline.providers.inbox import Inbox, Webhook
 from kontext_pipeline.server.run import BackgroundServer
 from kontext_pipeline.webhooks import MAX_NOTIFICATION_BYTES, WebhookReceiver, signature, verify
 from tests.bfl_helpers import KEY
-from tests.conftest import RunCli, WriteRecipe
+from tests.conftest import RunCli, WriteRecipe, exported_images
 
 Start = Callable[..., BackgroundServer]
 SECRET = "s3cr3t-of-this-run"  # noqa: S105  (a test value)
@@ -103,10 +102,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def outputs(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))}
-
-
 def forge_while_running(server: BackgroundServer, port: int) -> threading.Thread:
     """Once the server has accepted a task, post forged notifications for it to the run."""
 
@@ -159,7 +154,7 @@ def test_a_run_completes_from_pushed_results_and_ignores_forgeries(
                      str(work / "cache-plain"), "--out", str(work / "polled"),
                      env={"BFL_API_KEY": KEY})
     assert polled.exit_code == 0
-    assert outputs(work / "pushed") == outputs(work / "polled")
+    assert exported_images(work / "pushed") == exported_images(work / "polled")
 
 
 @pytest.mark.parametrize(("args", "message"), [
