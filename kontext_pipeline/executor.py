@@ -24,7 +24,7 @@ from kontext_pipeline.journal import Journal, JournalEntry
 from kontext_pipeline.plan import Plan, Task
 from kontext_pipeline.providers.base import Accepted, EditRequest, Provider, ProviderEvent
 
-__all__ = ["RunEvent", "RunEventSink", "StepRecord", "execute"]
+__all__ = ["RunEvent", "RunEventSink", "StepRecord", "StoredSink", "execute"]
 
 Status = Literal["done", "failed", "skipped", "missing"]
 
@@ -62,14 +62,20 @@ class StepRecord:
         return self.status == "done"
 
 
+StoredSink = Callable[[CacheEntry, bytes], None]
+"""Told of each new result once it is in the cache (with its bytes, still in memory)."""
+
+
 class _Run:
-    def __init__(self, cache: Cache, provider: Provider | None, on_event: RunEventSink,
-                 known: Mapping[str, CacheEntry], journal: Journal | None) -> None:
+    def __init__(self, *, cache: Cache, provider: Provider | None, on_event: RunEventSink,
+                 known: Mapping[str, CacheEntry], journal: Journal | None,
+                 on_stored: StoredSink | None) -> None:
         self.cache = cache
         self.provider = provider
         self.emit = on_event
         self.known = known
         self.journal = journal
+        self.on_stored = on_stored
         self.results: dict[tuple[str, str, str], asyncio.Future[StepRecord]] = {}
         self.requests: dict[str, asyncio.Future[StepRecord]] = {}  # by key, while in flight
 
@@ -163,6 +169,8 @@ class _Run:
             request=task.request_document(hashes))
         await asyncio.to_thread(self.cache.store, result.image, entry)
         self.forget(key)
+        if self.on_stored is not None:
+            self.on_stored(entry, result.image)
         return StepRecord(task, "done", "miss", key, hashes, entry, credits=credits,
                           duration_s=time.monotonic() - started)
 
@@ -198,6 +206,7 @@ async def execute(
     on_event: RunEventSink | None = None,
     known: Mapping[str, CacheEntry] | None = None,
     journal: Journal | None = None,
+    on_stored: StoredSink | None = None,
 ) -> list[StepRecord]:
     """Run every task of ``plans``; returns one record per task, in plan order.
 
@@ -207,8 +216,10 @@ async def execute(
     ``known`` maps task ids to the cache entries already found for them (not looked up again).
     ``journal`` records the requests the API accepted until their results are stored; a request
     found in it (left by an interrupted run) is collected instead of being submitted again.
+    ``on_stored`` is told of each new result as soon as it is stored.
     """
-    run = _Run(cache, provider, on_event or (lambda _event: None), known or {}, journal)
+    run = _Run(cache=cache, provider=provider, on_event=on_event or (lambda _event: None),
+               known=known or {}, journal=journal, on_stored=on_stored)
     loop = asyncio.get_running_loop()
     tasks = [task for plan in plans for task in plan.tasks]
     for task in tasks:

@@ -26,12 +26,16 @@ from kontext_pipeline.errors import OutputError
 from kontext_pipeline.files import write_atomic
 from kontext_pipeline.manifests import Manifest, SourceImage, StepResult
 from kontext_pipeline.report import dollars
-from kontext_pipeline.thumbnails import Thumbnail, ThumbnailError, ThumbnailStore, make_thumbnail
+from kontext_pipeline.thumbnails import (
+    THUMBNAILS,
+    Thumbnail,
+    ThumbnailError,
+    ThumbnailStore,
+    make_thumbnail,
+)
 
-__all__ = ["THUMBNAILS", "Page", "render_report", "write_report"]
+__all__ = ["Page", "render_report", "write_report"]
 
-THUMBNAILS = "thumbnails"
-"""Where, in the cache's layout, the thumbnails of its objects are kept."""
 
 _MAX_IMAGE_BYTES = 64 * 1024 * 1024  # an image file larger than this is not read
 _THREADS = 8

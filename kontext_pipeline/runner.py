@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kontext_pipeline.cache import Cache
+from kontext_pipeline.cache import Cache, CacheEntry
 from kontext_pipeline.errors import BudgetExceededError, FrozenCacheMissError, OutputError
 from kontext_pipeline.executor import RunEventSink, StepRecord, execute
 from kontext_pipeline.explain import explain_misses, last_run
@@ -23,7 +23,9 @@ from kontext_pipeline.journal import Journal
 from kontext_pipeline.plan import Plan
 from kontext_pipeline.providers.base import Provider
 from kontext_pipeline.report import dollars, manifest
-from kontext_pipeline.resolution import cost_of_misses, missing_lines, resolve
+from kontext_pipeline.resolution import Resolved, cost_of_misses, missing_lines, resolve
+from kontext_pipeline.threads import QuietWorker
+from kontext_pipeline.thumbnails import THUMBNAILS, ThumbnailStore
 
 __all__ = ["MANIFEST", "REPORT", "PipelineReport", "RunStart", "run_pipelines", "run_plans"]
 
@@ -102,36 +104,60 @@ async def run_plans(
             f"the steps that are not cached would cost {credits} credits ({dollars(credits)}), "
             f"more than --max-credits {max_credits}; nothing was submitted")
     if on_start is not None:
-        reasons: dict[str, str] = {}  # why each step that is not cached runs
-        for plan, out_dir in zip(plans, out_dirs, strict=True):
-            of_plan = [r for r in resolved if r.task.pipeline == plan.spec.name]
-            reasons.update(explain_misses(of_plan, last_run(out_dir)))
-        on_start(RunStart(len(resolved), cached, credits, len(collecting), reasons))
+        on_start(RunStart(len(resolved), cached, credits, len(collecting),
+                          _reasons(plans, out_dirs, resolved)))
     provider = None if cached == len(resolved) else open_provider()
+    # the report's thumbnails are made while the run waits on the API, not after it
+    thumbnails = QuietWorker("thumbnails") if provider is not None else None
+    store = ThumbnailStore(cache.root / THUMBNAILS)
+
+    def keep_thumbnail(entry: CacheEntry, data: bytes) -> None:
+        if thumbnails is not None:
+            thumbnails.submit(lambda: store.keep(entry.object, data))
+
     try:
         known = {r.task.id: r.entry for r in resolved if r.entry is not None}
         records = await execute(plans, cache=cache, provider=provider, on_event=on_event,
-                                known=known, journal=journal)
+                                known=known, journal=journal, on_stored=keep_thumbnail)
     finally:
         if provider is not None:
             await provider.aclose()
+        if thumbnails is not None:  # what is left, the report makes on every core
+            await asyncio.to_thread(thumbnails.close)
     reports = []
     start = 0
     for plan, out_dir in zip(plans, out_dirs, strict=True):
         mine = records[start:start + len(plan.tasks)]
         start += len(plan.tasks)
-        exported = export_outputs(plan, mine, cache, out_dir)
-        document = manifest(plan, mine, exported, base=str(out_dir))
-        encoded = json.dumps(document, indent=2, ensure_ascii=False).encode() + b"\n"
-        if not _unchanged(out_dir, encoded):  # a re-run that changed nothing rewrites nothing
-            try:
-                write_atomic(out_dir / MANIFEST, encoded)
-            except OSError as exc:
-                raise OutputError(f"cannot write {out_dir / MANIFEST}: {exc.strerror or exc}"
-                                  ) from exc
-            _write_report(document, cache, out_dir)
-        reports.append(PipelineReport(plan, tuple(mine), out_dir, document))
+        reports.append(_finish(plan, mine, cache, out_dir))
     return reports
+
+
+def _reasons(plans: Sequence[Plan], out_dirs: Sequence[Path],
+             resolved: Sequence[Resolved]) -> dict[str, str]:
+    """Why each step that is not cached runs, compared with each recipe's last run."""
+    reasons: dict[str, str] = {}
+    for plan, out_dir in zip(plans, out_dirs, strict=True):
+        of_plan = [r for r in resolved if r.task.pipeline == plan.spec.name]
+        reasons.update(explain_misses(of_plan, last_run(out_dir)))
+    return reasons
+
+
+def _finish(plan: Plan, records: Sequence[StepRecord], cache: Cache,
+            out_dir: Path) -> PipelineReport:
+    """Export the outputs, then write the manifest and the report (unless a re-run changed
+    nothing: then neither is written again)."""
+    exported = export_outputs(plan, records, cache, out_dir)
+    document = manifest(plan, records, exported, base=str(out_dir))
+    encoded = json.dumps(document, indent=2, ensure_ascii=False).encode() + b"\n"
+    if not _unchanged(out_dir, encoded):
+        try:
+            write_atomic(out_dir / MANIFEST, encoded)
+        except OSError as exc:
+            raise OutputError(f"cannot write {out_dir / MANIFEST}: {exc.strerror or exc}"
+                              ) from exc
+        _write_report(document, cache, out_dir)
+    return PipelineReport(plan, tuple(records), out_dir, document)
 
 
 def _write_report(document: dict[str, Any], cache: Cache, out_dir: Path) -> None:

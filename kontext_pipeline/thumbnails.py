@@ -21,7 +21,7 @@ from kontext_pipeline.files import write_atomic
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["MAX_SOURCE_PIXELS", "THUMBNAIL_SIDE", "Thumbnail", "ThumbnailError",
+__all__ = ["MAX_SOURCE_PIXELS", "THUMBNAILS", "THUMBNAIL_SIDE", "Thumbnail", "ThumbnailError",
            "ThumbnailStore", "make_thumbnail"]
 
 THUMBNAIL_SIDE = 320
@@ -31,6 +31,9 @@ MAX_SOURCE_PIXELS = 50_000_000
 """Larger images are not decoded (the API makes about one megapixel, and takes at most 20)."""
 
 _QUALITY = 60
+
+THUMBNAILS = "thumbnails"
+"""Where, in the cache's layout, the thumbnails of its objects are kept."""
 
 
 class ThumbnailError(Exception):
@@ -65,7 +68,8 @@ def make_thumbnail(data: bytes, side: int = THUMBNAIL_SIDE) -> Thumbnail:
                                          "to show")
                 image.draft("RGB", (side * 2, side * 2))  # JPEG: decode at a reduced scale
                 picture = image.convert("RGBA" if _has_alpha(image) and webp else "RGB")
-                picture.thumbnail((side, side), Image.Resampling.LANCZOS)
+                # shrink by a whole factor first, then filter: half the time of filtering all
+                picture.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=1.0)
     except Image.DecompressionBombError:
         raise ThumbnailError("declares far too many pixels to show") from None
     except UnidentifiedImageError:
@@ -74,7 +78,7 @@ def make_thumbnail(data: bytes, side: int = THUMBNAIL_SIDE) -> Thumbnail:
         raise ThumbnailError(f"is a damaged or incomplete image ({exc})") from exc
     out = io.BytesIO()
     if webp:
-        picture.save(out, "WEBP", quality=_QUALITY, method=4)
+        picture.save(out, "WEBP", quality=_QUALITY, method=2)  # 4 is slower, 5% smaller
     else:
         picture.save(out, "JPEG", quality=_QUALITY, optimize=True)
     return Thumbnail(out.getvalue(), "image/webp" if webp else "image/jpeg", picture.width,
@@ -103,6 +107,13 @@ class ThumbnailStore:
                              int(kept["width"]), int(kept["height"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def keep(self, digest: str, data: bytes) -> None:
+        """Make and keep the thumbnail of ``data`` (the image that ``digest`` names) unless it
+        is kept already; best effort: the report makes what is missing."""
+        if not self.path(digest).exists():
+            with contextlib.suppress(ThumbnailError):
+                self.put(digest, make_thumbnail(data))
 
     def put(self, digest: str, thumbnail: Thumbnail) -> None:
         """Keep ``thumbnail`` (best effort: a store that cannot be written only costs time)."""

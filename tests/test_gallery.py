@@ -16,9 +16,9 @@ import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageStat
 
 from kontext_pipeline.cache import Cache
-from kontext_pipeline.gallery import THUMBNAILS, render_report
+from kontext_pipeline.gallery import render_report
 from kontext_pipeline.manifests import parse_manifest
-from kontext_pipeline.thumbnails import THUMBNAIL_SIDE
+from kontext_pipeline.thumbnails import THUMBNAIL_SIDE, THUMBNAILS
 from tests.report_helpers import (
     HOSTILE,
     PHOTO_COLOR,

@@ -12,17 +12,15 @@ Prompts can ask for outcomes: ``[[request-moderated]]``, ``[[content-moderated]]
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import math
 import os
 import re
-import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from starlette.applications import Starlette
@@ -43,6 +41,7 @@ from kontext_pipeline.server.state import (
     submit_digest,
 )
 from kontext_pipeline.server.validation import Submission, validate_submission
+from kontext_pipeline.threads import background_pool
 
 __all__ = ["ConnectionDropped", "create_app"]
 
@@ -57,15 +56,9 @@ _MODERATION_DETAILS = {"Moderation Reasons": ["Derivative Works Filter"]}
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
-def _background_priority() -> None:
-    """Render at a low priority: pictures are drawn while tasks are pending, and must not
-    slow down answering requests (or a client on the same machine)."""
-    with contextlib.suppress(AttributeError, OSError):  # per-thread niceness: Linux only
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
-_RENDERERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="bfl-render",
-                                initializer=_background_priority)
+# pictures are drawn while tasks are pending, at a low priority: they must not slow down
+# answering requests (or a client on the same machine)
+_RENDERERS = background_pool(os.cpu_count() or 2, "bfl-render")
 
 
 class ConnectionDropped(Exception):  # noqa: N818  (a fault to inject, not an error)
