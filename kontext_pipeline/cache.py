@@ -251,10 +251,14 @@ class Cache:
     def remove_entries(self, keep: set[str] | None = None,
                        older_than: float | None = None) -> int:
         """Remove entries not in ``keep`` (when given) or created more than ``older_than``
-        seconds ago (when given), then objects no entry refers to. Returns entries removed."""
+        seconds ago (when given), then the objects no entry refers to any more. Returns entries
+        removed. An object that no entry ever referred to is removed only once it is older than
+        :data:`STALE_TEMPORARY_S`: a run sharing the cache may have just stored it and be about
+        to write its entry."""
         removed = 0
         now = time.time()
         referenced: set[str] = set()
+        dropped: set[str] = set()  # the objects of the entries removed now
         for path, entry in self.entries():
             stale = entry is None
             if entry is not None and keep is not None and entry.key not in keep:
@@ -265,10 +269,13 @@ class Cache:
             if stale:
                 path.unlink(missing_ok=True)
                 removed += 1
+                if entry is not None:
+                    dropped.add(entry.object)
             elif entry is not None:
                 referenced.add(entry.object)
         for path in self.objects():
-            if path.name not in referenced:
+            if path.name not in referenced and (path.name in dropped
+                                                or _age(path, now) > STALE_TEMPORARY_S):
                 path.unlink(missing_ok=True)
         for path in self.root.glob("thumbnails/*/*.json"):  # the reports' thumbnails
             if path.name.split("-", 1)[0] not in referenced:
@@ -278,6 +285,14 @@ class Cache:
     def clear(self) -> None:
         """Remove everything this cache layout holds."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _age(path: Path, now: float) -> float:
+    """Seconds since ``path`` was last written (0 if it is gone already)."""
+    try:
+        return now - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _write_error(directory: Path, error: OSError) -> str:

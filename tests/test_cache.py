@@ -119,6 +119,21 @@ def test_remove_entries_by_reachability_and_age(tmp_path: Path) -> None:
     assert cache.stats().objects == 0
 
 
+def test_gc_spares_an_object_whose_entry_another_run_is_about_to_write(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    fresh = entry_for(b"fresh")
+    stale = entry_for(b"stale", key="c" * 64)
+    for data, entry in ((b"fresh", fresh), (b"stale", stale)):
+        path = cache.object_path(entry.object)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)  # an object stored, its entry not written (yet)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(cache.object_path(stale.object), (hours_ago, hours_ago))
+    assert cache.remove_entries(keep=set()) == 0
+    assert cache.object_path(fresh.object).exists()
+    assert not cache.object_path(stale.object).exists()
+
+
 def test_clear(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
     cache.store(b"x", entry_for(b"x"))
