@@ -127,7 +127,7 @@ def test_a_run_completes_from_pushed_results_and_ignores_forgeries(
         form: str, bfl_server: Start, run_cli: RunCli, write_recipe: WriteRecipe) -> None:
     recipe = write_recipe(RECIPE)
     work = recipe.parent
-    server = bfl_server(latency=0.5, webhook_signature=form)
+    server = bfl_server(latency=1.0, webhook_signature=form)  # time to forge mid-run
     port = free_port()
     forging = forge_while_running(server, port)
     result = run_cli("run", str(recipe), "--api-base", server.url, "--cache-dir",
