@@ -139,7 +139,8 @@ def _reasons(plans: Sequence[Plan], out_dirs: Sequence[Path],
     reasons: dict[str, str] = {}
     for plan, out_dir in zip(plans, out_dirs, strict=True):
         of_plan = [r for r in resolved if r.task.pipeline == plan.spec.name]
-        reasons.update(explain_misses(of_plan, last_run(out_dir)))
+        if not all(r.hit for r in of_plan):  # a fully cached run has nothing to explain
+            reasons.update(explain_misses(of_plan, last_run(out_dir)))
     return reasons
 
 
