@@ -130,6 +130,10 @@ def _input_problem(source: str, root: Path) -> str | None:
     try:
         inspect_image(resolved)
     except ImageCheckError as exc:
+        if "\\" in source and not os.path.lexists(candidate):
+            forward = source.replace("\\", "/")
+            return (f"'{source}' {exc}; write paths with '/', which every system reads: "
+                    f"'{forward}'")
         return f"'{source}' {exc}"
     return None
 

@@ -17,14 +17,19 @@ __all__ = [
     "CREDITS",
     "KEY_SCHEMA",
     "MAX_SEED",
+    "MIN_SEED",
     "cache_key",
     "canonical_json",
     "derive_seed",
     "request_document",
+    "seed_of",
 ]
 
 KEY_SCHEMA = "kontext-pipeline/cache-key/1"
 """Salt of every key document; bumping it invalidates every cache entry at once."""
+
+MIN_SEED = 1
+"""The API reads seed 0 as "pick one at random": a recipe's seeds are never 0."""
 
 MAX_SEED = 2**32 - 1
 
@@ -34,9 +39,22 @@ CREDITS = {"flux-kontext-pro": 4, "flux-kontext-max": 8}
 
 def derive_seed(base_seed: int, step_id: str) -> int:
     """The seed of a step without its own: a function of the base seed and the step id only,
-    so inserting or reordering steps reseeds no other step."""
-    digest = hashlib.sha256(f"kontext-pipeline/seed/1\0{base_seed}\0{step_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % (MAX_SEED + 1)
+    so inserting or reordering steps reseeds no other step. Never 0 (see :func:`seed_of`)."""
+    return seed_of(hashlib.sha256(f"kontext-pipeline/seed/1\0{base_seed}\0{step_id}".encode())
+                   .digest())
+
+
+def seed_of(digest: bytes) -> int:
+    """A seed from 1 to :data:`MAX_SEED` out of a sha256 digest: its first four bytes, unless
+    they are 0, which the BFL API reads as "random"; then the next four bytes, and so on (and
+    the digest's own sha256 after eight zero words). A digest whose first word is not 0 gives
+    the seed it always gave."""
+    while True:
+        for start in range(0, len(digest) - 3, 4):
+            seed = int.from_bytes(digest[start:start + 4], "big")
+            if seed:
+                return seed
+        digest = hashlib.sha256(digest).digest()
 
 
 def canonical_json(document: Any) -> bytes:

@@ -100,6 +100,7 @@ class _Checker:
                           if isinstance(entry, dict) for k in entry})
         self.user_names = set(self.variables) | matrix_keys
         self.known = self.user_names | set(CONTEXT_NAMES) | global_names()
+        self.suggested = self.user_names | set(CONTEXT_NAMES)
         self.attributes = (("inputs", list(self.inputs), "an input"),
                            ("pipeline", list(PIPELINE_FIELDS), "a field of pipeline"),
                            ("variant", list(_VARIANT_FIELDS), "a field of variant"))
@@ -112,7 +113,7 @@ class _Checker:
         for name in info.prompt.names():
             if name.name not in self.known:
                 self.fail(info, f"undefined variable '{name.name}'"
-                                f"{did_you_mean(name.name, self.user_names)}", name.line)
+                                f"{did_you_mean(name.name, self.suggested)}", name.line)
         for ref in info.prompt.attributes("steps"):
             if ref.name in later:
                 self.fail(info, f"steps.{ref.name} is this step or a later one; a prompt can "

@@ -56,7 +56,7 @@ version: 1                          # the recipe format; always 1
 description: Paint the front door, then make it a snowy evening.  # free text, for people
 model: flux-kontext-pro             # every step's model: flux-kontext-pro or flux-kontext-max
 #                                     (4 and 8 credits an image); a step may set its own
-seed: 42                            # base seed, 0 to 4294967295: a step without a seed of its
+seed: 42                            # base seed, 1 to 4294967295: a step without a seed of its
 #                                     own derives one from this and its id
 defaults:                           # request parameters for every step that does not set them
   output_format: png                # png (the default) or jpeg

@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
 from kontext_pipeline.findings import Findings, did_you_mean
 from kontext_pipeline.yamlsource import JsonPath
 
-__all__ = ["check_schema", "load_schema", "schema_text"]
+__all__ = ["SEED_ZERO", "check_schema", "load_schema", "schema_text"]
 
 _KEY_HINTS = {
     ("defaults", "model"): "set the model at the top level of the recipe or in a step",
@@ -52,9 +52,21 @@ def load_schema() -> dict[str, Any]:
     return schema
 
 
+def _is_integer(_checker: object, instance: object) -> bool:
+    """An integer as written: JSON Schema also counts ``2.0`` as one, which would reach the
+    request and the cache key as a float."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_StrictIntegers = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
+
+
 @functools.cache
 def _validator() -> Draft202012Validator:
-    return Draft202012Validator(load_schema())
+    validator: Draft202012Validator = _StrictIntegers(load_schema())
+    return validator
 
 
 def check_schema(data: Any, findings: Findings) -> None:
@@ -135,7 +147,14 @@ def _const(error: ValidationError, path: JsonPath) -> str:
     return f"must be {_describe(error.validator_value)}"
 
 
-def _bound(error: ValidationError, _path: JsonPath) -> str:
+SEED_ZERO = ("seed 0 means 'random' to the BFL API, so the image could not be made again; "
+             "choose a seed from 1 to 4294967295")
+"""Why an explicit ``seed: 0`` is refused (the schema's minimum of a seed is 1)."""
+
+
+def _bound(error: ValidationError, path: JsonPath) -> str:
+    if _field(path) == "seed" and type(error.instance) is int and error.instance == 0:
+        return SEED_ZERO
     side = "below the minimum" if error.validator == "minimum" else "above the maximum"
     return f"{_describe(error.instance)} is {side} of {error.validator_value}"
 
@@ -152,8 +171,15 @@ def _max_items(error: ValidationError, _path: JsonPath) -> str:
     return f"has {count} items; at most {error.validator_value} are allowed"
 
 
+def _type(error: ValidationError, _path: JsonPath) -> str:
+    message = f"expected {_expected(error)}, got {_describe(error.instance)}"
+    if error.validator_value == "string" and isinstance(error.instance, dict):
+        message += "; put a value that starts with '{' in quotes: in YAML, '{' starts a mapping"
+    return message
+
+
 _WORDINGS: dict[str, Callable[[ValidationError, JsonPath], str]] = {
-    "type": lambda e, _: f"expected {_expected(e)}, got {_describe(e.instance)}",
+    "type": _type,
     "anyOf": lambda e, _: f"expected {_expected(e)}, got {_describe(e.instance)}",
     "enum": _enum,
     "const": _const,

@@ -18,6 +18,7 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 
+from kontext_pipeline.findings import did_you_mean
 from kontext_pipeline.sandbox import SandboxEnvironment, budget, guard_template
 
 __all__ = [
@@ -97,7 +98,9 @@ class Prompt:
             self._ast = env.parse(source)
             self._template = env.from_string(guard_template(self._ast))
         except jinja2.TemplateSyntaxError as exc:
-            raise RenderError(f"template syntax error: {exc.message}", exc.lineno) from exc
+            unknown = _unknown_name(str(exc.message))
+            raise RenderError(unknown or f"template syntax error: {exc.message}",
+                              exc.lineno) from exc
         except RecursionError as exc:  # Jinja's parser and compiler recurse per nesting level
             raise RenderError("the template nests too deeply; keep prompt templates simple"
                               ) from exc
@@ -139,6 +142,9 @@ class Prompt:
         except RecursionError as exc:  # a macro calling itself
             raise RenderError("refused by the template sandbox: the template recurses too "
                               "deeply; keep prompt templates simple") from exc
+        except jinja2.TemplateRuntimeError as exc:  # a filter or test named at run time
+            raise RenderError(_unknown_name(str(exc)) or f"{type(exc).__name__}: {exc}",
+                              _template_line(exc)) from exc
         except Exception as exc:  # templates are user code: any failure is the template's
             raise RenderError(f"{type(exc).__name__}: {exc}", _template_line(exc)) from exc
         text = text.strip()
@@ -222,6 +228,20 @@ def _undefined_message(message: str) -> str:
         owner = _OWNERS.get(match["owner"], match["owner"])
         return f"{owner} has no attribute or key '{match['name']}'"
     return message
+
+
+_UNKNOWN_NAME = re.compile(r"^No (?P<kind>filter|test) named '(?P<name>[^']*)'(?: found)?\.$")
+
+
+def _unknown_name(message: str) -> str | None:
+    """``unknown filter 'uppr' (did you mean 'upper'?)`` for Jinja's "No filter named …"."""
+    match = _UNKNOWN_NAME.match(message)
+    if match is None:
+        return None
+    env = _environment()
+    known = env.filters if match["kind"] == "filter" else env.tests
+    names = [n for n in known if not n.startswith("_")]
+    return f"unknown {match['kind']} '{match['name']}'{did_you_mean(match['name'], names)}"
 
 
 def _template_line(exc: BaseException) -> int | None:

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from kontext_pipeline.diagnostics import Problem
+from kontext_pipeline.yamlerrors import syntax_problem
 
 __all__ = [
     "MAX_DEPTH",
@@ -208,7 +209,7 @@ def parse_yaml(text: str, file: str) -> tuple[Document | None, list[Problem]]:
     except yaml.reader.ReaderError as exc:
         return None, [_reader_problem(file, text, exc)]
     except yaml.MarkedYAMLError as exc:
-        return None, [_syntax_problem(file, exc)]
+        return None, [syntax_problem(file, text, exc)]
     except yaml.YAMLError as exc:  # PyYAML's other errors carry no position
         return None, [Problem(file, 1, 1, f"not readable as YAML: {exc}")]
     except RecursionError:
@@ -266,19 +267,3 @@ def _too_large() -> str:
         f"the recipe expands to more than {MAX_NODES} values "
         "(are YAML aliases repeating a large anchor?)"
     )
-
-
-def _syntax_problem(file: str, exc: yaml.MarkedYAMLError) -> Problem:
-    mark = exc.problem_mark or exc.context_mark
-    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-    if isinstance(exc, yaml.composer.ComposerError) and "single document" in str(exc.context):
-        return Problem(file, line, column, "a recipe holds one YAML document; remove the '---'")
-    problem = exc.problem or "invalid YAML"
-    context = f" ({exc.context})" if exc.context else ""
-    start = exc.context_mark
-    if exc.context and start is not None and exc.problem_mark is not None \
-            and start.line != exc.problem_mark.line:
-        context = f" ({exc.context} that starts at line {start.line + 1}, " \
-                  f"column {start.column + 1})"
-    return Problem(file, line, column, f"YAML syntax error: {problem}{context}")
-

@@ -46,6 +46,12 @@ def test_python_dash_m_and_version() -> None:
     assert result.stdout == "kontext-pipeline, version 0.1.0\n"
 
 
+def test_dash_capital_v_is_version(run_cli: RunCli) -> None:
+    result = run_cli("-V")
+    assert result.exit_code == 0
+    assert result.stdout == "kontext-pipeline, version 0.1.0\n"
+
+
 def test_validate_ok(run_cli: RunCli) -> None:
     result = run_cli("validate", str(PIPELINES / "color-matrix.yaml"))
     assert result.exit_code == 0
@@ -118,6 +124,18 @@ def test_bad_var_syntax_is_a_usage_error(run_cli: RunCli) -> None:
     result = run_cli("plan", "--var", "color", "pipelines/poster-chain.yaml")
     assert result.exit_code == 2
     assert "Invalid value for --var: 'color' is not NAME=VALUE" in result.stderr
+
+
+def test_an_empty_var_value_is_a_usage_error(run_cli: RunCli) -> None:
+    for command in ("plan", "run"):
+        for value in ("sign=", "sign=  "):
+            result = run_cli(command, "--var", value, "--provider", "preview",
+                             "pipelines/poster-chain.yaml")
+            assert result.exit_code == 2
+            assert result.stderr.splitlines()[-1] == (
+                f"Error: Invalid value for --var: '{value}' has an empty value; write --var "
+                "sign=VALUE, or leave --var sign out to keep the recipe's value")
+            assert result.stdout == ""
 
 
 def test_unknown_var_is_a_usage_error(run_cli: RunCli) -> None:

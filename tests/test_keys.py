@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from kontext_pipeline import keys
 from kontext_pipeline.keys import (
     KEY_SCHEMA,
     MAX_SEED,
@@ -14,6 +17,7 @@ from kontext_pipeline.keys import (
     canonical_json,
     derive_seed,
     request_document,
+    seed_of,
 )
 
 
@@ -29,6 +33,39 @@ def test_derived_seed_depends_on_base_seed_and_step_id_only() -> None:
     seeds = {derive_seed(7, f"step-{i}") for i in range(1000)}
     assert len(seeds) == 1000
     assert all(0 <= s <= MAX_SEED for s in seeds)
+
+
+def test_a_derived_seed_is_the_first_word_of_its_digest_that_is_not_zero() -> None:
+    # 0 means "random" to the BFL API: a derived seed skips it, deterministically
+    digest = hashlib.sha256(b"kontext-pipeline/seed/1\x001234\x00recolor").digest()
+    assert seed_of(digest) == int.from_bytes(digest[:4], "big") == 4110452625
+    assert seed_of(bytes(4) + (7).to_bytes(4, "big") + bytes(24)) == 7
+    assert seed_of(bytes(28) + (9).to_bytes(4, "big")) == 9
+    rehashed = hashlib.sha256(bytes(32)).digest()
+    assert seed_of(bytes(32)) == int.from_bytes(rehashed[:4], "big") != 0
+
+
+def test_a_step_whose_derivation_gives_zero_gets_the_next_word(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # no (base seed, step id) with a zero first word is known: make one
+    real = hashlib.sha256
+
+    def sha256(data: bytes) -> Any:
+        if data.startswith(b"kontext-pipeline/seed/1"):
+            return _Digest(bytes(4) + real(data).digest()[4:])
+        return real(data)
+
+    monkeypatch.setattr(keys, "hashlib", SimpleNamespace(sha256=sha256))
+    expected = hashlib.sha256(b"kontext-pipeline/seed/1\x001234\x00recolor").digest()[4:8]
+    assert derive_seed(1234, "recolor") == int.from_bytes(expected, "big") != 0
+
+
+class _Digest:
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+    def digest(self) -> bytes:
+        return self.value
 
 
 def test_canonical_json_sorts_keys_and_drops_whitespace() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 from typing import Any
 
 from kontext_pipeline.findings import Findings
@@ -88,11 +90,86 @@ def test_variant_ids_format_values_as_json_except_text() -> None:
     assert format_value(False) == "false"
 
 
-def test_a_matrix_of_more_than_256_combinations_is_refused_before_it_is_made() -> None:
+def test_lists_of_more_than_65536_combinations_are_refused_before_they_are_made() -> None:
     variants, problems = expand({f"k{i}": list(range(10)) for i in range(12)})
     assert variants == []
-    assert problems == ["recipe.yaml:1:1: matrix: the matrix makes 1000000000000 combinations; "
-                        "at most 256 are allowed: split it into several recipes"]
+    assert problems == ["recipe.yaml:1:1: matrix: the matrix's lists make 1000000000000 "
+                        "combinations before `exclude`; at most 65536 are allowed, and at most "
+                        "256 variants after it: split it into several recipes"]
     variants, problems = expand({"a": list(range(16)), "b": list(range(16))})
     assert len(variants) == 256
     assert problems == []
+
+
+def test_the_256_variant_limit_counts_the_variants_after_exclude() -> None:
+    # 17 x 16 = 272 combinations; excluding the 16 with a=0 leaves exactly 256
+    matrix: dict[str, Any] = {"a": list(range(17)), "b": list(range(16)),
+                              "exclude": [{"a": 0}]}
+    variants, problems = expand(matrix)
+    assert problems == []
+    assert len(variants) == 256
+    assert variants[0] == {"a": 1, "b": 0}
+    assert variants[-1] == {"a": 16, "b": 15}
+    matrix["exclude"] = [{"a": 0, "b": b} for b in range(15)]
+    variants, problems = expand(matrix)
+    assert variants == []
+    assert problems == ["recipe.yaml:1:1: matrix: the matrix makes 257 variants after "
+                        "`exclude`; at most 256 are allowed: split it into several recipes"]
+
+
+def test_the_256_variant_limit_counts_the_variants_include_adds() -> None:
+    matrix: dict[str, Any] = {"a": list(range(16)), "b": list(range(16)),
+                              "exclude": [{"a": 0, "b": 0}], "include": [{"a": 99}]}
+    variants, problems = expand(matrix)
+    assert problems == []
+    assert len(variants) == 256
+    assert variants[-1] == {"a": 99}
+    matrix["include"] = [{"a": 99}, {"a": 98}]
+    variants, problems = expand(matrix)
+    assert variants == []
+    assert problems == ["recipe.yaml:1:1: matrix: the matrix makes 257 variants after "
+                        "`exclude` and `include`; at most 256 are allowed: split it into several "
+                        "recipes"]
+
+
+def test_a_large_product_that_exclude_brings_under_the_limit_is_expanded() -> None:
+    # 2**16 combinations before exclude; excluding a=1 for eight of the sixteen keys leaves 256
+    matrix: dict[str, Any] = {f"k{i:02}": [0, 1] for i in range(16)}
+    matrix["exclude"] = [{f"k{i:02}": 1} for i in range(8)]
+    variants, problems = expand(matrix)
+    assert problems == []
+    assert len(variants) == 256
+    assert all(v[f"k{i:02}"] == 0 for v in variants for i in range(8))
+    assert variants[1] == {**{f"k{i:02}": 0 for i in range(15)}, "k15": 1}
+
+
+def test_exclude_agrees_with_filtering_the_product() -> None:
+    rng = random.Random(11)
+    for _ in range(200):
+        axes = {f"k{i}": rng.sample([0, 1, 2, "x", True], rng.randint(1, 4))
+                for i in range(rng.randint(1, 4))}
+        excludes = [{k: rng.choice([*v, "y"]) for k, v in axes.items() if rng.random() < 0.5}
+                    for _ in range(rng.randint(1, 4))]
+        excludes = [e for e in excludes if e]
+        if not excludes:
+            continue
+        product = [dict(zip(axes, c, strict=True)) for c in itertools.product(*axes.values())]
+        expected = [c for c in product
+                    if not any(all(format_value(c[k]) == format_value(v) for k, v in e.items())
+                               for e in excludes)]
+        variants, _ = expand({**axes, "exclude": excludes})
+        assert variants == expected, (axes, excludes)
+
+
+def test_the_lists_may_make_65536_combinations_before_exclude_and_no_more() -> None:
+    matrix: dict[str, Any] = {"a": list(range(65536)),
+                              "exclude": [{"a": i} for i in range(256, 65536)]}
+    variants, problems = expand(matrix)
+    assert problems == []
+    assert [v["a"] for v in variants] == list(range(256))
+    matrix["a"] = list(range(65537))
+    variants, problems = expand(matrix)
+    assert variants == []
+    assert problems == ["recipe.yaml:1:1: matrix: the matrix's lists make 65537 combinations "
+                        "before `exclude`; at most 65536 are allowed, and at most 256 variants "
+                        "after it: split it into several recipes"]

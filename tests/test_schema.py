@@ -56,3 +56,14 @@ def test_there_are_bundled_recipes_of_each_kind() -> None:
     assert {"poster-chain", "color-matrix", "multi-reference", "text-to-image"} <= set(texts)
     assert "matrix:" in texts["color-matrix"]
     assert "image: [" in texts["multi-reference"]
+
+
+def test_the_schema_itself_refuses_seed_zero_for_editors() -> None:
+    validator = Draft202012Validator(load_schema())
+    step = {"id": "edit", "prompt": "Make it blue"}
+    recipe = {"version": 1, "name": "r", "steps": [step]}
+    assert validator.is_valid({**recipe, "seed": 1})
+    assert not validator.is_valid({**recipe, "seed": 0})
+    assert validator.is_valid({**recipe, "steps": [{**step, "seed": 4294967295}]})
+    assert not validator.is_valid({**recipe, "steps": [{**step, "seed": 0}]})
+    assert "never 0" in load_schema()["$defs"]["seed"]["description"].lower()

@@ -184,3 +184,18 @@ def test_ordinary_templates_stay_within_the_sandbox_bounds(source: str, expected
 def test_the_bounds_are_per_render() -> None:
     prompt = Prompt("{% for i in range(6000) %}{% endfor %}x")
     assert [prompt.render({}) for _ in range(3)] == ["x", "x", "x"]
+
+
+def test_a_misspelt_filter_or_test_gets_a_did_you_mean() -> None:
+    with pytest.raises(RenderError) as caught:
+        Prompt("Say\n{{ slogan | uppr }}")
+    assert caught.value.message == "unknown filter 'uppr' (did you mean 'upper'?)"
+    assert caught.value.line == 2
+    with pytest.raises(RenderError) as caught:
+        Prompt("{{ slogan | qqqqzz }}")
+    assert caught.value.message == "unknown filter 'qqqqzz'"
+    error = render_error("{% if slogan is strng %}yes{% endif %} no", slogan="hi")
+    assert error.message == "unknown test 'strng' (did you mean 'string'?)"
+    with pytest.raises(RenderError) as caught:
+        Prompt("{{ slogan is lowr }}")
+    assert caught.value.message == "unknown test 'lowr' (did you mean 'lower'?)"

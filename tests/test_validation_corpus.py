@@ -20,7 +20,7 @@ CASES: dict[str, list[str]] = {
         '6:19: steps[0] (id: edit): aspect_ratio: "16x9" is not a ratio such as "16:9"',
     ],
     'bad-indentation': [
-        '5:12: YAML syntax error: mapping values are not allowed here',
+        "5:6: the indentation of this line does not match the lines above it: indent 'prompt' to column 5, like 'id' on line 4",
     ],
     'bad-name': [
         '2:7: name: "Spring Poster" is not a slug of lower-case letters, digits, \'-\', \'_\' and \'.\', starting with a letter or digit',
@@ -82,6 +82,9 @@ CASES: dict[str, list[str]] = {
     'input-absolute-path': [
         "4:10: inputs.photo: '/etc/passwd' must be a path relative to the recipe file",
     ],
+    'input-backslash-path': [
+        "4:10: inputs.photo: 'images\\ok.png' does not exist; write paths with '/', which every system reads: 'images/ok.png'",
+    ],
     'input-bad-name': [
         "4:3: inputs: 'my photo' is not a name of letters, digits, '_' and '-', starting with a letter or '_'",
         "4:3: warning: inputs: input 'my photo' is not used by any step",
@@ -109,7 +112,7 @@ CASES: dict[str, list[str]] = {
         '3:8: model: "flux-kontext-maxx" is not a valid model (did you mean \'flux-kontext-max\'?); expected one of \'flux-kontext-pro\', \'flux-kontext-max\'',
         "6:12: steps[0] (id: recolor): image: unknown image 'car'; expected an input name or an earlier step id",
         "7:13: steps[0] (id: recolor): prompt: undefined variable 'colr'",
-        '8:11: steps[0] (id: recolor): seed: -5 is below the minimum of 0',
+        '8:11: steps[0] (id: recolor): seed: -5 is below the minimum of 1',
         "9:5: steps[1] (id: recolor): missing required key 'prompt'",
         "9:9: steps[1] (id: recolor): id: duplicate step id 'recolor' (steps[0] has it too); step ids must be unique",
         "10:5: steps[1] (id: recolor): unknown key 'promt' (did you mean 'prompt'?)",
@@ -125,6 +128,9 @@ CASES: dict[str, list[str]] = {
     ],
     'matrix-not-a-list': [
         '4:10: matrix.color: expected a list of values, got "red"',
+    ],
+    'matrix-too-many-variants': [
+        "4:3: matrix: the matrix makes 257 variants after `exclude`; at most 256 are allowed: split it into several recipes",
     ],
     'missing-prompt': [
         "4:5: steps[0] (id: edit): missing required key 'prompt'",
@@ -184,10 +190,20 @@ CASES: dict[str, list[str]] = {
         '6:11: steps[0] (id: edit): seed: expected an integer, got 1.5',
     ],
     'seed-negative': [
-        '3:7: seed: -1 is below the minimum of 0',
+        '3:7: seed: -1 is below the minimum of 1',
     ],
     'seed-text': [
         '6:11: steps[0] (id: edit): seed: expected an integer, got "lucky"',
+    ],
+    'float-integers': [
+        '4:7: seed: expected an integer, got 2.0',
+        '8:23: steps[0] (id: a): safety_tolerance: expected an integer, got 2.0',
+    ],
+    'seed-zero-base': [
+        "3:7: seed: seed 0 means 'random' to the BFL API, so the image could not be made again; choose a seed from 1 to 4294967295",
+    ],
+    'seed-zero': [
+        "7:11: steps[0] (id: edit): seed: seed 0 means 'random' to the BFL API, so the image could not be made again; choose a seed from 1 to 4294967295",
     ],
     'step-id-is-input': [
         "6:9: steps[0] (id: photo): id: step id 'photo' is also an input name; rename one so that `image` is unambiguous",
@@ -199,7 +215,7 @@ CASES: dict[str, list[str]] = {
         '6:12: steps[0] (id: edit): model: "flux-dev" is not a valid model; expected one of \'flux-kontext-pro\', \'flux-kontext-max\'',
     ],
     'syntax-error': [
-        "6:1: YAML syntax error: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence that starts at line 5, column 13)",
+        "5:13: this '[' is never closed; close it with ']', or put the value in quotes if the '[' is part of the text",
     ],
     'template-division-by-zero': [
         '7:13: steps[0] (id: edit): prompt: ZeroDivisionError: division by zero',
@@ -210,6 +226,9 @@ CASES: dict[str, list[str]] = {
     'template-missing-env': [
         "5:13: steps[0] (id: edit): prompt: environment variable 'KONTEXT_TEST_NEVER_SET' is not set",
     ],
+    'template-misspelt-context-name': [
+        "7:13: steps[0] (id: edit): prompt: undefined variable 'varaint' (did you mean 'variant'?)",
+    ],
     'template-renders-empty': [
         '7:13: steps[0] (id: edit): prompt: the rendered prompt is empty',
     ],
@@ -218,6 +237,9 @@ CASES: dict[str, list[str]] = {
     ],
     'template-syntax-error': [
         "5:13: steps[0] (id: edit): prompt: template syntax error: unexpected end of template, expected 'end of print statement'.",
+    ],
+    'template-unknown-filter': [
+        "7:13: steps[0] (id: edit): prompt: unknown filter 'uppr' (did you mean 'upper'?)",
     ],
     'template-unknown-input': [
         "8:13: steps[0] (id: edit): prompt: inputs.phot is not an input (did you mean 'photo'?)",
@@ -242,6 +264,40 @@ CASES: dict[str, list[str]] = {
     ],
     'wrong-version': [
         '1:10: version: unsupported version 2; this kontext-pipeline reads version 1',
+    ],
+    'yaml-backslash-escape': [
+        "4:17: '\\o' is not an escape in a double-quoted value: write a path with '/' (images/car.png), write '\\\\' for a backslash, or use single quotes",
+    ],
+    'yaml-colon-in-value': [
+        '5:29: \': \' in a value that is not in quotes reads as another key; put the whole value in quotes (prompt: "Replace the sign: SALE with OPEN")',
+    ],
+    'yaml-indentation-key': [
+        "6:3: the indentation of this line does not match the lines above it: indent 'seed' to column 5, like 'prompt' on line 5",
+    ],
+    'yaml-indentation-list': [
+        "6:4: the indentation of this line does not match the lines above it: indent this '-' to column 3, like the '-' on line 5",
+    ],
+    'yaml-list-item-without-space': [
+        "4:3: '-id' is not a list item: put a space after the '-' (- id)",
+    ],
+    'yaml-missing-colon': [
+        "3:1: this line has no ':' after its key; write 'key: value', or indent a value that goes on from the line above further than its key",
+    ],
+    'yaml-tab': [
+        "5:1: a tab character: YAML indents with spaces only; replace the tab with spaces",
+    ],
+    'yaml-template-only': [
+        "7:13: steps[0] (id: edit): prompt: expected a prompt text (a Jinja template), got a mapping; put a value that starts with '{' in quotes: in YAML, '{' starts a mapping",
+        "7:14: keys must be plain text, not lists or mappings",
+    ],
+    'yaml-template-unquoted': [
+        '7:25: a value that starts with \'{\' is a YAML mapping, not text; put the whole value in quotes (prompt: "{{ color }} car, keep everything else")',
+    ],
+    'yaml-text-after-quote': [
+        '5:21: text after the closing \'"\': a quoted value ends at its second \'"\'; put single quotes around the whole value, or write \'\\"\' for each \'"\' inside it',
+    ],
+    'yaml-unclosed-quote': [
+        '5:13: this " is never closed; end the value with a matching "',
     ],
 }
 
@@ -280,7 +336,7 @@ def test_all_problems_of_several_recipes_are_reported_together(
     assert result.stdout == "../../../pipelines/poster-chain.yaml: ok (3 steps, 1 variant, " \
                             "3 tasks)\n"
     assert result.stderr.splitlines() == [
-        "seed-negative.yaml:3:7: seed: -1 is below the minimum of 0",
+        "seed-negative.yaml:3:7: seed: -1 is below the minimum of 1",
         "wrong-version.yaml:1:10: version: unsupported version 2; this kontext-pipeline reads "
         "version 1",
         "kontext-pipeline: 2 problems in seed-negative.yaml, wrong-version.yaml",

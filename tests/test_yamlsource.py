@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
 from kontext_pipeline.yamlsource import MAX_SOURCE_BYTES, Position, parse_yaml
 
 
@@ -129,3 +131,55 @@ def test_a_number_too_long_to_read_is_refused() -> None:
 def test_a_bare_document_marker_is_an_empty_recipe() -> None:
     assert parse("---\n...\n") == (None, ["r.yaml:1:1: the recipe is empty; start with "
                                           "'version: 1'"])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("name: x\nsteps:\n  - id: a\n    prompt: x\n  seed: 3\n", [
+        "r.yaml:5:3: the indentation of this line does not match the lines above it: indent "
+        "'seed' to column 5, like 'prompt' on line 4"], id="a-key-at-a-list-s-column"),
+    pytest.param("name: x\nvars:\n    color: red\n  slogan: hi\n", [
+        "r.yaml:4:3: the indentation of this line does not match the lines above it: indent "
+        "'slogan' to column 5, like 'color' on line 3"], id="a-key-less-indented"),
+    pytest.param("name: x\n  steps: y\n", [
+        "r.yaml:2:3: the indentation of this line does not match the lines above it: indent "
+        "'steps' to column 1, like 'name' on line 1"], id="a-key-more-indented"),
+    pytest.param("name: x\nsteps:\n- id: a\n  - id: b\n", [
+        "r.yaml:4:3: the indentation of this line does not match the lines above it: indent "
+        "this '-' to column 1, like the '-' on line 3"], id="a-list-item"),
+    pytest.param("prompt: say @home\n", [], id="an-at-sign-inside-a-value-is-text"),
+    pytest.param("prompt: @home\n", [
+        "r.yaml:1:9: a value cannot start with '@' in YAML; put the value in quotes"],
+        id="a-value-starting-with-an-at-sign"),
+    pytest.param("prompt: *ref\n", [
+        "r.yaml:1:9: '*ref' refers to an anchor '&ref' that is not defined above it; define "
+        "the anchor first, or put the value in quotes if '*' is part of the text"],
+        id="an-undefined-alias"),
+    pytest.param("image: {a: b\nprompt: x\n", [
+        "r.yaml:1:8: this '{' is never closed; close it with '}', or put the value in quotes "
+        "if the '{' is part of the text"], id="an-unclosed-brace"),
+    pytest.param("prompt: 'it's red'\n", [
+        "r.yaml:1:13: text after the closing \"'\": a quoted value ends at its second \"'\"; "
+        "put double quotes around the whole value, or write \"''\" for each \"'\" inside it"],
+        id="text-after-a-single-quote"),
+    pytest.param("prompt: 'never closed\n", [
+        "r.yaml:1:9: this ' is never closed; end the value with a matching '"],
+        id="an-unclosed-single-quote"),
+    pytest.param("prompt: Make it: " + "x" * 60 + "\n", [
+        "r.yaml:1:16: ': ' in a value that is not in quotes reads as another key; put the "
+        "whole value in quotes (prompt: \"…\")"], id="a-long-value-with-a-colon"),
+    pytest.param("a: !!binary |\n  %%%\nb: [x, y\n", [
+        "r.yaml:3:4: this '[' is never closed; close it with ']', or put the value in quotes "
+        "if the '[' is part of the text"], id="an-unclosed-bracket-after-a-block"),
+    pytest.param("a: b\n? [x\n", [
+        "r.yaml:2:3: this '[' is never closed; close it with ']', or put the value in quotes "
+        "if the '[' is part of the text"], id="an-unclosed-bracket-in-a-key"),
+    pytest.param("a: &x 1\nb: &x 2\n", [
+        "r.yaml:2:4: anchor '&x' is defined twice (first on line 1); rename one of them"],
+        id="a-duplicate-anchor"),
+    pytest.param("a: 1\n...\nb: 2\n", [
+        "r.yaml:3:1: YAML syntax error: expected '<document start>', but found "
+        "'<block mapping start>'"], id="another-error-keeps-pyyaml-s-words"),
+])
+def test_syntax_errors_are_advice_at_the_place_to_fix(text: str, expected: list[str]) -> None:
+    _, problems = parse_yaml(text, "r.yaml")
+    assert [p.format() for p in problems] == expected

@@ -88,6 +88,10 @@ def _parse_vars(_ctx: click.Context, _param: click.Parameter,
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise click.BadParameter(f"'{item}' is not NAME=VALUE", param_hint="--var")
+        if not value.strip():
+            raise click.BadParameter(
+                f"'{item}' has an empty value; write --var {name.strip()}=VALUE, or leave "
+                f"--var {name.strip()} out to keep the recipe's value", param_hint="--var")
         parsed[name.strip()] = value
     return parsed
 
@@ -117,7 +121,8 @@ def open_cache(cache_dir: str | None) -> Cache:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
                                            "max_content_width": 100})
-@click.version_option(package_name="kontext-pipeline", prog_name="kontext-pipeline")
+@click.version_option(None, "-V", "--version", package_name="kontext-pipeline",
+                      prog_name="kontext-pipeline")
 def cli() -> None:
     """Declarative, cached, reproducible FLUX.1 Kontext edit recipes.
 
