@@ -99,8 +99,8 @@ class RequestRejectedError(ProviderError):
 
 
 class TaskFailedError(ProviderError):
-    """The task ended in ``Error``, ``Task not found`` or a status this client does not know;
-    ``status`` is the one it ended with."""
+    """The task ended in ``Error``, ``Failed`` or ``Task not found`` (or polling met an HTTP
+    error no retry can change); ``status`` is the one it ended with."""
 
     def __init__(self, message: str, *, status: str, details: str | None = None) -> None:
         super().__init__(message, details=details)

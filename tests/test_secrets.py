@@ -108,15 +108,15 @@ def echoing(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"id": "t1", "polling_url":
                                          f"{DEFAULT_API_BASE}/v1/get_result?id=t1"})
     if request.url.params.get("id") == "t1":
-        return httpx.Response(200, json={"status": f"Error for {key}", "details": {"key": key}})
+        return httpx.Response(200, json={"status": "Error", "details": {"error": f"for {key}"}})
     return httpx.Response(500, text=f"no, {key}")
 
 
 @pytest.mark.parametrize(("prompt", "message"), [
     ("reject me", "test: the API rejected the request (HTTP 422) (prompt: bad prompt for "
                   "[API key])"),
-    ("fail me", "test: the task ended with status 'Error for [API key]' (task t1, prompt: "
-                "'fail me') ({\"key\": \"[API key]\"})"),
+    ("fail me", "test: the task ended with status 'Error' (task t1, prompt: 'fail me') (for "
+                "[API key])"),
 ])
 def test_an_api_that_echoes_the_key_has_it_blotted_out(prompt: str, message: str) -> None:
     events: list[ProviderEvent] = []

@@ -72,7 +72,8 @@ class Accepted:
 AcceptedSink = Callable[[Accepted], Awaitable[None]]
 """Told of each accepted request before its result is awaited (to journal it durably)."""
 
-EventKind = Literal["queued", "submitted", "polling", "retrying", "downloading", "done"]
+EventKind = Literal["queued", "submitted", "polling", "retrying", "downloading", "done",
+                    "warning"]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 It goes through exactly the client code of the real API (:class:`BflProvider`) over an ASGI
 transport, so a recipe runs end to end with no key and no network. Its pictures are clearly
-marked PREVIEW and are deterministic; the provider's name keeps them apart in the cache.
+marked PREVIEW and are deterministic; the provider's name keeps them apart in the cache. Its
+tasks go through the 2026 API's phases (Pending, Reasoning, Generating) as time passes: a poll
+may skip one, as it may with BFL.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def preview_provider(*, latency: float = PREVIEW_LATENCY, concurrency: int = 24,
                      webhook: Webhook | None = None) -> BflProvider:
     """A provider backed by the bundled server, in this process (which pushes results to
     ``webhook`` like BFL, if one is given)."""
-    app = create_app(ServerConfig(latency=latency, url_ttl=3600.0))
+    app = create_app(ServerConfig(latency=latency, url_ttl=3600.0, phases=True,
+                                  every_phase=False))
     polling = WEBHOOK_FALLBACK if webhook else PollPolicy(first=min(0.5, latency / 2 or 0.05))
     return BflProvider(client=asgi_client(app), api_key="preview", api_base=PREVIEW_BASE,
                        name="preview", limiter=ActiveTaskLimiter(concurrency),

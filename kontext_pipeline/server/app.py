@@ -3,7 +3,8 @@
 Endpoints as BFL's: ``POST /v1/flux-kontext-pro|max`` (``x-key`` required), polling at the
 returned ``polling_url`` (``/{region}/v1/get_result?id=``, a different path than the legacy
 ``/v1/get_result?id=``, which works too) and signed result URLs that expire
-(``/delivery/{id}/sample.{ext}?se=…&sig=…``, no key).
+(``/delivery/{id}/sample.{ext}?se=…&sig=…``, no key). Tasks answer ``Pending`` (or the 2026
+phases, see :class:`ServerConfig`) while in flight, with ``progress``.
 
 Prompts can ask for outcomes: ``[[request-moderated]]``, ``[[content-moderated]]``,
 ``[[error]]``, ``[[task-not-found]]``, ``[[status:Anything]]`` and ``[[never]]`` (stays Pending).
@@ -132,7 +133,9 @@ class _Service:
         faults, state = self.config.faults, self.state
         fault = state.scripted_fault(endpoint)
         if fault is None:
-            if state.roll(faults.error_rate):
+            if endpoint == "submit" and state.roll(faults.submit_error_rate, state.submit_rng):
+                fault = str(state.submit_rng.choice((500, 502, 503, 504)))
+            elif state.roll(faults.error_rate):
                 fault = str(state.rng.choice((502, 503) if endpoint == "submit"
                                              else (500, 502, 503)))
             elif endpoint != "download" and state.roll(faults.throttle_rate):
@@ -205,11 +208,13 @@ class _Service:
         if jitter:
             latency = max(0.0, latency + rng.uniform(-jitter, jitter))
         seed = submission.seed if submission.seed is not None else rng.randrange(2**32)
+        phases = self.config.in_flight()
         task = TaskRecord(
             id=str(uuid.uuid4()), model=model, prompt=submission.prompt, seed=seed,
             params={"aspect_ratio": submission.aspect_ratio,
                     "output_format": submission.output_format},
-            images=submission.images, created=now, ready_at=now + latency)
+            images=submission.images, created=now, ready_at=now + latency, phases=phases,
+            stepwise=self.config.every_phase and len(phases) > 1, started=time.time())
         for match in _TRIGGER.finditer(submission.prompt):
             name, arg = match["name"], match["arg"]
             if name in _OUTCOMES:
@@ -239,12 +244,13 @@ class _Service:
         if task is None:
             return JSONResponse({"id": task_id, "status": "Task not found", "result": None,
                                  "progress": None, "details": None})
-        return JSONResponse(await self._status_body(task, _base(request)))
+        return JSONResponse(await self._status_body(task, _base(request), poll=True))
 
-    async def _status_body(self, task: TaskRecord, base: str) -> dict[str, Any]:
+    async def _status_body(self, task: TaskRecord, base: str, *, poll: bool) -> dict[str, Any]:
         """A task's status as a poll (or a webhook) tells it; a Ready one is charged then."""
         now = time.monotonic()
-        status = task.status(now)
+        status = task.status(now, poll=poll)
+        in_flight = status != task.outcome
         result = None
         if status == "Ready":
             if task.rendering is not None:
@@ -252,17 +258,18 @@ class _Service:
             if not task.charged:
                 self.state.credits_charged += DEFAULT_COSTS.get(task.model, 0)
                 task.charged = True
+            took = task.ready_at - task.created  # when it was made: the same on every poll
             result = {"sample": self._signed_url(base, task), "seed": task.seed,
-                      "prompt": task.prompt, "start_time": task.created, "end_time": now,
-                      "duration": round(now - task.created, 3)}
+                      "prompt": task.prompt, "start_time": task.started,
+                      "end_time": task.started + took, "duration": round(took, 3)}
         return {"id": task.id, "status": status, "result": result,
-                "progress": task.progress(now) if status == "Pending" else None,
-                "details": task.details if status != "Pending" else None}
+                "progress": task.progress(now) if in_flight else None,
+                "details": None if in_flight else task.details}
 
     async def _notify(self, task: TaskRecord, url: str, secret: str | None, base: str) -> None:
         """Once the task has ended, POST its status to the webhook URL it came with."""
         await asyncio.sleep(max(0.0, task.ready_at - time.monotonic()))
-        payload = await self._status_body(task, base)
+        payload = await self._status_body(task, base, poll=False)
         await deliver(url, secret, payload, self.config.webhook_signature,
                       self.state.webhooks.append)
 
@@ -302,6 +309,8 @@ class _Service:
         polls = sum(1 for r in state.requests if r.path.endswith("/get_result"))
         return JSONResponse({
             "submits": sum(state.submits.values()),
+            "submits_received": len([r for r in state.requests if _endpoint(r.method, r.path)
+                                     == "submit"]),
             "repeated_submits": sum(n - 1 for n in state.submits.values() if n > 1),
             "polls": polls,
             "downloads": sum(1 for r in state.requests if r.path.startswith("/delivery/")),

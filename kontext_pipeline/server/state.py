@@ -32,12 +32,15 @@ class FaultConfig:
     """Faults to inject, each a probability per request, drawn from a seeded generator.
 
     ``error_rate``: answer 500/502/503 (a submit gets 502/503 and is not accepted).
+    ``submit_error_rate``: answer a submit 500/502/503/504, not accepting it (drawn from a
+    generator of its own: the n-th submit's fate does not depend on the polls before it).
     ``throttle_rate``: a spurious 429. ``drop_rate``: close the connection without answering,
     before doing anything (a dropped submit is not accepted). ``truncate_rate``: cut a
     result download short. ``jitter``: ± seconds on each task's latency.
     """
 
     error_rate: float = 0.0
+    submit_error_rate: float = 0.0
     throttle_rate: float = 0.0
     drop_rate: float = 0.0
     truncate_rate: float = 0.0
@@ -47,9 +50,19 @@ class FaultConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """How the server behaves. ``api_keys`` None accepts any non-empty key."""
+    """How the server behaves. ``api_keys`` None accepts any non-empty key.
+
+    A task is in flight for ``latency`` seconds: ``Pending``, or with ``phases`` the 2026 API's
+    ``Pending``, ``Reasoning`` and ``Generating``, each for a share of it, with
+    ``unknown_status`` (a word no client knows) as one more phase before ``Generating``. With
+    ``every_phase``, a poll never skips a phase: each answers at least one poll before the
+    next shows (a task may then end later than ``latency``).
+    """
 
     latency: float = 2.0
+    phases: bool = False
+    unknown_status: str | None = None
+    every_phase: bool = True
     api_keys: frozenset[str] | None = None
     no_credit_keys: frozenset[str] = frozenset({"bfl_no_credits"})
     active_limit: int = 24
@@ -63,10 +76,18 @@ class ServerConfig:
     webhook_signature: str = "hmac"  # how webhooks are signed: "hmac", "secret" or "both"
     signing_secret: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
 
+    def in_flight(self) -> tuple[str, ...]:
+        """The statuses a task answers before its outcome, in order."""
+        middle = (self.unknown_status,) if self.unknown_status else ()
+        return ("Pending", "Reasoning", *middle, "Generating") if self.phases else (
+            "Pending", *middle)
+
 
 @dataclass
 class TaskRecord:
-    """One submitted task. It is active until ``ready_at``; then its ``outcome`` shows."""
+    """One submitted task. It is active until ``ready_at``, answering its ``phases`` in turn
+    (with ``stepwise``, at most one further phase a poll); then its ``outcome`` shows.
+    ``started``: the epoch time of its submit."""
 
     id: str
     model: str
@@ -80,11 +101,27 @@ class TaskRecord:
     details: dict[str, Any] | None = None
     charged: bool = False
     rendering: Future[bytes] | None = None
+    phases: tuple[str, ...] = ("Pending",)
+    stepwise: bool = False
+    started: float = 0.0
+    shown: int = -1  # the latest phase answered (len(phases): the outcome)
+    statuses: list[str] = field(default_factory=list)  # as answered, each change once
 
-    def status(self, now: float) -> str:
+    def status(self, now: float, *, poll: bool = True) -> str:
+        """The status a poll (or, ``poll`` False, a webhook) answers now."""
         if self.outcome == "Request Moderated":
             return self.outcome
-        return "Pending" if now < self.ready_at else self.outcome
+        stage = len(self.phases)
+        if now < self.ready_at:
+            share = (now - self.created) / (self.ready_at - self.created)
+            stage = min(len(self.phases) - 1, int(share * len(self.phases)))
+        if poll and self.stepwise:
+            stage = min(stage, self.shown + 1)
+        self.shown = max(self.shown, stage)
+        status = self.phases[stage] if stage < len(self.phases) else self.outcome
+        if not self.statuses or self.statuses[-1] != status:
+            self.statuses.append(status)
+        return status
 
     def active(self, now: float) -> bool:
         return self.outcome != "Request Moderated" and now < self.ready_at
@@ -122,9 +159,11 @@ class ServerState:
     webhooks: list[Delivery] = field(default_factory=list)
     scripted: dict[str, deque[str]] = field(default_factory=dict)
     rng: random.Random = field(init=False)
+    submit_rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.config.faults.seed)
+        self.submit_rng = random.Random(f"submit {self.config.faults.seed}")
 
     def active(self, now: float, model: str | None = None) -> int:
         return sum(1 for t in self.tasks.values()
@@ -150,9 +189,9 @@ class ServerState:
             return None
         return queue.popleft()
 
-    def roll(self, rate: float) -> bool:
-        """True with probability ``rate`` (from the seeded generator)."""
-        return rate > 0 and self.rng.random() < rate
+    def roll(self, rate: float, rng: random.Random | None = None) -> bool:
+        """True with probability ``rate`` (from ``rng``, else the seeded generator)."""
+        return rate > 0 and (rng or self.rng).random() < rate
 
     def paths(self, method: str | None = None) -> list[str]:
         """The paths requested, in order (optionally of one method)."""

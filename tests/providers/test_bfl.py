@@ -204,20 +204,22 @@ def test_429_lowers_the_effective_concurrency(bfl_server: Start) -> None:
     assert provider.limiter.limit == 1  # one was active when the 429 came
 
 
-def test_5xx_on_submit_is_retried_only_when_surely_not_accepted(bfl_server: Start) -> None:
+def test_5xx_on_submit_is_retried_and_an_unexpected_answer_is_not(bfl_server: Start) -> None:
     server = bfl_server()
-    server.state.script("submit", "502", "503")
+    server.state.script("submit", "500", "502", "503", "504")
     run(generate(provider_for(server), request()))
-    assert [r.status for r in server.state.requests if r.method == "POST"] == [502, 503, 200]
+    assert [r.status for r in server.state.requests if r.method == "POST"] == [
+        500, 502, 503, 504, 200]
+    assert sum(server.state.submits.values()) == 1
 
-    server.state.script("submit", "500")
+    server.state.script("submit", "409")  # says nothing of whether the API took it
     with pytest.raises(AmbiguousSubmitError) as caught:
         run(generate(provider_for(server), request()))
     assert str(caught.value) == (
-        "test/step: the API answered the submit with HTTP 500; it may have accepted and billed "
+        "test/step: the API answered the submit with HTTP 409; it may have accepted and billed "
         "it, so it is not retried (Internal server error)")
-    assert [r.status for r in server.state.requests if r.method == "POST"][-1:] == [500]
-    assert len(server.state.paths("POST")) == 4
+    assert [r.status for r in server.state.requests if r.method == "POST"][-1:] == [409]
+    assert len(server.state.paths("POST")) == 6
 
 
 def test_5xx_and_429_on_poll_are_retried(bfl_server: Start) -> None:
@@ -281,11 +283,11 @@ def test_a_result_url_that_stays_expired_fails_the_step(bfl_server: Start) -> No
 def test_a_task_that_never_finishes_hits_the_deadline(bfl_server: Start) -> None:
     server = bfl_server()
     with pytest.raises(ProviderTimeoutError) as caught:
-        run(generate(provider_for(server, deadline=0.4), request("Forever [[never]]")))
-    assert str(caught.value).startswith("test/step: no result after 0 s (task ")
+        run(generate(provider_for(server, deadline=1.0), request("Forever [[never]]")))
+    assert str(caught.value).startswith("test/step: no result after 1 s (task ")
     assert str(caught.value).endswith("it was not submitted again")
     assert len(server.state.paths("POST")) == 1
-    assert len(server.state.paths("GET")) >= 3
+    assert len(server.state.paths("GET")) >= 2  # it kept polling (how often: up to the load)
 
 
 def test_thirty_tasks_never_exceed_twenty_four_active(bfl_server: Start) -> None:
@@ -299,10 +301,12 @@ def test_thirty_tasks_never_exceed_twenty_four_active(bfl_server: Start) -> None
             await provider.aclose()
 
     run(many())
-    assert server.state.peak_active == 24
-    assert provider.limiter.peak == 24
-    assert len(server.state.paths("POST")) == 30
-    assert all(r.status == 200 for r in server.state.requests)
+    # bounds only: how many of the server's tasks overlap depends on how fast a loaded machine
+    # submits them, against their 0.6 s latency
+    assert 1 < server.state.peak_active <= 24
+    assert provider.limiter.peak <= 24
+    assert sorted(server.state.submits.values()) == [1] * 30  # every task, submitted once
+    assert all(r.status == 200 for r in server.state.requests)  # no 429: never over the limit
 
 
 def test_kontext_max_is_limited_to_six(bfl_server: Start) -> None:
@@ -318,7 +322,7 @@ def test_kontext_max_is_limited_to_six(bfl_server: Start) -> None:
             await provider.aclose()
 
     run(many())
-    assert server.state.peak_by_model["flux-kontext-max"] == 6
+    assert 1 < server.state.peak_by_model["flux-kontext-max"] <= 6  # a bound, not a race
     assert server.state.peak_active <= 24
     assert all(r.status == 200 for r in server.state.requests)
 

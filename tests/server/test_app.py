@@ -63,13 +63,13 @@ def test_submit_answers_like_bfl() -> None:
 
 
 def test_poll_pending_then_ready_with_progress_and_a_signed_url() -> None:
-    state = ServerState(ServerConfig(latency=0.2))
+    state = ServerState(ServerConfig(latency=2.0))  # the first poll is sooner, however busy
     submit, pending = call(state, ("POST", "/v1/flux-kontext-pro", {"prompt": "x", "seed": 9}),
                            ("GET", "/v1/get_result?id=PLACEHOLDER", None))
     task_id = submit.json()["id"]
     assert pending.json()["status"] == "Task not found"
     first, later = call(state, ("GET", f"/eu4/v1/get_result?id={task_id}", None),
-                        ("GET", f"/v1/get_result?id={task_id}", None), pause=0.25)
+                        ("GET", f"/v1/get_result?id={task_id}", None), pause=2.05)
     assert first.json()["status"] == "Pending"
     assert 0.0 <= first.json()["progress"] < 1.0
     ready = later.json()
@@ -208,3 +208,63 @@ def test_request_log_records_paths_keys_and_bodies() -> None:
     assert (record.method, record.path, record.key, record.status) == (
         "POST", "/v1/flux-kontext-pro", "bfl_anything", 200)
     assert record.body == {"prompt": "x", "seed": 1}
+
+
+def poll_statuses(config: ServerConfig, polls: int, pause: float = 0.0) -> list[dict[str, Any]]:
+    """Submit one task, then poll it ``polls`` times, ``pause`` seconds apart."""
+    state = ServerState(config)
+    (submit,) = call(state, ("POST", "/v1/flux-kontext-pro", {"prompt": "x", "seed": 2}))
+    answers = call(state, *[("GET", f"/eu4/v1/get_result?id={submit.json()['id']}", None)]
+                   * polls, pause=pause)
+    return [a.json() for a in answers]
+
+
+def test_phases_each_answer_a_poll_in_turn_however_late_it_comes() -> None:
+    config = ServerConfig(latency=0, phases=True, unknown_status="Queued")
+    answers = poll_statuses(config, 6)
+    assert [a["status"] for a in answers] == [
+        "Pending", "Reasoning", "Queued", "Generating", "Ready", "Ready"]
+    assert all(a["result"] is None and a["details"] is None and a["progress"] is not None
+               for a in answers[:4])
+
+
+def test_phases_follow_the_time_when_polls_may_skip_them() -> None:
+    skipping = ServerConfig(latency=0, phases=True, every_phase=False)
+    assert [a["status"] for a in poll_statuses(skipping, 2)] == ["Ready", "Ready"]
+    slow = ServerConfig(latency=1000, phases=True, every_phase=False)
+    (answer,) = poll_statuses(slow, 1)
+    assert answer["status"] == "Pending"
+    assert 0 <= answer["progress"] < 0.1
+
+
+def test_without_phases_a_task_is_pending_then_ready() -> None:
+    assert [a["status"] for a in poll_statuses(ServerConfig(latency=0), 2)] == ["Ready"] * 2
+    only_unknown = ServerConfig(latency=0, unknown_status="Warming up")
+    assert [a["status"] for a in poll_statuses(only_unknown, 3)] == [
+        "Pending", "Warming up", "Ready"]
+
+
+def test_a_ready_answer_keeps_its_epoch_times() -> None:
+    before = time.time()
+    first, later = poll_statuses(ServerConfig(latency=0.05), 2, pause=0.1)
+    assert later["status"] == "Ready"
+    times = {k: later["result"][k] for k in ("start_time", "end_time", "duration")}
+    if first["status"] == "Ready":
+        assert {k: first["result"][k] for k in times} == times
+    assert before <= times["start_time"] <= time.time()
+    assert times["end_time"] == pytest.approx(times["start_time"] + 0.05)
+    assert times["duration"] == 0.05
+    again = poll_statuses(ServerConfig(latency=0), 3, pause=0.05)
+    assert len({(a["result"]["end_time"], a["result"]["duration"]) for a in again}) == 1
+
+
+def test_submit_errors_refuse_submits_with_every_5xx_and_accept_none_of_them() -> None:
+    state = ServerState(ServerConfig(latency=0, faults=FaultConfig(submit_error_rate=0.5,
+                                                                   seed=3)))
+    answers = call(state, *[("POST", "/v1/flux-kontext-pro", {"prompt": "x"})] * 40)
+    statuses = [a.status_code for a in answers]
+    assert set(statuses) == {200, 500, 502, 503, 504}
+    assert len(state.tasks) == statuses.count(200)
+    (stats,) = call(state, ("GET", "/_stats", None))
+    assert stats.json()["submits_received"] == 40
+    assert stats.json()["submits"] == statuses.count(200)

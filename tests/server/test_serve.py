@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.conftest import RunCli
+
 # BFL's documented Kontext example (requests swapped for httpx, nothing else changed): submit,
 # then poll the returned polling_url every 0.5 s with the key and the id, until Ready.
 DOCS_EXAMPLE = textwrap.dedent("""
@@ -53,10 +55,15 @@ def free_port() -> int:
 
 @pytest.fixture
 def served() -> Iterator[str]:
+    yield from serving("--latency", "0.6")
+
+
+def serving(*options: str) -> Iterator[str]:
+    """``kontext-pipeline serve`` with ``options`` in a process of its own: its base URL."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "kontext_pipeline", "serve", "--port", str(port),
-         "--latency", "0.6"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "kontext_pipeline", "serve", "--port", str(port), *options],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -85,3 +92,23 @@ def test_the_documented_example_works_against_serve(served: str) -> None:
     assert image.status_code == 200
     assert image.headers["content-type"] == "image/png"
     assert image.content.startswith(b"\x89PNG")
+
+
+def test_serve_answers_the_2026_phases_and_an_unknown_status_to_each_poll() -> None:
+    for base in serving("--latency", "0", "--phases", "--unknown-status", "Queued"):
+        headers = {"x-key": "bfl_phases"}
+        task = httpx.post(f"{base}/v1/flux-kontext-pro", json={"prompt": "p"},
+                          headers=headers, timeout=10).json()
+        answers = [httpx.get(task["polling_url"], headers=headers, timeout=10).json()
+                   for _ in range(5)]
+        assert [a["status"] for a in answers] == [
+            "Pending", "Reasoning", "Queued", "Generating", "Ready"]
+
+
+@pytest.mark.parametrize("word", ["Ready", "Pending", " "])
+def test_serve_refuses_an_unknown_status_the_api_knows(run_cli: RunCli, word: str) -> None:
+    result = run_cli("serve", "--unknown-status", word)
+    assert result.exit_code == 2
+    assert result.stderr == (f"kontext-pipeline: --unknown-status {word!r}: give a status the "
+                             "API does not document (e.g. Queued); known ones and empty words "
+                             "are refused\n")

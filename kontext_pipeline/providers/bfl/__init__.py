@@ -5,15 +5,20 @@ Retry policy (what the API documents, and what mature clients do):
 
 * **Submit** is not idempotent: a retry after the API accepted it would be billed twice. It is
   retried only when the API did not take it: the connection could not be made, the request
-  could not be sent whole, the connection closed before any answer, or the answer was 429
-  (throttled; the account's concurrency is lowered for a while), 502 or 503. Any other failure
-  after the request was sent (a timeout waiting for the answer, an accepted answer cut short,
-  500, 504, an answer without a task id) fails the step with the reason and is *not* retried.
+  could not be sent whole, the connection closed before any answer, or the answer said the
+  API did not fulfil it: 429 (throttled; the account's concurrency is lowered for a while),
+  500, 502, 503 or 504, honouring ``Retry-After``. Any other failure after the request was
+  sent (a timeout waiting for the answer, an accepted answer cut short, an answer without a
+  task id, an unexpected status) fails the step with the reason and is *not* retried.
 * **Polls and downloads** are safe to repeat: 404/202/429/5xx answers, timeouts and dropped
   connections are retried with exponential back-off and jitter, honouring ``Retry-After``.
+  A poll answered 422 whose body is a task result (``id``, ``status``) is that result.
 * 401/403 (key) and 402 (credits) stop the run; 400/422 fail the step with the API's ``detail``.
-* ``Request Moderated`` / ``Content Moderated`` fail the step and are never retried; ``Error``,
-  ``Task not found`` and any status this client does not know fail the step.
+* ``Pending``, ``Reasoning`` and ``Generating`` are in flight, and so is any status this client
+  does not know (with one warning naming it), until the polling deadline: the API adds
+  statuses, and failing a paid task on one would lose its image. ``Request Moderated`` /
+  ``Content Moderated`` fail the step and are never retried; ``Error``, ``Failed`` and ``Task
+  not found`` fail it, showing ``details.error`` (else ``result.error``, else ``details``).
 
 Modules: :mod:`.provider` (one request, start to finish), :mod:`.exchanges` (the HTTP requests
 and their retries), :mod:`.answers` (what answers mean), :mod:`.body` (the submit's JSON),

@@ -1,9 +1,10 @@
-"""What the API's answers mean: refusals and terminal statuses as errors, ``detail`` texts,
-and where a polling URL may take the key."""
+"""What the API's answers mean: statuses in flight and terminal, refusals and failures as
+errors, ``detail`` texts, and where a polling URL may take the key."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -18,19 +19,28 @@ from kontext_pipeline.errors import (
 )
 
 __all__ = [
+    "IN_FLIGHT",
     "NOT_SENT",
     "NO_ANSWER",
     "SUBMIT_RETRY_STATUSES",
+    "TERMINAL",
     "TRANSIENT_STATUSES",
     "check_polling_host",
     "describe",
     "detail",
+    "failure_reason",
     "raise_for_refusal",
     "raise_for_status",
+    "task_result",
 ]
 
+IN_FLIGHT = frozenset({"Pending", "Reasoning", "Generating"})
+"""Statuses of a task still running (Pending → Reasoning → Generating → Ready, since 2026). Any
+status that is neither this nor :data:`TERMINAL` is taken to be in flight too."""
 MODERATED = ("Request Moderated", "Content Moderated")
-SUBMIT_RETRY_STATUSES = frozenset({429, 502, 503})
+TERMINAL = frozenset({"Ready", "Error", "Failed", "Task not found", *MODERATED})
+SUBMIT_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+"""Answers to a submit that say the API did not fulfil it: retried."""
 TRANSIENT_STATUSES = frozenset({202, 404, 408, 425, 429, 500, 502, 503, 504})
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # the connection failed while sending, or closed with no answer at all: the API did not take
@@ -76,9 +86,31 @@ def raise_for_refusal(label: str, response: httpx.Response, action: str) -> None
                                    f"(HTTP {status})", details=detail(response))
 
 
-def raise_for_status(label: str, task_id: str, prompt: str, status: str, details: Any) -> None:
-    """Raise what a terminal status other than ``Ready`` means."""
-    shown = json.dumps(details, ensure_ascii=False) if details else None
+def task_result(response: httpx.Response) -> dict[str, Any] | None:
+    """The task result a poll's answer carries (a JSON object with ``id`` and ``status``: the
+    API may send one with HTTP 422), or None."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and "id" in body and "status" in body else None
+
+
+def failure_reason(body: Mapping[str, Any]) -> str | None:
+    """Why a task failed, as its answer says: ``details.error``, else ``result.error`` (older
+    answers), else ``details`` as a whole."""
+    details, result = body.get("details"), body.get("result")
+    for found in (details.get("error") if isinstance(details, dict) else None,
+                  result.get("error") if isinstance(result, dict) else None, details):
+        if found:
+            return found if isinstance(found, str) else json.dumps(found, ensure_ascii=False)
+    return None
+
+
+def raise_for_status(label: str, task_id: str, prompt: str, status: str,
+                     shown: str | None) -> None:
+    """Raise what a terminal status other than ``Ready`` means (``shown``: the reason the
+    answer gives, see :func:`failure_reason`)."""
     if status in MODERATED:
         what = "the prompt or input image" if status == MODERATED[0] else "the result"
         raise ModerationError(f"{label}: {status}: the API's moderation refused {what} "

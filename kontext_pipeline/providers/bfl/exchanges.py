@@ -31,6 +31,7 @@ from kontext_pipeline.providers.bfl.answers import (
     describe,
     detail,
     raise_for_refusal,
+    task_result,
 )
 from kontext_pipeline.providers.bfl.task import TaskState
 from kontext_pipeline.providers.policies import ActiveTaskLimiter, RetryPolicy, parse_retry_after
@@ -80,8 +81,9 @@ class Exchanges:
     async def submit(self, task: TaskState, content: bytes, api_base: str) -> None:
         """Submit ``content``; on acceptance ``task`` has its id, polling URL and cost.
 
-        Retried only when the API surely did not take the request: a retry after the API
-        accepted it would be billed twice.
+        Retried only when the API did not take the request: it could not be sent, no answer
+        came, or the answer said so (429, 500, 502, 503, 504). A retry after the API accepted
+        it would be billed twice.
         """
         url = f"{api_base}/v1/{task.request.model}"
         headers = {**self._headers(), "content-type": "application/json"}
@@ -168,13 +170,11 @@ class Exchanges:
         except httpx.HTTPError as exc:
             return None, describe(exc), None
         if response.status_code == 200:
-            try:
-                body = response.json()
-            except ValueError:
-                return None, "the answer is not JSON", None
-            if isinstance(body, dict):
-                return body, "", None
-            return None, "the answer is not a JSON object", None
+            return _status_answer(response)
+        if response.status_code == 422:  # the API may answer a task's result with a 422
+            result = task_result(response)
+            if result is not None and isinstance(result["status"], str):
+                return result, "", None
         raise_for_refusal(task.label, response, "poll")
         if response.status_code == 429:
             self.limiter.throttle()
@@ -193,7 +193,7 @@ class Exchanges:
         for attempt in range(1, self.retry.attempts + 1):
             retry_after = None
             try:
-                data, status = await self._fetch(url)
+                data, status, retry_after = await self._fetch(url)
             except httpx.HTTPError as exc:
                 failure = describe(exc)
             else:
@@ -216,12 +216,14 @@ class Exchanges:
         raise InvalidResultError(f"{task.label}: the result could not be downloaded: {failure} "
                                  f"(task {task.task_id})")
 
-    async def _fetch(self, url: str) -> tuple[bytes, int]:
-        """GET a result URL, without the key, refusing bodies over ``max_result_bytes``."""
+    async def _fetch(self, url: str) -> tuple[bytes, int, float | None]:
+        """GET a result URL, without the key, refusing bodies over ``max_result_bytes``:
+        the body, the status and the ``Retry-After`` that came with a refusal."""
         async with self.client.stream("GET", url, follow_redirects=True) as response:
             if response.status_code != 200:
                 await response.aread()
-                return b"", response.status_code
+                return (b"", response.status_code,
+                        parse_retry_after(response.headers.get("retry-after")))
             declared = response.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > self.max_result_bytes:
                 raise InvalidResultError(f"the result is {int(declared)} bytes; at most "
@@ -232,7 +234,7 @@ class Exchanges:
                 if size > self.max_result_bytes:
                     raise InvalidResultError(f"the result exceeds {self.max_result_bytes} bytes")
                 chunks.append(chunk)
-            return b"".join(chunks), 200
+            return b"".join(chunks), 200, None
 
     async def _fresh_url(self, task: TaskState) -> str:
         """Poll once more: a Ready task's answer carries a newly signed result URL."""
@@ -243,3 +245,16 @@ class Exchanges:
             raise InvalidResultError(f"{task.label}: the result URL expired and no fresh one "
                                      f"could be had ({failure or 'no result in the answer'})")
         return sample
+
+
+def _status_answer(response: httpx.Response) -> PollAnswer:
+    """A poll's 200 answer: a task's status, or why it is none."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, "the answer is not JSON", None
+    if not isinstance(body, dict):
+        return None, "the answer is not a JSON object", None
+    if not isinstance(body.get("status"), str):
+        return None, "the answer has no status", None
+    return body, "", None

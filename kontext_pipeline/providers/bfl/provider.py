@@ -33,7 +33,13 @@ from kontext_pipeline.providers.base import (
     EventSink,
     ProviderEvent,
 )
-from kontext_pipeline.providers.bfl.answers import check_polling_host, raise_for_status
+from kontext_pipeline.providers.bfl.answers import (
+    IN_FLIGHT,
+    TERMINAL,
+    check_polling_host,
+    failure_reason,
+    raise_for_status,
+)
 from kontext_pipeline.providers.bfl.body import ChangedInputError, request_body
 from kontext_pipeline.providers.bfl.exchanges import Exchanges
 from kontext_pipeline.providers.bfl.task import TaskLostError, TaskState
@@ -51,6 +57,8 @@ __all__ = ["DEFAULT_API_BASE", "MAX_RESULT_BYTES", "BflProvider"]
 DEFAULT_API_BASE = "https://api.bfl.ai"
 MAX_RESULT_BYTES = 50_000_000
 """A result larger than this is refused (results are about one megapixel)."""
+MAX_UNKNOWN_WARNINGS = 5
+"""Unknown statuses warned about per run, at most (an API may put a counter in its status)."""
 
 
 class BflProvider:
@@ -84,6 +92,7 @@ class BflProvider:
         self.webhook = webhook
         self._clock = clock
         self._rng = rng or random.Random()
+        self._unknown: set[str] = set()  # the unknown statuses warned about
         self.api = Exchanges(client=client, api_key=api_key, retry=self.retry,
                              limiter=self.limiter, sleep=sleep, clock=clock, rng=self._rng,
                              max_result_bytes=max_result_bytes)
@@ -231,21 +240,35 @@ class BflProvider:
                     task.event("retrying", message=f"poll: {failure}; retrying in {delay:.1f} s")
                     continue
             failures = 0
-            status = body.get("status")
-            if status == "Pending":
-                progress = body.get("progress")
-                fraction = (float(progress) if isinstance(progress, int | float)
-                            and not isinstance(progress, bool) and not self.webhook else None)
-                task.event("polling", progress=fraction)
-                timer.pending(elapsed, self._expected(model), fraction)
-                continue
+            status = str(body.get("status"))
             if status == "Ready":
                 if not task.resumed:
                     self.latencies.record(model, self._clock() - task.submitted_at)
                 result = body.get("result")
                 return result if isinstance(result, dict) else {}
-            raise_for_status(task.label, task.task_id, task.request.prompt, str(status),
-                             body.get("details"))
+            if status in TERMINAL:
+                raise_for_status(task.label, task.task_id, task.request.prompt, status,
+                                 failure_reason(body))
+            if status not in IN_FLIGHT:
+                self._unfamiliar(task, status)
+            progress = body.get("progress")
+            fraction = (float(progress) if isinstance(progress, int | float)
+                        and not isinstance(progress, bool) and not self.webhook else None)
+            task.event("polling", progress=fraction)
+            timer.pending(elapsed, self._expected(model), fraction)
+
+    def _unfamiliar(self, task: TaskState, status: str) -> None:
+        """A status this client does not know: the API adds statuses over time, and failing a
+        paid task on one would lose its image. It is taken to be in flight; one warning a
+        status (a few at most) says so."""
+        if status in self._unknown or len(self._unknown) >= MAX_UNKNOWN_WARNINGS:
+            return
+        self._unknown.add(status)
+        shown = status if len(status) <= 60 else status[:59] + "…"
+        task.event("warning", message=(
+            f"the API answered status {shown!r}, which this client does not know; the task "
+            "is taken to be still in flight until it ends or the "
+            f"{self.polling.deadline:.0f} s deadline passes"))
 
     async def _wait_due(self, task: TaskState, timer: PollTimer,
                         deadline: float) -> tuple[float, dict[str, Any] | None]:
@@ -265,8 +288,8 @@ class BflProvider:
                 return elapsed, None
             if self.webhook is not None:
                 pushed = await self.webhook.inbox.wait(task.task_id, due - elapsed)
-                if pushed is not None:
-                    return self._clock() - task.submitted_at, pushed
+                if pushed is not None:  # a proven status, or (body None) a hint: poll now
+                    return self._clock() - task.submitted_at, pushed.body
             elif await self.latencies.wait(model, due - elapsed):
                 latest = self.latencies.latest(model)
                 if latest is not None:
