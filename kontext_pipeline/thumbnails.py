@@ -11,6 +11,8 @@ import base64
 import contextlib
 import io
 import json
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +23,8 @@ from kontext_pipeline.files import write_atomic
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["MAX_SOURCE_PIXELS", "THUMBNAILS", "THUMBNAIL_SIDE", "Thumbnail", "ThumbnailError",
-           "ThumbnailStore", "make_thumbnail"]
+__all__ = ["MAX_SOURCE_PIXELS", "THUMBNAILS", "THUMBNAIL_SIDE", "THUMBNAIL_TYPES", "Thumbnail",
+           "ThumbnailError", "ThumbnailStore", "make_thumbnail"]
 
 THUMBNAIL_SIDE = 320
 """The longer side of a thumbnail, in pixels (sharp enough at 240 CSS pixels on a phone)."""
@@ -34,6 +36,12 @@ _QUALITY = 60
 
 THUMBNAILS = "thumbnails"
 """Where, in the cache's layout, the thumbnails of its objects are kept."""
+
+THUMBNAIL_TYPES = {"image/webp": (b"RIFF", b"WEBP"), "image/jpeg": (b"\xff\xd8\xff", b"")}
+"""The only types a thumbnail has, with the magic bytes its data starts with (at 0 and 8)."""
+
+_MAX_RECORD_BYTES = 1_000_000
+"""A kept thumbnail is a few kilobytes; a larger record is not read."""
 
 
 class ThumbnailError(Exception):
@@ -48,6 +56,18 @@ class Thumbnail:
     mime: str
     width: int
     height: int
+
+    def __post_init__(self) -> None:
+        """Only what goes safely into a page: WebP or JPEG data of that type, a real size
+        (a record read back from the cache is input, and ``mime`` is written into the page)."""
+        magic = THUMBNAIL_TYPES.get(self.mime)  # a TypeError if it is not even a string
+        if magic is None:
+            raise ValueError(f"a thumbnail is image/webp or image/jpeg, not {self.mime!r}")
+        if not (self.data.startswith(magic[0]) and self.data[8:8 + len(magic[1])] == magic[1]):
+            raise ValueError(f"the data of a thumbnail is not {self.mime}")
+        for side in (self.width, self.height):
+            if type(side) is not int or side < 1:
+                raise ValueError(f"a thumbnail's side is a positive whole number, not {side!r}")
 
     @property
     def data_uri(self) -> str:
@@ -100,11 +120,12 @@ class ThumbnailStore:
         return self.directory / digest[:2] / f"{digest}-{THUMBNAIL_SIDE}.json"
 
     def get(self, digest: str) -> Thumbnail | None:
-        """The stored thumbnail of ``digest``; None if there is none that can be read."""
+        """The stored thumbnail of ``digest``; None (it is made again) if there is none that can
+        be read: not a regular file, too large, damaged, or not a WebP/JPEG thumbnail."""
         try:
-            kept = json.loads(self.path(digest).read_bytes())
-            return Thumbnail(base64.b64decode(kept["data"], validate=True), str(kept["mime"]),
-                             int(kept["width"]), int(kept["height"]))
+            kept = json.loads(_read_record(self.path(digest)))
+            return Thumbnail(base64.b64decode(kept["data"], validate=True), kept["mime"],
+                             kept["width"], kept["height"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -121,3 +142,15 @@ class ThumbnailStore:
                 "data": base64.b64encode(thumbnail.data).decode("ascii")}
         with contextlib.suppress(OSError):
             write_atomic(self.path(digest), json.dumps(kept).encode())
+
+
+def _read_record(path: Path) -> bytes:
+    """The bytes of a kept record: a regular file (a symlink is not followed), bounded."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as record:
+        if not stat.S_ISREG(os.fstat(record.fileno()).st_mode):
+            raise ValueError(f"{path} is not a file")
+        data = record.read(_MAX_RECORD_BYTES + 1)
+    if len(data) > _MAX_RECORD_BYTES:
+        raise ValueError(f"{path} is larger than a thumbnail")
+    return data

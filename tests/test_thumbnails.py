@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -12,10 +13,14 @@ from PIL import Image
 
 from kontext_pipeline.thumbnails import (
     THUMBNAIL_SIDE,
+    THUMBNAILS,
+    Thumbnail,
     ThumbnailError,
     ThumbnailStore,
     make_thumbnail,
 )
+from tests.conftest import RunCli
+from tests.report_helpers import STRIP, preview_run, thumbnails
 
 
 def encoded(image: Image.Image, format_: str) -> bytes:
@@ -98,3 +103,61 @@ def test_a_store_that_cannot_be_written_only_costs_time(tmp_path: Path) -> None:
     thumbnail = make_thumbnail(encoded(Image.new("RGB", (64, 48), (9, 9, 9)), "PNG"))
     store.put("cd" + "1" * 62, thumbnail)
     assert store.get("cd" + "1" * 62) is None
+
+
+def test_a_kept_record_of_another_type_is_absent(tmp_path: Path) -> None:
+    store = ThumbnailStore(tmp_path / "thumbnails")
+    digest = "ef" + "2" * 62
+    good = make_thumbnail(encoded(Image.new("RGB", (64, 48), (9, 9, 9)), "PNG"))
+    store.put(digest, good)
+    record = json.loads(store.path(digest).read_text())
+    for mime in ('image/webp;base64,AAAA");}</style><script>alert(1)</script><style>',
+                 "text/html", "image/svg+xml", "image/png", "IMAGE/WEBP", None, ["image/webp"]):
+        store.path(digest).write_text(json.dumps({**record, "mime": mime}))
+        assert store.get(digest) is None, mime
+    store.path(digest).write_text(json.dumps({**record, "mime": "image/jpeg"}))  # WebP bytes
+    assert store.get(digest) is None
+    for width in (0, -3, "320", 1.5, True):
+        store.path(digest).write_text(json.dumps({**record, "width": width}))
+        assert store.get(digest) is None, width
+    store.path(digest).write_text(json.dumps(record))
+    assert store.get(digest) == good
+
+
+def test_a_thumbnail_is_only_ever_webp_or_jpeg() -> None:
+    data = make_thumbnail(encoded(Image.new("RGB", (64, 48), (9, 9, 9)), "PNG")).data
+    with pytest.raises(ValueError, match=r"^a thumbnail is image/webp or image/jpeg, not "
+                                         r"'text/html'$"):
+        Thumbnail(data, "text/html", 64, 48)
+
+
+def test_a_kept_record_that_is_a_link_or_huge_is_not_read(tmp_path: Path) -> None:
+    store = ThumbnailStore(tmp_path / "thumbnails")
+    good = make_thumbnail(encoded(Image.new("RGB", (64, 48), (9, 9, 9)), "PNG"))
+    store.put("aa" + "3" * 62, good)
+    link = store.path("aa" + "4" * 62)
+    link.symlink_to(store.path("aa" + "3" * 62))
+    assert store.get("aa" + "4" * 62) is None
+    store.path("aa" + "3" * 62).write_text(" " * 1_000_001 + store.path("aa" + "3" * 62)
+                                           .read_text())
+    assert store.get("aa" + "3" * 62) is None
+
+
+def test_a_crafted_mime_in_the_cache_never_reaches_the_report(run_cli: RunCli,
+                                                              tmp_path: Path) -> None:
+    run = preview_run(tmp_path / "run", STRIP)
+    assert run.code == 0, run.stderr
+    records = sorted((run.cache / "v1" / THUMBNAILS).glob("*/*.json"))
+    assert records
+    script = "<script>alert(document.domain)</script>"
+    for record in records:
+        kept = json.loads(record.read_text())
+        record.write_text(json.dumps({**kept, "mime": f'image/webp;x=");}}</style>{script}'}))
+    (run.out / "report.html").unlink()
+    result = run_cli("report", str(run.out), "--cache-dir", str(run.cache))
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert "<script" not in run.html
+    assert {mime for mime, _ in thumbnails(run.html).values()} == {"image/webp"}
+    for record in records:  # made again, and kept right
+        assert json.loads(record.read_text())["mime"] == "image/webp"

@@ -13,9 +13,17 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from kontext_pipeline.providers.inbox import Inbox, Webhook
+from kontext_pipeline.errors import UsageError
+from kontext_pipeline.providers.inbox import Inbox, Pushed, Webhook
 from kontext_pipeline.server.run import BackgroundServer
-from kontext_pipeline.webhooks import MAX_NOTIFICATION_BYTES, WebhookReceiver, signature, verify
+from kontext_pipeline.webhooks import (
+    MAX_NOTIFICATION_BYTES,
+    Warnings,
+    parse_listen,
+    receiving,
+    signature,
+    verify,
+)
 from tests.bfl_helpers import KEY
 from tests.conftest import RunCli, WriteRecipe, exported_images
 
@@ -44,41 +52,109 @@ def test_anything_else_is_refused(headers: dict[str, str], why: str) -> None:
     assert verify(SECRET, BODY, headers) == why
 
 
-def receive(*requests: tuple[str, bytes, dict[str, str]]) -> tuple[list[int], list[str], Inbox]:
-    """Post each request to a receiver; the statuses, what it reported, what it delivered."""
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+Post = tuple[str, bytes, dict[str, str]]
+
+
+def receive(*requests: Post) -> tuple[list[int], list[str], Inbox]:
+    """Post each request, over loopback HTTP, to a receiver; the statuses, what it reported,
+    and the inbox it delivered to."""
     webhook = Webhook("https://hooks.example/run", secret=SECRET)
-    refused: list[str] = []
-    app = WebhookReceiver(webhook, refused.append)
+    notes: list[str] = []
 
     async def go() -> list[int]:
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://hook") as client:
+        port = free_port()
+        async with (receiving(webhook, f"127.0.0.1:{port}", notes.append),
+                    httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client):
             return [(await client.request(method, "/run", content=body, headers=headers))
                     .status_code for method, body, headers in requests]
 
-    return asyncio.run(go()), refused, webhook.inbox
+    return asyncio.run(go()), notes, webhook.inbox
+
+
+def pushed(inbox: Inbox, task_id: str) -> Pushed | None:
+    return asyncio.run(inbox.wait(task_id, 0.0))
 
 
 def test_the_receiver_delivers_verified_notifications_and_reports_the_rest() -> None:
     signed = {"x-bfl-signature": signature(SECRET, BODY)}
     big = b"{" + b" " * MAX_NOTIFICATION_BYTES + b"}"
     junk = b"not json"
+    deep = b"[" * 100_000
     statuses, refused, inbox = receive(
         ("POST", BODY, signed), ("POST", BODY, {}), ("POST", BODY, {"x-webhook-secret": "guess"}),
         ("POST", big, {"x-bfl-signature": signature(SECRET, big)}),
         ("POST", junk, {"x-bfl-signature": signature(SECRET, junk)}),
+        ("POST", deep, {"x-bfl-signature": signature(SECRET, deep)}),
         ("POST", b"{}", {"x-bfl-signature": signature(SECRET, b"{}")}), ("GET", b"", {}))
-    assert statuses == [200, 401, 401, 413, 400, 400, 405]
+    assert statuses == [200, 401, 401, 413, 400, 400, 400, 405]
     assert refused == [
-        "webhook: refused a notification from 203.0.113.7: it is not signed (no x-bfl-signature "
+        "webhook: refused a notification from 127.0.0.1: it is not signed (no x-bfl-signature "
         "or x-webhook-secret header)",
-        "webhook: refused a notification from 203.0.113.7: its x-webhook-secret does not match",
-        f"webhook: refused a notification from 203.0.113.7: it is larger than "
+        "webhook: refused a notification from 127.0.0.1: its x-webhook-secret does not match",
+        f"webhook: refused a notification from 127.0.0.1: it is larger than "
         f"{MAX_NOTIFICATION_BYTES} bytes",
-        "webhook: refused a notification from 203.0.113.7: it is not a JSON object",
-        "webhook: refused a notification from 203.0.113.7: it names no task id"]
+        "webhook: refused a notification from 127.0.0.1: it is not a JSON object",
+        "webhook: refused a notification from 127.0.0.1: it is not a JSON object",
+        "webhook: in all, 6 notifications refused; 1 of these warnings were not shown"]
     assert not [line for line in refused if SECRET in line or "guess" in line]
-    assert asyncio.run(inbox.wait("t1", 0.0)) == json.loads(BODY)
+    assert pushed(inbox, "t1") == Pushed(json.loads(BODY))
+
+
+def test_the_secret_header_proves_the_sender_not_the_body() -> None:
+    forged = b'{"id": "t2", "status": "Ready", "result": {"sample": "http://127.0.0.1:9/x.png"}}'
+    statuses, refused, inbox = receive(
+        ("POST", forged, {"x-webhook-secret": SECRET}),
+        ("POST", BODY, {"x-webhook-secret": SECRET, "x-bfl-signature": signature(SECRET, BODY)}))
+    assert statuses == [200, 200]
+    assert refused == []
+    assert pushed(inbox, "t2") == Pushed(None)  # a hint: the task polls the API now
+    assert pushed(inbox, "t1") == Pushed(json.loads(BODY))  # the HMAC proves this body
+
+
+def test_a_proven_status_is_not_replaced_by_a_hint() -> None:
+    inbox = Inbox()
+    inbox.deliver("t1", json.loads(BODY))
+    inbox.hint("t1")
+    inbox.deliver("t3", {"id": "t3", "status": ["Ready"]})  # no status: only a hint
+    assert pushed(inbox, "t1") == Pushed(json.loads(BODY))
+    assert pushed(inbox, "t3") == Pushed(None)
+    assert pushed(inbox, "t4") is None
+
+
+def test_warnings_are_rate_limited() -> None:
+    now = [0.0]
+    notes: list[str] = []
+    warnings = Warnings(notes.append, burst=5, every=60.0, clock=lambda: now[0])
+    for number in range(200):
+        warnings.warn(f"line {number}")
+    assert notes == [f"line {number}" for number in range(5)]
+    assert warnings.held == 195
+    now[0] = 60.0
+    warnings.warn("a minute later")
+    warnings.warn("and another")
+    assert notes[5:] == ["a minute later"]
+    assert warnings.held == 196
+
+
+def test_a_flood_of_forged_posts_gives_a_few_lines_and_a_count() -> None:
+    body = json.dumps({"id": "t1", "status": "Ready",
+                       "result": {"sample": "http://127.0.0.1:9/forged.png"}}).encode()
+    forged: Post = ("POST", body, {"x-bfl-signature": signature("guessed", body)})
+    statuses, notes, inbox = receive(*[forged] * 200)
+    assert statuses == [401] * 200
+    shown = [line for line in notes if line.startswith("webhook: refused a notification")]
+    assert 1 <= len(shown) <= 10
+    assert set(shown) == {"webhook: refused a notification from 127.0.0.1: its x-bfl-signature "
+                          "does not match"}
+    assert notes[len(shown):] == [f"webhook: in all, 200 notifications refused; {200 - len(shown)} "
+                                  "of these warnings were not shown"]
+    assert pushed(inbox, "t1") is None
 
 
 RECIPE = """
@@ -96,17 +172,14 @@ RECIPE = """
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def forge_while_running(server: BackgroundServer, port: int) -> threading.Thread:
-    """Once the server has accepted a task, post forged notifications for it to the run."""
+def forge_while_running(server: BackgroundServer, port: int,
+                        knows_secret: bool) -> threading.Thread:
+    """Once the server has accepted a task, post forged notifications for it to the run: a
+    mis-signed one, an unsigned one and, if ``knows_secret``, one with the run's secret in
+    ``X-Webhook-Secret`` (as anyone who saw a notification in transit could send)."""
 
     def forge() -> None:
-        for _ in range(500):
+        for _ in range(6000):  # up to a minute: a loaded machine starts the run late
             if server.state.tasks:
                 break
             threading.Event().wait(0.01)
@@ -116,6 +189,11 @@ def forge_while_running(server: BackgroundServer, port: int) -> threading.Thread
         url = f"http://127.0.0.1:{port}/hook"
         httpx.post(url, content=body, headers={"x-bfl-signature": signature("guessed", body)})
         httpx.post(url, content=body)
+        if knows_secret:
+            secret = next(r.body["webhook_secret"] for r in server.state.requests
+                          if r.method == "POST" and r.body)
+            assert httpx.post(url, content=body,
+                              headers={"x-webhook-secret": secret}).status_code == 200
 
     thread = threading.Thread(target=forge)
     thread.start()
@@ -129,14 +207,18 @@ def test_a_run_completes_from_pushed_results_and_ignores_forgeries(
     work = recipe.parent
     server = bfl_server(latency=1.0, webhook_signature=form)  # time to forge mid-run
     port = free_port()
-    forging = forge_while_running(server, port)
+    forging = forge_while_running(server, port, knows_secret=form == "secret")
     result = run_cli("run", str(recipe), "--api-base", server.url, "--cache-dir",
                      str(work / "cache"), "--out", str(work / "pushed"), "--webhook-url",
                      f"http://127.0.0.1:{port}/hook", "--webhook-listen", f"127.0.0.1:{port}",
                      env={"BFL_API_KEY": KEY})
     forging.join()
     assert result.exit_code == 0, result.output
-    assert server.state.paths("GET").count("/eu4/v1/get_result") == 0  # no poll was needed
+    polls = server.state.paths("GET").count("/eu4/v1/get_result")
+    if form == "hmac":
+        assert polls == 0  # an HMAC proves the body: its status is used as is
+    else:  # the secret header proves no body: each task polls when told, and the forged
+        assert polls >= 6  # result (a URL no server answers) was never used
     assert [d.status for d in server.state.webhooks] == [200] * 6
     refusals = [line for line in result.stderr.splitlines() if "webhook" in line]
     assert refusals == [
@@ -186,3 +268,36 @@ def test_a_port_that_is_taken_is_a_clear_error(run_cli: RunCli,
     assert result.exit_code == 2
     assert result.stderr == (f"kontext-pipeline: cannot listen for webhooks on 127.0.0.1:{port}: "
                              "Address already in use; choose another --webhook-listen\n")
+
+
+@pytest.mark.parametrize(("listen", "shown"), [
+    ("127.0.0.1:８０８０", "'127.0.0.1:８０８０'"),  # fullwidth digits  # noqa: RUF001
+    ("127.0.0.1:٨٠٨٠", "'127.0.0.1:٨٠٨٠'"),  # Arabic-Indic digits
+    ("127.0.0.1:²", "'127.0.0.1:²'"),  # int() refuses this one: a traceback, once
+    ("１２７.0.0.1:8080", "'１２７.0.0.1:8080'"),  # noqa: RUF001
+    ("127.0.0.1:80\x1b[2J", "'127.0.0.1:80\\x1b[2J'"),
+    ("local host:8080", "'local host:8080'"),
+])
+def test_a_listen_address_is_plain_ascii(listen: str, shown: str, run_cli: RunCli,
+                                         write_recipe: WriteRecipe) -> None:
+    result = run_cli("run", str(write_recipe(RECIPE)), "--provider", "preview", "--frozen",
+                     "--webhook-url", "http://127.0.0.1/hook", "--webhook-listen", listen)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"kontext-pipeline: --webhook-listen {shown} is not HOST:PORT (for "
+                             "example 0.0.0.0:8080): write it in plain ASCII letters and digits\n")
+
+
+@pytest.mark.parametrize(("listen", "address"), [
+    ("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:8080", ("::1", 8080)),
+    ("localhost:65535", ("localhost", 65535))])
+def test_a_listen_address(listen: str, address: tuple[str, int]) -> None:
+    assert parse_listen(listen) == address
+
+
+@pytest.mark.parametrize("listen", ["::1:8080", "[::1]", "127.0.0.1:0", "127.0.0.1:65536",
+                                    ":8080", "127.0.0.1:"])
+def test_not_a_listen_address(listen: str) -> None:
+    with pytest.raises(UsageError) as raised:
+        parse_listen(listen)
+    assert str(raised.value) == (f"--webhook-listen '{listen}' is not HOST:PORT (for example "
+                                 "0.0.0.0:8080)")
