@@ -2,6 +2,10 @@
 
 Each exported PNG or JPEG is the cache object with its provenance inserted (see
 :mod:`kontext_pipeline.provenance`); the pixels are the generated ones, byte for byte.
+
+What the last run into the same folder exported and this run no longer does (the other
+variants after ``--var color=teal``, a renamed output) is removed, but only a file that is still
+exactly as exported; a folder left empty goes with it.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +24,10 @@ from kontext_pipeline.executor import StepRecord
 from kontext_pipeline.files import cannot_make, write_atomic
 from kontext_pipeline.plan import Plan
 from kontext_pipeline.provenance import Provenance, encode_provenance, insert_provenance
+from kontext_pipeline.stale import Recorded, last_exports, remove_stale
 
-__all__ = ["EXPORT_STATE", "EXTENSIONS", "check_out_dir", "export_outputs", "variant_folders"]
+__all__ = ["EXPORT_STATE", "EXTENSIONS", "Exported", "check_out_dir", "export_outputs",
+           "variant_folders"]
 
 EXPORT_STATE = ".kontext-export.json"
 """Beside the outputs: what was exported where, to skip writing files that did not change."""
@@ -28,6 +35,16 @@ EXPORT_STATE = ".kontext-export.json"
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 _MAX_FOLDER = 120
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A file a run wrote into ``--out``: its path relative to it (``/`` separators) and the
+    sha256 of the file as written, provenance included (the manifest's ``output_file_sha256``)."""
+
+    path: str
+    sha256: str
 
 
 def variant_folders(plan: Plan) -> dict[str, str]:
@@ -63,13 +80,22 @@ def _load_state(path: Path) -> dict[str, list[Any]]:
     return state if isinstance(state, dict) else {}
 
 
-def _unchanged(target: Path, recorded: Any, fingerprint: str) -> bool:
-    """Whether ``target`` is still the file this tool last exported there as ``fingerprint``."""
+def _unchanged(target: Path, recorded: Any, fingerprint: str) -> str | None:
+    """The sha256 of ``target`` if it is still the file this tool last exported there as
+    ``fingerprint`` (else None: it is written again)."""
     try:
         stat = target.stat()
     except OSError:
-        return False
-    return bool(recorded == [fingerprint, stat.st_size, stat.st_mtime_ns])
+        return None
+    if (isinstance(recorded, list) and len(recorded) == 4
+            and recorded[:3] == [fingerprint, stat.st_size, stat.st_mtime_ns]
+            and _is_digest(recorded[3])):
+        return str(recorded[3])
+    return None
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
 
 
 def _provenance(record: StepRecord, entry: CacheEntry) -> bytes | None:
@@ -83,11 +109,14 @@ def _provenance(record: StepRecord, entry: CacheEntry) -> bytes | None:
         entry.format)
 
 
-def _write(target: Path, source: Path, provenance: bytes | None) -> None:
+def _write(target: Path, source: Path, entry: CacheEntry, provenance: bytes | None) -> str:
+    """Write the file; returns its sha256."""
     if provenance is None:
         write_atomic(target, source=source)  # the kernel copies
-    else:
-        write_atomic(target, insert_provenance(source.read_bytes(), provenance))
+        return entry.object  # the object's name is its sha256 (its size was checked)
+    data = insert_provenance(source.read_bytes(), provenance)
+    write_atomic(target, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -103,18 +132,23 @@ def _cannot_create(out_dir: Path, error: OSError) -> OutputError:
                        f"{error.strerror or error}; choose another --out")
 
 
-def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache,
-                   out_dir: Path) -> dict[tuple[str, str], str]:
+def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Path, *,
+                   on_warning: Callable[[str], None] | None = None
+                   ) -> dict[tuple[str, str], Exported]:
     """Write each finished output, with its provenance, into ``out_dir``; returns (variant,
-    step) -> relative path.
+    step) -> the file written.
 
     A file this tool exported before, with the same image and provenance and untouched since
     (same size and modification time as recorded in ``.kontext-export.json``), is not written
     again: a fully cached run reads no image.
+
+    Then the files the last run of this recipe into ``out_dir`` exported, and that this plan
+    does not export, are removed if they are still as exported (see :mod:`kontext_pipeline.stale`);
+    ``on_warning`` is told of each file kept.
     """
     folders = variant_folders(plan)
     by_step = {(r.task.variant, r.task.step): r for r in records}
-    exported: dict[tuple[str, str], str] = {}
+    exported: dict[tuple[str, str], Exported] = {}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -122,6 +156,9 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache,
     root = out_dir.resolve()
     state_path = out_dir / EXPORT_STATE
     previous = _load_state(state_path)
+    before = last_exports(out_dir, plan.spec.name, {
+        relative: Recorded(file_sha256=str(value[3])) for relative, value in previous.items()
+        if isinstance(value, list) and len(value) == 4 and _is_digest(value[3])})
     state: dict[str, list[Any]] = {}
     for variant in plan.variants:
         for name, step in plan.spec.outputs.items():
@@ -139,8 +176,9 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache,
             fingerprint = entry.object if provenance is None else hashlib.sha256(
                 entry.object.encode() + b"\0" + provenance).hexdigest()
             try:
-                if not _unchanged(target, previous.get(relative), fingerprint):
-                    _write(target, cache.object_path(entry.object), provenance)
+                digest = _unchanged(target, previous.get(relative), fingerprint)
+                if digest is None:
+                    digest = _write(target, cache.object_path(entry.object), entry, provenance)
                 stat = target.stat()
             except OSError as exc:
                 raise OutputError(f"cannot write {out_dir / relative}: {exc.strerror or exc}"
@@ -149,10 +187,24 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache,
                 raise OutputError(f"cannot write {out_dir / relative}: its cached image {exc}; "
                                   "`kontext-pipeline cache verify` finds damaged images"
                                   ) from exc
-            state[relative] = [fingerprint, stat.st_size, stat.st_mtime_ns]
-            exported.setdefault((variant.id, step), relative)
+            state[relative] = [fingerprint, stat.st_size, stat.st_mtime_ns, digest]
+            exported.setdefault((variant.id, step), Exported(relative, digest))
     try:
         write_atomic(state_path, json.dumps(state, sort_keys=True).encode())
     except OSError as exc:
         raise OutputError(f"cannot write {state_path}: {exc.strerror or exc}") from exc
+    remove_stale(out_dir, before, keep=_planned(plan, folders) | set(state),
+                 on_warning=on_warning or (lambda _message: None))
     return exported
+
+
+def _planned(plan: Plan, folders: dict[str, str]) -> set[str]:
+    """Every path ``plan`` exports to when all its steps finish (a step that failed in this
+    run leaves its last export in place)."""
+    paths = set()
+    for variant in plan.variants:
+        formats = {task.step: task.params.output_format for task in plan.tasks_of(variant.id)}
+        for name, step in plan.spec.outputs.items():
+            ext = EXTENSIONS.get(formats[step], f".{formats[step]}")
+            paths.add("/".join(p for p in (folders[variant.id], f"{name}{ext}") if p))
+    return paths

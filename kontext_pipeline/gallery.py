@@ -25,7 +25,7 @@ from kontext_pipeline.cache import Cache
 from kontext_pipeline.errors import OutputError
 from kontext_pipeline.files import write_atomic
 from kontext_pipeline.manifests import Manifest, SourceImage, StepResult
-from kontext_pipeline.report import dollars
+from kontext_pipeline.report import cost, credits_text, dollars, paid
 from kontext_pipeline.thumbnails import (
     THUMBNAILS,
     Thumbnail,
@@ -227,12 +227,19 @@ def _header(manifest: Manifest) -> str:
     totals = manifest.totals
     seconds = sum(step.duration_s for step in manifest.steps)
     variants = len(manifest.variants)
+    made = sum(1 for step in manifest.steps if step.status == "done" and step.cache == "miss")
+    if paid(manifest.provider):
+        price = (f"<b>{totals.credits}</b>credit{_s(totals.credits)} "
+                 f"({escape(dollars(totals.credits))})")
+    elif totals.credits:  # the preview provider
+        price = f"<b>free</b>would cost {escape(credits_text(totals.credits))} on BFL"
+    else:
+        price = "<b>free</b>"
     items = [
         ("", f"<b>{totals.steps}</b>step{_s(totals.steps)}"),
         ("", f"<b>{totals.cache_hits}</b>cached"),
-        ("", f"<b>{totals.calls}</b>made"),
-        ("", f"<b>{totals.credits}</b>credit{_s(totals.credits)} "
-             f"({escape(dollars(totals.credits))})"),
+        ("", f"<b>{made}</b>made"),
+        ("", price),
         (" class=\"bad\"" if totals.failed else "", f"<b>{totals.failed}</b>failed"),
         ("", f"<b>{seconds:.1f} s</b>in steps"),
     ]
@@ -269,12 +276,12 @@ def _variant(manifest: Manifest, variant: str, number: int,
             if image.name not in seen:
                 seen.add(image.name)
                 frames.append(_input_frame(image, pictures[_input_key(image)]))
-    frames.extend(_step_frame(index, position, step, manifest.pipeline, pictures)
+    frames.extend(_step_frame(index, position, step, manifest, pictures)
                   for position, (index, step) in enumerate(steps, 1))
     frames.extend(_output_frame(step, pictures[step.output_sha256])
                   for _, step in steps if step.output and step.output_sha256)
-    summary = (f"{len(steps)} step{_s(len(steps))} · {done} done · {credits} "
-               f"credit{_s(credits)} ({escape(dollars(credits))})")
+    summary = (f"{len(steps)} step{_s(len(steps))} · {done} done · "
+               f"{escape(cost(credits, manifest.provider))}")
     return (f"<section id=\"v{number}\">\n<h2>{escape(variant)}</h2>\n"
             f"<p class=\"sum\">{summary}</p>\n<ol class=\"strip\">\n{''.join(frames)}</ol>\n"
             "</section>\n")
@@ -286,7 +293,7 @@ def _input_frame(image: SourceImage, picture: _Picture) -> str:
             f"<dl><dt>file</dt><dd>{escape(image.path or '')}</dd></dl></li>\n")
 
 
-def _step_frame(index: int, position: int, step: StepResult, pipeline: str,
+def _step_frame(index: int, position: int, step: StepResult, manifest: Manifest,
                 pictures: dict[str, _Picture]) -> str:
     if step.output_sha256 is not None:
         picture = _pic(pictures[step.output_sha256], f"{step.step}: result")
@@ -296,13 +303,12 @@ def _step_frame(index: int, position: int, step: StepResult, pipeline: str,
     status = f"<span class=\"status {escape(step.status)}\">{escape(step.status)}</span>"
     reason = ""
     if step.error and step.status != "done":
-        reason = f"<p class=\"reason\">{escape(_reason(step, pipeline))}</p>"
+        reason = f"<p class=\"reason\">{escape(_reason(step, manifest.pipeline))}</p>"
     cache = ("<span class=\"status hit\">cached</span>" if step.cache == "hit"
              else escape(step.cache))
     facts = [("model", escape(step.model)), ("seed", str(step.seed)), ("cache", cache),
              ("time", f"{step.duration_s:.2f} s"),
-             ("cost", f"{step.credits} credit{_s(step.credits)} "
-                      f"({escape(dollars(step.credits))})")]
+             ("cost", escape(cost(step.credits, manifest.provider)))]
     params = _params(step)
     if params:
         facts.append(("params", escape(params)))

@@ -1,7 +1,8 @@
 """Reading a run's ``manifest.json`` back, checked, as typed records (what a report shows).
 
-A manifest is a contract that only grows: fields added since the first version (``images``)
-may be absent from an older one, and fields this module does not use are ignored.
+A manifest is a contract that only grows: fields added since the first version (``images``,
+``output_file_sha256``) may be absent from an older one, and fields this module does not use are
+ignored.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class StepResult:
     status: str
     error: str | None
     images: tuple[SourceImage, ...] | None  # None: written before manifests recorded them
+    output_file_sha256: str | None = None  # the exported file (provenance inserted); None
+    # when not exported, or written before manifests recorded it
 
 
 @dataclass(frozen=True)
@@ -161,10 +164,15 @@ def _step(value: Any, where: str) -> StepResult:
         _digest(digest, f"{where}.inputs_sha256[{index}]")
     if fields["output_sha256"] is not None:
         _digest(fields["output_sha256"], f"{where}.output_sha256")
+    file_digest = get("output_file_sha256", _OPTIONAL_TEXT) if (
+        "output_file_sha256" in record) else None
+    if file_digest is not None:
+        _digest(file_digest, f"{where}.output_file_sha256")
     images = record.get("images")
     return StepResult(**{**fields, "inputs_sha256": tuple(fields["inputs_sha256"]),
                          "duration_s": float(fields["duration_s"])},
-                      images=None if images is None else _images(images, f"{where}.images"))
+                      images=None if images is None else _images(images, f"{where}.images"),
+                      output_file_sha256=file_digest)
 
 
 def _images(value: Any, where: str) -> tuple[SourceImage, ...]:

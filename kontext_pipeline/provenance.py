@@ -341,8 +341,7 @@ def _xmp_fields(packet: bytes) -> dict[str, str]:
     """Our properties in an XMP packet, written as elements or as attributes."""
     from xml.etree import ElementTree  # noqa: PLC0415  (only reading needs it: runs start faster)
 
-    if b"<!DOCTYPE" in packet or b"<!ENTITY" in packet:  # XMP has neither; refuse expansions
-        raise ValueError("is damaged (its XMP packet declares entities)")
+    _refuse_dtd(packet)
     try:
         root = ElementTree.fromstring(packet)  # noqa: S314  (no DTD, so no entity to expand)
     except ElementTree.ParseError as exc:
@@ -357,3 +356,28 @@ def _xmp_fields(packet: bytes) -> dict[str, str]:
             if child.tag.startswith(namespace):
                 fields.setdefault(child.tag[len(namespace):], child.text or "")
     return fields
+
+
+class _DoctypeError(Exception):
+    """Raised from expat's handler: stops the parse where the DOCTYPE starts."""
+
+
+def _refuse_dtd(packet: bytes) -> None:
+    """Raise ValueError if ``packet`` has a DOCTYPE (XMP never has one), in whatever encoding
+    it is written: expat decodes it and reports the DOCTYPE where it starts, before any entity
+    in it is declared, let alone expanded."""
+    from xml.parsers import expat  # noqa: PLC0415
+
+    def refuse(*_declaration: object) -> None:
+        raise _DoctypeError
+
+    parser = expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse  # only inside a DOCTYPE: a second guard
+    try:
+        parser.Parse(packet, True)
+    except _DoctypeError:
+        raise ValueError("is damaged (its XMP packet has a DOCTYPE, which XMP never "
+                         "has)") from None
+    except expat.ExpatError as exc:
+        raise ValueError(f"is damaged (its XMP packet is not well-formed XML: {exc})") from None

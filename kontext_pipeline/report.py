@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kontext_pipeline.executor import StepRecord
 from kontext_pipeline.plan import Plan, Task
 from kontext_pipeline.resolution import Resolved, cost_of_misses
 
-__all__ = ["dollars", "manifest", "plan_json", "plan_text", "task_json"]
+if TYPE_CHECKING:
+    from kontext_pipeline.export import Exported
+
+__all__ = ["cost", "credits_text", "dollars", "manifest", "paid", "plan_json", "plan_text",
+           "task_json"]
 
 _KEY_CHARS = 12
 
@@ -18,6 +22,25 @@ _KEY_CHARS = 12
 def dollars(credits: int) -> str:
     """Credits as dollars: 1 credit is $0.01."""
     return f"${credits / 100:.2f}"
+
+
+def credits_text(credits: int, *, money: bool = True) -> str:
+    """``1 credit ($0.01)``, ``12 credits ($0.12)``; without ``money``, no dollars."""
+    text = f"{credits} credit{'' if credits == 1 else 's'}"
+    return f"{text} ({dollars(credits)})" if money else text
+
+
+def paid(provider: str) -> bool:
+    """Whether ``provider``'s results are paid for (the preview provider's cost nothing)."""
+    return provider == "bfl"
+
+
+def cost(credits: int, provider: str, *, money: bool = True) -> str:
+    """What ``credits`` cost on ``provider``: :func:`credits_text`, or for the preview provider
+    ``free (would cost 12 credits ($0.12) on BFL)`` (just ``free`` for nothing)."""
+    if paid(provider):
+        return credits_text(credits, money=money)
+    return f"free (would cost {credits_text(credits, money=money)} on BFL)" if credits else "free"
 
 
 def _images(task: Task) -> str:
@@ -70,10 +93,10 @@ def plan_text(plan: Plan, resolved: Sequence[Resolved],
             if reasons and task.id in reasons:
                 lines.append(f"       why: {reasons[task.id]}")
     cached = sum(1 for r in resolved if r.hit)
-    credits = cost_of_misses(resolved)
+    price = cost(cost_of_misses(resolved), plan.provider)
     lines.append("")
-    lines.append(f"{cached} of {tasks} cached; the rest cost {credits} credits "
-                 f"({dollars(credits)})")
+    lines.append(f"{cached} of {tasks} cached; the rest "
+                 f"{'cost' if paid(plan.provider) else 'are'} {price}")
     return "\n".join(lines)
 
 
@@ -126,9 +149,11 @@ def plan_json(plan: Plan, resolved: Sequence[Resolved],
 
 
 def manifest(plan: Plan, records: Sequence[StepRecord],
-             exported: Mapping[tuple[str, str], str], *,
+             exported: Mapping[tuple[str, str], Exported], *,
              base: str | None = None) -> dict[str, Any]:
-    """``manifest.json``: the contract CI jobs read (see the design).
+    """``manifest.json``: the contract CI jobs read (see the design). An exported step has its
+    ``output`` path and ``output_file_sha256``, the sha256 of that file (provenance inserted),
+    beside ``output_sha256``, the image as generated.
 
     Beyond the design's fields, each step lists the ``images`` it read, in order: ``name``,
     ``source`` (``input`` or ``step``) and, for an input, its file's ``path`` relative to
@@ -168,13 +193,14 @@ def manifest(plan: Plan, records: Sequence[StepRecord],
     }
 
 
-def _step_json(record: StepRecord, output: str | None) -> dict[str, Any]:
+def _step_json(record: StepRecord, output: Exported | None) -> dict[str, Any]:
     entry = record.entry
     return {
         **_task_fields(record.task),
         "inputs_sha256": list(record.inputs_sha256),
         "output_sha256": entry.object if entry else None,
-        "output": output,
+        "output": output.path if output else None,
+        "output_file_sha256": output.sha256 if output else None,
         "cache": record.cache,
         "request_id": entry.request_id if entry else None,
         "credits": record.credits,

@@ -67,8 +67,8 @@ def test_the_run_writes_a_report_beside_the_manifest(strip: PreviewRun) -> None:
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
     assert "<title>strip · kontext-pipeline report</title>" in html
     assert ("<ul class=\"totals\"><li><b>6</b>steps</li><li><b>0</b>cached</li>"
-            "<li><b>6</b>made</li><li><b>24</b>credits ($0.24)</li><li><b>0</b>failed</li>"
-            ) in html
+            "<li><b>6</b>made</li><li><b>free</b>would cost 24 credits ($0.24) on BFL</li>"
+            "<li><b>0</b>failed</li>") in html
     assert "Not done" not in html
     assert [re.search(r"<h2>(.*?)</h2>", section(html, n))[1]  # type: ignore[index]
             for n in (1, 2)] == ["tone=dawn", "tone=dusk"]
@@ -89,7 +89,7 @@ def test_each_variant_is_a_filmstrip_from_inputs_through_steps_to_outputs(
     assert "<dt>model</dt><dd>flux-kontext-pro</dd>" in first
     assert "<dt>cache</dt><dd>miss</dd>" in first
     assert f"<dt>time</dt><dd>{record['duration_s']:.2f} s</dd>" in first
-    assert "<dt>cost</dt><dd>4 credits ($0.04)</dd>" in first
+    assert "<dt>cost</dt><dd>free (would cost 4 credits ($0.04) on BFL)</dd>" in first
     assert "<dt>from</dt><dd>photo</dd>" in first
     assert ('<dt>output</dt><dd><a href="./tone%3Ddawn/final.png">tone=dawn/final.png</a>'
             in frames(dawn)[3])
@@ -103,13 +103,14 @@ def test_a_cached_run_says_so(strip: PreviewRun, tmp_path: Path) -> None:
     again = preview_run(copy, STRIP)
     assert again.code == 0, again.stderr
     html = again.html
-    assert "<li><b>6</b>cached</li><li><b>0</b>made</li><li><b>0</b>credits ($0.00)" in html
+    assert "<li><b>6</b>cached</li><li><b>0</b>made</li><li><b>free</b></li>" in html
     assert html.count('<dt>cache</dt><dd><span class="status hit">cached</span></dd>'
-                      '<dt>time</dt><dd>0.00 s</dd><dt>cost</dt><dd>0 credits ($0.00)</dd>') == 6
+                      '<dt>time</dt><dd>0.00 s</dd><dt>cost</dt><dd>free</dd>') == 6
 
 
 def test_failed_and_skipped_steps_stand_in_place_with_their_reason(hostile: PreviewRun) -> None:
     html = hostile.html
+    assert "<li><b>4</b>made</li>" in html  # not the failed step: it made nothing
     assert "<li class=\"bad\"><b>2</b>failed</li>" in html
     assert ('<p class="failures">Not done: <a href="#s4">look=&lt;b&gt;bold&lt;/b&gt; &amp; '
             '&quot;loud&quot; / two</a> (failed), <a href="#s5">look=&lt;b&gt;bold&lt;/b&gt; '
@@ -126,7 +127,8 @@ def test_failed_and_skipped_steps_stand_in_place_with_their_reason(hostile: Prev
     assert ('<div class="pic none" style="aspect-ratio:3/2">skipped</div>' in skipped)
     assert ("<p class=\"reason\">skipped: its input &#x27;two&#x27; did not finish</p>"
             in skipped)
-    assert "<p class=\"sum\">3 steps · 1 done · 4 credits ($0.04)</p>" in section(html, 2)
+    assert ("<p class=\"sum\">3 steps · 1 done · free (would cost 4 credits ($0.04) on BFL)"
+            "</p>") in section(html, 2)
 
 
 def test_every_text_is_escaped(hostile: PreviewRun) -> None:
@@ -297,7 +299,7 @@ def test_a_hundred_variant_report_stays_light(tmp_path: Path) -> None:
                 "output_sha256": digest, "output": None, "cache": "miss", "credits": 4,
                 "duration_s": 1.5, "status": "done", "error": None, "images": images})
             previous = [digest]
-    document = {"pipeline": "big", "spec_sha256": "0" * 64, "provider": "preview",
+    document = {"pipeline": "big", "spec_sha256": "0" * 64, "provider": "bfl",
                 "totals": {"steps": 300, "cache_hits": 0, "calls": 300, "credits": 1200,
                            "failed": 0},
                 "steps": records}

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 
+from kontext_pipeline.provenance import insert_provenance
 from tests.conftest import RunCli, WriteRecipe
-from tests.test_provenance import Run
+from tests.test_provenance import Run, jpeg, laughs, xmp_segment
 
 RECIPE = """
     version: 1
@@ -118,6 +119,15 @@ def test_inspect_a_truncated_export(run: Run, run_cli: RunCli, tmp_path: Path) -
     assert (result.exit_code, result.stdout) == (2, "")
     assert result.stderr == (f"kontext-pipeline: {cut} is truncated or damaged (a JPEG segment "
                              "runs past the end)\n")
+
+
+def test_inspect_refuses_xmp_with_a_doctype(run_cli: RunCli, tmp_path: Path) -> None:
+    image = tmp_path / "laughs.jpg"
+    image.write_bytes(insert_provenance(jpeg(), xmp_segment(laughs("utf-16"))))
+    result = run_cli("inspect", str(image))
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (f"kontext-pipeline: {image} is damaged (its XMP packet has a "
+                             "DOCTYPE, which XMP never has)\n")
 
 
 def test_inspect_help(run_cli: RunCli) -> None:

@@ -4,7 +4,9 @@ can fail to be a manifest, named by its first wrong field."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,40 @@ def test_a_good_document_reads_and_extra_fields_are_ignored() -> None:
     step = parse_manifest(GOOD).steps[0]
     assert step.duration_s == 1.0
     assert step.images == (SourceImage("photo", "input", "photo.png"),)
+    assert step.output_file_sha256 is None  # GOOD is as older versions wrote it: no such field
+    digest = "c" * 64
+    assert parse_manifest(changed("steps.0.output_file_sha256", digest)).steps[0] == replace(
+        step, output_file_sha256=digest)
+
+
+OUTPUTS = """
+    version: 1
+    name: files
+    inputs: {photo: photo.png}
+    steps:
+      - {id: paint, image: photo, prompt: Paint it red}
+      - {id: frame, prompt: Frame it, output_format: jpeg}
+      - {id: crop, prompt: Crop it}
+    outputs: {painted: paint, poster: frame}
+    """
+
+
+def test_the_manifest_describes_the_exported_files_as_they_are_on_disk(
+        run_cli: RunCli, write_recipe: WriteRecipe, tmp_path: Path) -> None:
+    recipe = write_recipe(OUTPUTS)
+    out = tmp_path / "out"
+    for run in ("first", "cached, nothing written again"):
+        result = run_cli("run", str(recipe), "--provider", "preview", "--cache-dir",
+                         str(tmp_path / "cache"), "--out", str(out))
+        assert result.exit_code == 0, (run, result.output)
+        document = json.loads((out / "manifest.json").read_text())
+        paint, frame, crop = document["steps"]
+        for step in (paint, frame):
+            on_disk = hashlib.sha256((out / step["output"]).read_bytes()).hexdigest()
+            assert step["output_file_sha256"] == on_disk, run
+            assert step["output_file_sha256"] != step["output_sha256"]  # provenance inserted
+        assert (crop["output"], crop["output_file_sha256"]) == (None, None)
+        assert parse_manifest(document).steps[1].output_file_sha256 == frame["output_file_sha256"]
 
 
 def changed(path: str, value: Any) -> dict[str, Any]:
@@ -92,6 +128,10 @@ def changed(path: str, value: Any) -> dict[str, Any]:
     (changed("steps.0.inputs_sha256", ["../x"]),
      "steps[0].inputs_sha256[0]: not a sha256 digest"),
     (changed("steps.0.output_sha256", "B" * 64), "steps[0].output_sha256: not a sha256 digest"),
+    (changed("steps.0.output_file_sha256", "x"),
+     "steps[0].output_file_sha256: not a sha256 digest"),
+    (changed("steps.0.output_file_sha256", 7),
+     "steps[0].output_file_sha256: expected a string or null, got an integer"),
     (changed("steps.0.images", {}), "steps[0].images: expected a list, got an object"),
     (changed("steps.0.images.0.path", 3),
      "steps[0].images[0].path: expected a string or null, got an integer"),

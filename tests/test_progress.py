@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from rich.console import Console
 
 from kontext_pipeline import build_plan, load_spec
-from kontext_pipeline.executor import RunEvent
+from kontext_pipeline.executor import RunEvent, StepRecord
 from kontext_pipeline.plan import Task
-from kontext_pipeline.progress import LiveProgress, PlainProgress
-from kontext_pipeline.runner import RunStart
+from kontext_pipeline.progress import LiveProgress, PlainProgress, summary
+from kontext_pipeline.report import cost
+from kontext_pipeline.runner import PipelineReport, RunStart
 from tests.conftest import PIPELINES
 
 
@@ -52,3 +56,42 @@ def test_live_progress_shows_steps_in_flight_and_counts() -> None:
     text = console.export_text()
     assert "run: 3 steps: 1 cached, 2 to run, expected cost 12 credits ($0.12)" in text
     assert "failed poster-chain/default/relight: Content Moderated" in text
+
+
+@pytest.mark.parametrize(("credits", "provider", "money", "text"), [
+    (0, "bfl", True, "0 credits ($0.00)"),
+    (1, "bfl", True, "1 credit ($0.01)"),
+    (12, "bfl", False, "12 credits"),
+    (1, "preview", False, "free (would cost 1 credit on BFL)"),
+    (12, "preview", True, "free (would cost 12 credits ($0.12) on BFL)"),
+    (0, "preview", True, "free"),
+])
+def test_costs_are_counted_in_the_right_plural_and_preview_is_free(
+        credits: int, provider: str, money: bool, text: str) -> None:
+    assert cost(credits, provider, money=money) == text
+
+
+def test_the_first_line_of_a_preview_run_says_it_is_free() -> None:
+    assert RunStart(1, 0, 1).describe() == ("1 step: 0 cached, 1 to run, expected cost 1 credit "
+                                            "($0.01)")
+    assert RunStart(3, 1, 8, provider="preview").describe() == (
+        "3 steps: 1 cached, 2 to run, free (would cost 8 credits ($0.08) on BFL)")
+    assert RunStart(3, 3, 0, provider="preview").describe() == "3 steps: 3 cached, 0 to run, free"
+
+
+@pytest.mark.parametrize(("provider", "price"), [
+    ("bfl", "1 credit"), ("preview", "free (would cost 1 credit on BFL)")])
+def test_the_summary_counts_only_finished_steps_as_made(provider: str, price: str) -> None:
+    plan = build_plan(load_spec(PIPELINES / "poster-chain.yaml"), provider=provider)
+    first, second, third = plan.tasks
+    records = (StepRecord(first, "done", "miss", credits=1),
+               StepRecord(second, "failed", "miss", error="Content Moderated"),
+               StepRecord(third, "skipped", "miss", error="skipped"))
+    out = Path("out") / "poster"
+    assert summary(PipelineReport(plan, records, out, {})) == (
+        f"poster-chain: 3 steps, 0 cached, 1 made, 1 failed, 1 skipped, {price} -> "
+        f"{out / 'manifest.json'}, {out / 'report.html'}")
+    cached = tuple(StepRecord(task, "done", "hit") for task in plan.tasks)
+    assert summary(PipelineReport(plan, cached, out, {})).startswith(
+        f"poster-chain: 3 steps, 3 cached, 0 made, {'0 credits' if provider == 'bfl' else 'free'}"
+        " -> ")

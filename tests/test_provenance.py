@@ -367,12 +367,45 @@ def test_incomplete_or_damaged_provenance_is_reported() -> None:
         read_provenance(bad_seed)
 
 
-def test_xmp_with_entity_declarations_is_refused() -> None:
-    packet = (b'<!DOCTYPE x [<!ENTITY a "aaaa">]><x:xmpmeta xmlns:x="adobe:ns:meta/"/>')
-    segment = b"\xff\xe1" + struct.pack(">H", 2 + 29 + len(packet)) + (
+def laughs(encoding: str) -> bytes:
+    """An XMP packet shaped as the "billion laughs": ten entities of ten of the one before,
+    declared in a DOCTYPE (``&lol9;`` would be a billion "lol"s), encoded as ``encoding``."""
+    entities = "".join(f' <!ENTITY lol{n} "{f"&lol{n - 1};" * 10}">\n' for n in range(1, 10))
+    declared = encoding.upper().removesuffix("-BE")  # the BOM, or its absence, says the order
+    text = (f'<?xml version="1.0" encoding="{declared}"?>\n'
+            f'<!DOCTYPE x:xmpmeta [\n <!ENTITY lol0 "lol">\n{entities}]>\n'
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/">&lol9;</x:xmpmeta>')
+    return text.encode(encoding)
+
+
+def xmp_segment(packet: bytes) -> bytes:
+    return b"\xff\xe1" + struct.pack(">H", 2 + 29 + len(packet)) + (
         b"http://ns.adobe.com/xap/1.0/\0" + packet)
-    with pytest.raises(ValueError, match=r"^is damaged \(its XMP packet declares entities\)$"):
-        read_provenance(insert_provenance(jpeg(), segment))
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-16-be"])
+def test_xmp_with_a_doctype_is_refused_in_any_encoding(encoding: str) -> None:
+    packet = laughs(encoding)
+    if encoding != "utf-8":  # what a search for the bytes "<!DOCTYPE" does not find
+        assert b"<!DOCTYPE" not in packet
+        assert b"<!ENTITY" not in packet
+    with pytest.raises(ValueError, match=r"^is damaged \(its XMP packet has a DOCTYPE, which "
+                                         r"XMP never has\)$"):
+        read_provenance(insert_provenance(jpeg(), xmp_segment(packet)))
+
+
+def test_xmp_with_an_external_doctype_is_refused() -> None:
+    packet = (b'<!DOCTYPE x SYSTEM "file:///etc/passwd">'
+              b'<x:xmpmeta xmlns:x="adobe:ns:meta/"/>')
+    with pytest.raises(ValueError, match=r"^is damaged \(its XMP packet has a DOCTYPE"):
+        read_provenance(insert_provenance(jpeg(), xmp_segment(packet)))
+
+
+def test_xmp_that_is_not_xml_is_reported() -> None:
+    with pytest.raises(ValueError, match=r"^is damaged \(its XMP packet is not well-formed "
+                                         r"XML: undefined entity: line 1, column 36\)$"):
+        read_provenance(insert_provenance(jpeg(), xmp_segment(
+            b'<x:xmpmeta xmlns:x="adobe:ns:meta/">&lol;</x:xmpmeta>')))
 
 
 def test_xmp_properties_written_as_attributes_are_read() -> None:

@@ -10,6 +10,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from click.testing import Result
 
 from kontext_pipeline.runner import RunStart
 from tests.conftest import PIPELINES, RunCli
@@ -96,3 +99,127 @@ def test_two_runs_sharing_one_cache_corrupt_nothing(run_cli: RunCli, tmp_path: P
 def test_run_start_describes_the_cost() -> None:
     assert RunStart(6, 2, 24).describe() == ("6 steps: 2 cached, 4 to run, expected cost 24 "
                                              "credits ($0.24)")
+
+
+TINT = """\
+version: 1
+name: tint
+matrix:
+  color: [red, blue, gold]
+steps:
+  - {id: paint, prompt: "Paint it {{ color }}"}
+  - {id: frame, prompt: "Frame the {{ color }} one", output_format: jpeg}
+outputs:
+  poster: frame
+"""
+
+
+class Tint:
+    """``run --provider preview`` of :data:`TINT` into one ``--out`` with one cache."""
+
+    def __init__(self, run_cli: RunCli, tmp_path: Path) -> None:
+        self.run_cli, self.recipe = run_cli, tmp_path / "tint.yaml"
+        self.recipe.write_text(TINT)
+        self.cache, self.out = tmp_path / "cache", tmp_path / "out"
+
+    def __call__(self, *args: str) -> Result:
+        result = self.run_cli("run", str(self.recipe), "--provider", "preview", "--cache-dir",
+                              str(self.cache), "--out", str(self.out), *args)
+        assert result.exit_code == 0, result.output
+        return result
+
+    def files(self) -> list[str]:
+        return sorted(str(p.relative_to(self.out)) for p in self.out.rglob("*"))
+
+    def manifest(self) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads((self.out / "manifest.json").read_text())
+        return document
+
+
+def test_a_preview_run_says_it_is_free_and_names_its_report(run_cli: RunCli,
+                                                             tmp_path: Path) -> None:
+    tint = Tint(run_cli, tmp_path)
+    planned = run_cli("plan", str(tint.recipe), "--provider", "preview", "--cache-dir",
+                      str(tint.cache))
+    assert planned.stdout.splitlines()[-1] == ("0 of 6 cached; the rest are free (would cost 24 "
+                                               "credits ($0.24) on BFL)")
+    first = tint()
+    assert first.stderr.splitlines()[0] == ("run: 6 steps: 0 cached, 6 to run, free (would cost "
+                                            "24 credits ($0.24) on BFL)")
+    assert first.stdout == (f"tint: 6 steps, 0 cached, 6 made, free (would cost 24 credits on "
+                            f"BFL) -> {tint.out / 'manifest.json'}, {tint.out / 'report.html'}\n")
+    assert (tint.out / "report.html").is_file()
+    again = tint()
+    assert again.stderr == "run: 6 steps: 6 cached, 0 to run, free\n"
+    assert again.stdout == (f"tint: 6 steps, 6 cached, 0 made, free -> "
+                            f"{tint.out / 'manifest.json'}, {tint.out / 'report.html'}\n")
+
+
+def test_a_run_of_fewer_variants_removes_the_others_exports(run_cli: RunCli,
+                                                             tmp_path: Path) -> None:
+    tint = Tint(run_cli, tmp_path)
+    tint()
+    assert [f for f in tint.files() if f.endswith(".jpg")] == [
+        "color=blue/poster.jpg", "color=gold/poster.jpg", "color=red/poster.jpg"]
+    narrowed = tint("--var", "color=gold")
+    assert "warning" not in narrowed.stderr
+    assert tint.files() == [".kontext-export.json", "color=gold", "color=gold/poster.jpg",
+                            "manifest.json", "report.html"]
+    assert [s["output"] for s in tint.manifest()["steps"]] == [None, "color=gold/poster.jpg"]
+    widened = tint()  # and back: the others are exported again, from the cache
+    assert widened.stdout.startswith("tint: 6 steps, 6 cached, 0 made, free -> ")
+    assert len([f for f in tint.files() if f.endswith(".jpg")]) == 3
+
+
+def test_an_edited_or_added_file_is_kept_with_a_warning(run_cli: RunCli,
+                                                        tmp_path: Path) -> None:
+    tint = Tint(run_cli, tmp_path)
+    tint()
+    red, blue = tint.out / "color=red", tint.out / "color=blue"
+    with (red / "poster.jpg").open("ab") as poster:
+        poster.write(b"touched up")
+    (blue / "notes.txt").write_text("keep me")
+    narrowed = tint("--var", "color=gold")
+    assert narrowed.stderr.splitlines()[-2:] == [
+        f"warning: kept {red / 'poster.jpg'}: it is not as the last run exported it, and this "
+        "run no longer exports it",
+        f"warning: kept {blue / 'notes.txt'}: the last run did not export it, and this run "
+        "exports nothing to its folder"]
+    assert tint.files() == [".kontext-export.json", "color=blue", "color=blue/notes.txt",
+                            "color=gold", "color=gold/poster.jpg", "color=red",
+                            "color=red/poster.jpg", "manifest.json", "report.html"]
+    assert (red / "poster.jpg").read_bytes().endswith(b"touched up")
+    assert "warning" not in tint("--var", "color=gold").stderr  # said once
+
+
+def test_a_manifest_from_before_file_hashes_still_lets_exports_be_removed(
+        run_cli: RunCli, tmp_path: Path) -> None:
+    tint = Tint(run_cli, tmp_path)
+    tint()
+    older = tint.manifest()  # as an older version wrote it: no output_file_sha256 anywhere
+    for step in older["steps"]:
+        del step["output_file_sha256"]
+    (tint.out / "manifest.json").write_text(json.dumps(older))
+    state_path = tint.out / ".kontext-export.json"
+    state = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps({path: entry[:3] for path, entry in state.items()}))
+    with (tint.out / "color=red" / "poster.jpg").open("ab") as poster:
+        poster.write(b"touched up")
+    narrowed = tint("--var", "color=gold")
+    assert narrowed.stderr.splitlines()[-1] == (
+        f"warning: kept {tint.out / 'color=red' / 'poster.jpg'}: it is not as the last run "
+        "exported it, and this run no longer exports it")
+    assert [f for f in tint.files() if f.endswith(".jpg")] == ["color=gold/poster.jpg",
+                                                               "color=red/poster.jpg"]
+
+
+def test_another_recipes_exports_in_the_same_out_are_left_alone(run_cli: RunCli,
+                                                                tmp_path: Path) -> None:
+    tint = Tint(run_cli, tmp_path)
+    tint()
+    other = tmp_path / "other.yaml"
+    other.write_text(TINT.replace("name: tint", "name: other"))
+    result = run_cli("run", str(other), "--var", "color=gold", "--provider", "preview",
+                     "--cache-dir", str(tint.cache), "--out", str(tint.out))
+    assert result.exit_code == 0, result.output
+    assert len([f for f in tint.files() if f.endswith(".jpg")]) == 3

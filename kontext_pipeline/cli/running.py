@@ -87,7 +87,7 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
                 open_provider=lambda: open_provider(provider, environ=os.environ,
                                                     api_base=api_base, concurrency=concurrency,
                                                     webhook=webhook),
-                on_start=display.start, on_event=display.event)
+                on_start=display.start, on_event=display.event, on_note=display.note)
 
     try:
         with _sigterm_interrupts():
@@ -99,11 +99,10 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
         click.echo(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2,
                               ensure_ascii=False))
     else:
+        from kontext_pipeline.progress import summary  # noqa: PLC0415
+
         for report in reports:
-            totals = report.manifest["totals"]
-            click.echo(f"{report.plan.spec.name}: {totals['steps']} steps, "
-                       f"{totals['cache_hits']} cached, {totals['calls']} made, "
-                       f"{totals['credits']} credits -> {report.out_dir / 'manifest.json'}")
+            click.echo(summary(report))
     failures = [line for report in reports for line in report.failures]
     if failures:
         raise StepsFailedError(failures)
