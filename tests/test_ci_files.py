@@ -138,15 +138,18 @@ def test_run_scripts_hold_no_expressions() -> None:
     assert all("${{" not in s["run"] for s in steps() if "run" in s)
 
 
-def run_step(script: str, workdir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run a step's script as GitHub runs it (bash -eo pipefail), the workflow's env set."""
+def run_step(script: str, workdir: Path, *, bin_dir: Path | None = None, timeout: float = 60,
+             **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a step's script as GitHub runs it (bash -eo pipefail), the workflow's env set, with
+    ``bin_dir`` (default: this Python's) first on PATH, as actions/setup-python puts its own."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("BFL_", "KONTEXT_"))}
     environment.update(load_workflow()["env"])
     environment.update(env)
-    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    first = bin_dir or Path(sys.executable).parent
+    environment["PATH"] = f"{first}{os.pathsep}{environment['PATH']}"
     return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
                           cwd=workdir, env=environment, capture_output=True, text=True,
-                          check=False, timeout=60)
+                          check=False, timeout=timeout)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="the workflow's steps are bash")
