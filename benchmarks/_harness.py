@@ -37,7 +37,8 @@ class Server:
         self.url = url
 
     def stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = httpx.get(f"{self.url}/_stats", timeout=10).json()
+        data: dict[str, Any] = httpx.get(f"{self.url}/_stats", headers={"x-key": KEY},
+                                           timeout=10).json()
         return data
 
 
@@ -51,7 +52,7 @@ def server(latency: float, *extra: str) -> Iterator[Server]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(f"{url}/_stats", timeout=1)
+                httpx.get(f"{url}/_stats", headers={"x-key": KEY}, timeout=1)
                 break
             except httpx.TransportError:
                 if process.poll() is not None or time.monotonic() > deadline:

@@ -8,6 +8,10 @@ phases, see :class:`ServerConfig`) while in flight, with ``progress``.
 
 Prompts can ask for outcomes: ``[[request-moderated]]``, ``[[content-moderated]]``,
 ``[[error]]``, ``[[task-not-found]]``, ``[[status:Anything]]`` and ``[[never]]`` (stays Pending).
+
+What it takes is bounded (:mod:`~kontext_pipeline.server.limits`), the URLs it hands out are
+made from its configured base (:func:`~kontext_pipeline.server.network.public_base`), and its
+webhooks go where it allows (:mod:`~kontext_pipeline.server.targets`).
 """
 
 from __future__ import annotations
@@ -29,17 +33,30 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from kontext_pipeline.server.imaging import RenderSpec, render
+from kontext_pipeline.server.limits import read_body, signed_query, task_id_errors, too_large
+from kontext_pipeline.server.network import (
+    ConnectionDropped,
+    DroppedResponse,
+    Network,
+    endpoint_of,
+    public_base,
+)
 from kontext_pipeline.server.notify import deliver
 from kontext_pipeline.server.state import (
     DEFAULT_COSTS,
-    RequestRecord,
     ServerConfig,
     ServerState,
     TaskRecord,
     submit_digest,
+)
+from kontext_pipeline.server.targets import (
+    Resolver,
+    WebhookTarget,
+    system_resolver,
+    webhook_target,
 )
 from kontext_pipeline.server.validation import Submission, validate_submission
 from kontext_pipeline.threads import background_pool
@@ -62,29 +79,11 @@ _MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 _RENDERERS = background_pool(os.cpu_count() or 2, "bfl-render")
 
 
-class ConnectionDropped(Exception):  # noqa: N818  (a fault to inject, not an error)
-    """Raised by the app to have the server close the connection with no answer at all, as a
-    network fault would (see :mod:`kontext_pipeline.server.run`)."""
-
-
-class _DroppedResponse(Response):
-    """Promises a body, then closes the connection without sending (most of) it."""
-
-    def __init__(self, body: bytes = b"", promised: int = 1024, media_type: str = "") -> None:
-        super().__init__(content=b"", media_type=media_type or None)
-        self.partial = body
-        self.headers["content-length"] = str(max(promised, len(body) + 1))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": self.partial, "more_body": True})
-        raise ConnectionDropped("truncate")
-
-
-def create_app(config: ServerConfig | None = None, state: ServerState | None = None) -> ASGIApp:
-    """The server application. Pass ``state`` to read what it saw (tests do)."""
-    service = _Service(state or ServerState(config or ServerConfig()))
+def create_app(config: ServerConfig | None = None, state: ServerState | None = None, *,
+               resolve: Resolver = system_resolver) -> ASGIApp:
+    """The server application. Pass ``state`` to read what it saw (tests do), and ``resolve``
+    to decide what webhook host names resolve to."""
+    service = _Service(state or ServerState(config or ServerConfig()), resolve)
     routes = [
         Route("/v1/flux-kontext-pro", service.submit, methods=["POST"]),
         Route("/v1/flux-kontext-max", service.submit, methods=["POST"]),
@@ -93,26 +92,34 @@ def create_app(config: ServerConfig | None = None, state: ServerState | None = N
         Route("/delivery/{task_id}/sample.{ext}", service.delivery, methods=["GET"]),
         Route("/_stats", service.stats, methods=["GET"]),
     ]
-    return _Network(Starlette(routes=routes), service)
+    return Network(Starlette(routes=routes), service.state, service.drops)
 
 
 class _Service:
     """The endpoints, over one :class:`ServerState`."""
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, resolve: Resolver) -> None:
         self.state = state
         self.config = state.config
+        self._resolve = resolve
         self._notifying: set[asyncio.Future[None]] = set()  # webhooks on their way
 
-    def _refusal(self, request: Request, *, submit: bool) -> Response | None:
-        """Authentication, credits and injected faults: an answer other than the real one."""
+    def _unauthenticated(self, request: Request) -> Response | None:
+        """401 without a key, 403 with one this server does not accept."""
         key = request.headers.get("x-key")
         if not key:
             return JSONResponse({"detail": "Not authenticated: send your API key in the x-key "
                                            "header"}, status_code=401)
         if self.config.api_keys is not None and key not in self.config.api_keys:
             return JSONResponse({"detail": "Invalid API key"}, status_code=403)
-        if submit and key in self.config.no_credit_keys:
+        return None
+
+    def _refusal(self, request: Request, *, submit: bool) -> Response | None:
+        """Authentication, credits and injected faults: an answer other than the real one."""
+        unauthenticated = self._unauthenticated(request)
+        if unauthenticated is not None:
+            return unauthenticated
+        if submit and request.headers["x-key"] in self.config.no_credit_keys:
             return JSONResponse({"detail": "Insufficient credits"}, status_code=402)
         return self._fault("submit" if submit else "poll")
 
@@ -170,16 +177,10 @@ class _Service:
         if refusal is not None:
             return refusal
         model = request.url.path.rsplit("/", 1)[1]
-        try:
-            body = json.loads(await request.body())
-        except ValueError as exc:
-            return JSONResponse({"detail": [{"type": "json_invalid", "loc": ["body", 0],
-                                             "msg": f"JSON decode error: {exc}", "input": {}}]},
-                                status_code=422)
-        _log_body(request, body)
-        submission, errors = await run_in_threadpool(validate_submission, body)
-        if submission is None:
-            return JSONResponse({"detail": errors}, status_code=422)
+        received = await self._received(request)
+        if isinstance(received, Response):
+            return received
+        body, submission, target = received
         now = time.monotonic()
         over = self._over_limit(model, now)
         if over is not None:
@@ -190,18 +191,47 @@ class _Service:
         self.state.record_peak(now, model)
         if task.outcome in ("Ready", "Content Moderated") and math.isfinite(task.ready_at):
             task.rendering = self._start_render(task, submission)
-        if submission.webhook_url and math.isfinite(task.ready_at):
+        base = public_base(request.scope, self.config.public_url)
+        if target is not None and math.isfinite(task.ready_at):
             notifying = asyncio.ensure_future(self._notify(
-                task, submission.webhook_url, submission.webhook_secret, _base(request)))
+                task, target, submission.webhook_secret, base))
             self._notifying.add(notifying)
             notifying.add_done_callback(self._notifying.discard)
         answer: dict[str, Any] = {"id": task.id, "cost": DEFAULT_COSTS.get(model, 0),
                                   "input_mp": round(submission.input_pixels / 1e6, 2),
                                   "output_mp": 1.0}
         if self.config.return_polling_url:
-            answer["polling_url"] = (f"{_base(request)}/{self.config.region}/v1/get_result"
-                                     f"?id={task.id}")
+            answer["polling_url"] = f"{base}/{self.config.region}/v1/get_result?id={task.id}"
         return JSONResponse(answer)
+
+    async def _received(self, request: Request) -> tuple[
+            dict[str, Any], Submission, WebhookTarget | None] | Response:
+        """A submit's body, read within the limits, valid, with its webhook's target; or the
+        answer that refuses it (413, 422)."""
+        raw = await read_body(request, self.config.max_body_bytes)
+        if raw is None:
+            return too_large(self.config.max_body_bytes)
+        try:
+            body = json.loads(raw, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:
+            why = exc if isinstance(exc, ValueError) else "nested too deeply"
+            return JSONResponse({"detail": [{"type": "json_invalid", "loc": ["body", 0],
+                                             "msg": f"JSON decode error: {why}", "input": {}}]},
+                                status_code=422)
+        _log_body(request, body)
+        submission, errors = await run_in_threadpool(validate_submission, body)
+        if submission is None:
+            return JSONResponse({"detail": errors}, status_code=422)
+        if not submission.webhook_url:
+            return body, submission, None
+        target = await webhook_target(
+            submission.webhook_url, allowed_hosts=self.config.webhook_hosts,
+            anywhere=self.config.webhooks_anywhere, resolve=self._resolve)
+        if isinstance(target, str):
+            return JSONResponse({"detail": [{"type": "value_error", "loc": ["body", "webhook_url"],
+                                             "msg": target, "input": submission.webhook_url}]},
+                                status_code=422)
+        return body, submission, target
 
     def _new_task(self, model: str, submission: Submission, now: float) -> TaskRecord:
         latency, jitter, rng = self.config.latency, self.config.faults.jitter, self.state.rng
@@ -239,12 +269,16 @@ class _Service:
         refusal = self._refusal(request, submit=False)
         if refusal is not None:
             return refusal
-        task_id = request.query_params.get("id", "")
+        errors = task_id_errors(request.query_params)
+        if errors:
+            return JSONResponse({"detail": errors}, status_code=422)
+        task_id = request.query_params["id"]
         task = self.state.tasks.get(task_id)
         if task is None:
             return JSONResponse({"id": task_id, "status": "Task not found", "result": None,
                                  "progress": None, "details": None})
-        return JSONResponse(await self._status_body(task, _base(request), poll=True))
+        return JSONResponse(await self._status_body(
+            task, public_base(request.scope, self.config.public_url), poll=True))
 
     async def _status_body(self, task: TaskRecord, base: str, *, poll: bool) -> dict[str, Any]:
         """A task's status as a poll (or a webhook) tells it; a Ready one is charged then."""
@@ -266,11 +300,12 @@ class _Service:
                 "progress": task.progress(now) if in_flight else None,
                 "details": None if in_flight else task.details}
 
-    async def _notify(self, task: TaskRecord, url: str, secret: str | None, base: str) -> None:
+    async def _notify(self, task: TaskRecord, target: WebhookTarget, secret: str | None,
+                      base: str) -> None:
         """Once the task has ended, POST its status to the webhook URL it came with."""
         await asyncio.sleep(max(0.0, task.ready_at - time.monotonic()))
         payload = await self._status_body(task, base, poll=False)
-        await deliver(url, secret, payload, self.config.webhook_signature,
+        await deliver(target, secret, payload, self.config.webhook_signature,
                       self.state.webhooks.append)
 
     def _signature(self, task_id: str, expires: int) -> str:
@@ -285,11 +320,10 @@ class _Service:
 
     async def delivery(self, request: Request) -> Response:
         task = self.state.tasks.get(request.path_params["task_id"])
-        query = request.query_params
-        expires = int(query["se"]) if query.get("se", "").isdigit() else 0
-        if (task is None or task.rendering is None or not task.rendering.done()
-                or not hmac.compare_digest(query.get("sig", ""),
-                                           self._signature(task.id, expires))):
+        signed = signed_query(request.query_params)
+        expires = signed[0] if signed else 0
+        if (task is None or task.rendering is None or not task.rendering.done() or signed is None
+                or not hmac.compare_digest(signed[1], self._signature(task.id, expires))):
             return _azure_error("AuthenticationFailed", "Signature did not match")
         if time.time() > expires:
             return _azure_error("AuthenticationFailed", "Signed expiry time has passed")
@@ -297,19 +331,23 @@ class _Service:
         media = _MEDIA[task.params["output_format"]]
         fault = self._pick_fault("download")
         if fault == "truncate":
-            return _DroppedResponse(data[: len(data) // 2], promised=len(data), media_type=media)
+            return DroppedResponse(data[: len(data) // 2], promised=len(data), media_type=media)
         if fault == "expire":
             return _azure_error("AuthenticationFailed", "Signed expiry time has passed")
         return (self._fault_response(fault) if fault else None) or Response(data,
                                                                             media_type=media)
 
     async def stats(self, request: Request) -> Response:
-        """This server's own counters (not a BFL endpoint): what benchmarks and tests check."""
+        """This server's own counters (not a BFL endpoint): what benchmarks and tests check.
+        They want a key, as the API's endpoints do, unless the server makes them public."""
+        refusal = None if self.config.public_stats else self._unauthenticated(request)
+        if refusal is not None:
+            return refusal
         state = self.state
         polls = sum(1 for r in state.requests if r.path.endswith("/get_result"))
         return JSONResponse({
             "submits": sum(state.submits.values()),
-            "submits_received": len([r for r in state.requests if _endpoint(r.method, r.path)
+            "submits_received": len([r for r in state.requests if endpoint_of(r.method, r.path)
                                      == "submit"]),
             "repeated_submits": sum(n - 1 for n in state.submits.values() if n > 1),
             "polls": polls,
@@ -321,8 +359,9 @@ class _Service:
         })
 
 
-def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (and could not be echoed back in an error)."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _azure_error(code: str, message: str) -> Response:
@@ -338,50 +377,3 @@ def _log_body(request: Request, body: Any) -> None:
         request.state.body = {
             k: hashlib.sha256(str(v).encode()).hexdigest() if k.startswith("input_image") else v
             for k, v in body.items()}
-
-
-def _endpoint(method: str, path: str) -> str | None:
-    """Which endpoint a request is for, as faults name them."""
-    if method == "POST" and path.startswith("/v1/flux-kontext-"):
-        return "submit"
-    if path.endswith("/v1/get_result"):
-        return "poll"
-    return "download" if path.startswith("/delivery/") else None
-
-
-class _Network:
-    """What stands between the client and the service: it records each request (method, path,
-    key, status, submit body) and drops the connections that faults say it drops, before the
-    service sees them."""
-
-    def __init__(self, app: Starlette, service: _Service) -> None:
-        self.app = app
-        self.service = service
-        self.state = service.state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 0
-
-        async def record_status(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            endpoint = _endpoint(scope["method"], scope["path"])
-            if endpoint is not None and self.service.drops(endpoint):
-                raise ConnectionDropped(endpoint)
-            await self.app(scope, receive, record_status)
-        finally:
-            headers = dict(scope["headers"])
-            key = headers.get(b"x-key")
-            body = scope.get("state", {}).get("body")
-            self.state.requests.append(RequestRecord(
-                method=scope["method"], path=scope["path"],
-                query=scope["query_string"].decode("latin-1"),
-                key=key.decode("latin-1") if key is not None else None, status=status,
-                body=body))

@@ -3,7 +3,9 @@
 
 How BFL signs is not firmly documented, so the server can send either documented form, or both:
 ``X-BFL-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`` (``hmac``) or the raw secret in
-``X-Webhook-Secret`` (``secret``). A delivery that fails is tried twice more.
+``X-Webhook-Secret`` (``secret``). A delivery that fails is tried twice more, always to the
+address checked when the task was submitted (see :mod:`kontext_pipeline.server.targets`), with
+no proxy from the environment, no redirect followed and the answer's body left unread.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from kontext_pipeline.server.targets import WebhookTarget
 from kontext_pipeline.webhooks import SECRET_HEADER, SIGNATURE_HEADER, signature
 
 __all__ = ["SIGNATURE_FORMS", "Delivery", "deliver"]
@@ -32,11 +35,13 @@ class Delivery:
     status: int
 
 
-async def deliver(url: str, secret: str | None, payload: dict[str, Any], form: str,
+async def deliver(target: WebhookTarget, secret: str | None, payload: dict[str, Any], form: str,
                   record: Callable[[Delivery], None]) -> None:
-    """POST ``payload`` to ``url``, signed in ``form``; retried on a failure, recorded."""
+    """POST ``payload`` to ``target``, signed in ``form``; retried on a failure, recorded."""
     body = json.dumps(payload).encode()
-    headers = {"content-type": "application/json", "user-agent": "bfl-webhooks (local)"}
+    headers = {"content-type": "application/json", "user-agent": "bfl-webhooks (local)",
+               "host": target.host_header}
+    extensions = {"sni_hostname": target.server_name} if target.server_name else {}
     if secret:
         if form in ("hmac", "both"):
             headers[SIGNATURE_HEADER] = signature(secret, body)
@@ -44,12 +49,14 @@ async def deliver(url: str, secret: str | None, payload: dict[str, Any], form: s
             headers[SECRET_HEADER] = secret
     for attempt in range(_ATTEMPTS):
         try:
-            async with httpx.AsyncClient(timeout=10.0) as client:
-                response = await client.post(url, content=body, headers=headers)
+            async with (httpx.AsyncClient(timeout=10.0, trust_env=False) as client,
+                        client.stream("POST", target.request_url, content=body,
+                                      headers=headers, extensions=extensions) as response):
+                status = response.status_code  # the answer's body is never read
         except httpx.HTTPError:
             record(Delivery(str(payload.get("id")), 0))
         else:
-            record(Delivery(str(payload.get("id")), response.status_code))
-            if response.status_code < 500:
+            record(Delivery(str(payload.get("id")), status))
+            if status < 500:
                 return
         await asyncio.sleep(0.2 * 2 ** attempt)

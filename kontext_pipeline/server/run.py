@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from types import TracebackType
 from typing import Any
 
+import h11
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -25,7 +27,8 @@ class _FaultyH11Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol, and one thing more: when the app raises
     :class:`ConnectionDropped`, the connection is closed there and then, with no answer (or the
     rest of one) and no error logged, as a network fault would do it. (Without this, uvicorn
-    answers an exception with a 500.)"""
+    answers an exception with a 500.) A request HTTP itself cannot take (a request line or
+    headers too long, malformed) is answered 400 in BFL's shape, not uvicorn's plain text."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -42,11 +45,20 @@ class _FaultyH11Protocol(H11Protocol):
 
         return dropping
 
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps({"detail": msg}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
+                   (b"content-length", str(len(body)).encode())]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                      h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
+
 
 def serve(config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until interrupted, logging each request."""
     uvicorn.run(create_app(config), host=host, port=port, log_level="info", lifespan="off",
-                http=_FaultyH11Protocol)
+                http=_FaultyH11Protocol, proxy_headers=False)
 
 
 class BackgroundServer:
@@ -61,7 +73,7 @@ class BackgroundServer:
         self.state = ServerState(config or ServerConfig())
         self._config = uvicorn.Config(create_app(state=self.state), host=host, port=port,
                                       log_level="critical", access_log=False, lifespan="off",
-                                      http=_FaultyH11Protocol)
+                                      http=_FaultyH11Protocol, proxy_headers=False)
         self._server = uvicorn.Server(self._config)
         self._thread = threading.Thread(target=self._server.run, name="bfl-server", daemon=True)
         self.host = host

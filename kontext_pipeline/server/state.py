@@ -12,6 +12,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kontext_pipeline.server.limits import MAX_BODY_BYTES
+
 if TYPE_CHECKING:
     from kontext_pipeline.server.notify import Delivery
 
@@ -57,6 +59,12 @@ class ServerConfig:
     ``unknown_status`` (a word no client knows) as one more phase before ``Generating``. With
     ``every_phase``, a poll never skips a phase: each answers at least one poll before the
     next shows (a task may then end later than ``latency``).
+
+    ``public_url``: the base of the polling and result URLs it hands out (default: the address
+    of its socket that the request reached; never the request's ``Host`` header). Webhooks go
+    to loopback addresses only, unless their host is in ``webhook_hosts`` (lower case) or
+    ``webhooks_anywhere``. ``/_stats`` wants a key like the API's endpoints unless
+    ``public_stats``. A submit body over ``max_body_bytes`` is refused (413).
     """
 
     latency: float = 2.0
@@ -75,6 +83,11 @@ class ServerConfig:
     region: str = "eu4"
     webhook_signature: str = "hmac"  # how webhooks are signed: "hmac", "secret" or "both"
     signing_secret: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+    public_url: str | None = None
+    webhook_hosts: frozenset[str] = frozenset()
+    webhooks_anywhere: bool = False
+    public_stats: bool = False
+    max_body_bytes: int = MAX_BODY_BYTES
 
     def in_flight(self) -> tuple[str, ...]:
         """The statuses a task answers before its outcome, in order."""

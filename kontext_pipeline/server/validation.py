@@ -13,10 +13,19 @@ from typing import Any
 
 from PIL import Image
 
-__all__ = ["MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "Submission", "validate_submission"]
+__all__ = [
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_PROMPT_CHARS",
+    "MAX_SECRET_CHARS",
+    "Submission",
+    "validate_submission",
+]
 
 MAX_IMAGE_BYTES = 20_000_000
 MAX_IMAGE_PIXELS = 20_000_000
+MAX_PROMPT_CHARS = 10_000  # what a recipe may render (templating.MAX_PROMPT_CHARS), no less
+MAX_SECRET_CHARS = 1024
 _IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
 _RATIO = re.compile(r"^([1-9][0-9]*):([1-9][0-9]*)$")
 _MAX_RATIO = 21 / 9
@@ -121,6 +130,9 @@ def _parameter_errors(body: dict[str, Any]) -> list[dict[str, Any]]:
         errors.append(_error("missing", "prompt", "Field required", None))
     elif not isinstance(prompt, str):
         errors.append(_error("string_type", "prompt", "Input should be a valid string", prompt))
+    elif len(prompt) > MAX_PROMPT_CHARS:
+        errors.append(_error("string_too_long", "prompt",
+                             f"String should have at most {MAX_PROMPT_CHARS} characters", prompt))
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
         errors.append(_error("int_type", "seed", "Input should be a valid integer", seed))
@@ -144,4 +156,10 @@ def _parameter_errors(body: dict[str, Any]) -> list[dict[str, Any]]:
                                 or not 1 <= len(webhook) <= _WEBHOOK_MAX):
         errors.append(_error("string_too_long", "webhook_url",
                              "String should have 1 to 2083 characters", webhook))
+    secret = body.get("webhook_secret")
+    if secret is not None and (not isinstance(secret, str) or not secret.isascii()
+                               or not secret.isprintable() or len(secret) > MAX_SECRET_CHARS):
+        errors.append(_error("string_type", "webhook_secret",
+                             f"Input should be a string of at most {MAX_SECRET_CHARS} printable "
+                             "ASCII characters", "(hidden)"))
     return errors

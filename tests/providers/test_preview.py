@@ -9,7 +9,8 @@ from kontext_pipeline.images import inspect_bytes
 from kontext_pipeline.providers import open_provider
 from kontext_pipeline.providers.base import EditRequest
 from kontext_pipeline.providers.bfl import BflProvider
-from kontext_pipeline.providers.preview import preview_provider
+from kontext_pipeline.providers.inbox import Webhook
+from kontext_pipeline.providers.preview import PREVIEW_BASE, preview_config, preview_provider
 from tests.bfl_helpers import generate, png, run
 
 
@@ -54,3 +55,11 @@ def test_open_provider_reads_the_environment() -> None:
     run(preview.aclose())
     with pytest.raises(UsageError, match="unknown provider 'dall-e'"):
         open_provider("dall-e", environ={})
+
+
+def test_the_preview_server_hands_out_its_own_urls_and_posts_to_the_runs_webhook() -> None:
+    plain = preview_config(0.1, None)
+    assert (plain.public_url, plain.webhook_hosts, plain.webhooks_anywhere) == (
+        PREVIEW_BASE, frozenset(), False)
+    hooked = preview_config(0.1, Webhook("https://Hooks.Example:8443/run"))
+    assert hooked.webhook_hosts == frozenset({"hooks.example"})

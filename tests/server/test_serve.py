@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -58,12 +59,14 @@ def served() -> Iterator[str]:
     yield from serving("--latency", "0.6")
 
 
-def serving(*options: str) -> Iterator[str]:
-    """``kontext-pipeline serve`` with ``options`` in a process of its own: its base URL."""
+def serving(*options: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``kontext-pipeline serve`` with ``options`` (and ``env`` added to the environment) in a
+    process of its own: its base URL."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "kontext_pipeline", "serve", "--port", str(port), *options],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -112,3 +115,35 @@ def test_serve_refuses_an_unknown_status_the_api_knows(run_cli: RunCli, word: st
     assert result.stderr == (f"kontext-pipeline: --unknown-status {word!r}: give a status the "
                              "API does not document (e.g. Queued); known ones and empty words "
                              "are refused\n")
+
+
+def test_serve_hands_out_urls_from_its_public_url_never_from_the_host_header() -> None:
+    for base in serving("--latency", "0", "--public-url", "https://bfl.test:8443/"):
+        forged = {"x-key": "bfl_public", "host": "evil.example"}
+        task = httpx.post(f"{base}/v1/flux-kontext-pro", json={"prompt": "p"}, headers=forged,
+                          timeout=10).json()
+        assert task["polling_url"] == f"https://bfl.test:8443/eu4/v1/get_result?id={task['id']}"
+
+
+@pytest.mark.parametrize("url", ["bfl.test:8443", "http://user:pw@bfl.test", "http://x/?a=1",
+                                 "ftp://bfl.test"])
+def test_serve_refuses_a_public_url_that_is_not_a_base(run_cli: RunCli, url: str) -> None:
+    result = run_cli("serve", "--public-url", url)
+    assert result.exit_code == 2
+    assert result.stderr == (f"kontext-pipeline: --public-url {url!r}: give the base URL clients "
+                             "reach this server at, http(s)://HOST[:PORT][/PATH], with no user "
+                             "name, query or fragment\n")
+
+
+def test_serve_takes_its_keys_from_the_environment() -> None:
+    keys = {"KONTEXT_SERVE_API_KEY": "bfl_env_one bfl_env_two"}
+    for base in serving("--latency", "0", env=keys):
+        answers = [httpx.get(f"{base}/_stats", headers={"x-key": key}, timeout=10)
+                   for key in ("bfl_env_two", "bfl_env_one", "bfl_other")]
+        assert [a.status_code for a in answers] == [200, 200, 403]
+
+
+def test_serve_help_says_where_a_key_is_better_kept(run_cli: RunCli) -> None:
+    help_text = " ".join(run_cli("serve", "--help").stdout.split())
+    assert ("Other users of the machine can read a command line (ps): prefer the variable. "
+            "[env var: KONTEXT_SERVE_API_KEY]") in help_text
