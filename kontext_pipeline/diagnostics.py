@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from kontext_pipeline.text import printable
+
 __all__ = ["Problem", "Severity"]
 
 Severity = Literal["error", "warning"]
@@ -22,11 +24,13 @@ class Problem:
     severity: Severity = "error"
 
     def format(self) -> str:
-        """The one-line form printed by ``validate``."""
+        """The one-line form printed by ``validate`` (a control character that a recipe's
+        text brought into the message shown as an escape: one problem, one line)."""
         label = "warning: " if self.severity == "warning" else ""
+        file, message = printable(self.file), printable(self.message)
         if self.line == 0:
-            return f"{self.file}: {label}{self.message}"
-        return f"{self.file}:{self.line}:{self.column}: {label}{self.message}"
+            return f"{file}: {label}{message}"
+        return f"{file}:{self.line}:{self.column}: {label}{message}"
 
     @property
     def is_error(self) -> bool:

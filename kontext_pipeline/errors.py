@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from kontext_pipeline.text import printable
+
 if TYPE_CHECKING:
     from kontext_pipeline.diagnostics import Problem
 
@@ -167,6 +169,7 @@ class StepsFailedError(KontextError):
 
 
 def _listing(headline: str, lines: Sequence[str]) -> str:
-    """``headline`` with the count of steps filled in, then one indented line per step."""
+    """``headline`` with the count of steps filled in, then one indented line per step (a
+    line feed in an API's failure detail shown as an escape, so that it stays one line)."""
     steps = f"{len(lines)} step{'' if len(lines) == 1 else 's'}"
-    return headline.format(steps) + ":\n" + "\n".join(f"  {line}" for line in lines)
+    return headline.format(steps) + ":\n" + "\n".join(f"  {printable(line)}" for line in lines)

@@ -1,4 +1,8 @@
-"""Showing a run's progress: a live table on a terminal, one line per event in CI logs."""
+"""Showing a run's progress: a live table on a terminal, one line per event in CI logs.
+
+What an event carries (a prompt in a reason, an API's status word or failure detail) is shown
+as text, never read as rich markup, and each event stays one line: see
+:func:`kontext_pipeline.text.printable`."""
 
 from __future__ import annotations
 
@@ -7,20 +11,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kontext_pipeline.executor import RunEvent
-from kontext_pipeline.runner import RunStart
+from kontext_pipeline.report import cost
+from kontext_pipeline.runner import MANIFEST, REPORT, PipelineReport, RunStart
+from kontext_pipeline.text import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.text import Text
 
-__all__ = ["LiveProgress", "PlainProgress", "Progress", "SilentProgress"]
+__all__ = ["LiveProgress", "PlainProgress", "Progress", "SilentProgress", "summary"]
 
 _STATES = {
     "queued": "queued", "submitted": "submitted", "polling": "polling", "retrying": "retrying",
     "downloading": "downloading", "done": "done", "cached": "cached", "failed": "failed",
-    "skipped": "skipped",
+    "skipped": "skipped", "waiting": "waiting",
 }
 _FINAL = ("done", "cached", "failed", "skipped")
-_PLAIN_KINDS = ("submitted", "retrying", "done", "failed", "skipped", "warning")
+_PLAIN_KINDS = ("waiting", "submitted", "retrying", "done", "failed", "skipped", "warning")
 _MAX_ROWS = 24
 
 
@@ -56,18 +63,18 @@ class PlainProgress:
         self.echo = echo
 
     def start(self, start: RunStart) -> None:
-        self.echo(f"run: {start.describe()}")
+        self.echo(f"run: {printable(start.describe())}")
         for task, why in start.reasons.items():
-            self.echo(f"{task}: runs: {why}")
+            self.echo(f"{printable(task)}: runs: {printable(why)}")
 
     def event(self, event: RunEvent) -> None:
         if event.kind not in _PLAIN_KINDS:
             return
-        detail = f": {event.message}" if event.message else ""
-        self.echo(f"{event.task.id}: {event.kind}{detail}")
+        detail = f": {printable(event.message)}" if event.message else ""
+        self.echo(f"{printable(event.task.id)}: {event.kind}{detail}")
 
     def note(self, message: str) -> None:
-        self.echo(f"warning: {message}")
+        self.echo(f"warning: {printable(message)}")
 
     def close(self) -> None:
         pass
@@ -97,13 +104,13 @@ class LiveProgress:
     def start(self, start: RunStart) -> None:
         self.total = start.tasks
         self.headline = start.describe()
-        self.console.print(f"run: {self.headline}", markup=False, highlight=False)
+        self._print("", "", f"run: {self.headline}")
         for task, why in start.reasons.items():
-            self.console.print(f"{task}: runs: {why}", markup=False, highlight=False)
+            self._print("", "", f"{task}: runs: {why}")
 
     def event(self, event: RunEvent) -> None:
         if event.kind == "warning":
-            self.console.print(f"[yellow]warning[/] {event.task.id}: {event.message}")
+            self._print("warning", "yellow", f"{event.task.id}: {event.message}")
             return
         state = _STATES.get(event.kind)
         if state is None:
@@ -115,30 +122,66 @@ class LiveProgress:
         if event.message:
             row.message = event.message
         if state == "failed":
-            self.console.print(f"[red]failed[/] {event.task.id}: {event.message}")
+            self._print("failed", "red", f"{event.task.id}: {event.message}")
 
     def note(self, message: str) -> None:
-        self.console.print(f"[yellow]warning[/] {message}", markup=True, highlight=False)
+        self._print("warning", "yellow", message)
+
+    def _print(self, label: str, style: str, message: str) -> None:
+        """One line above the table: ``label`` in ``style``, then ``message`` as text."""
+        from rich.text import Text  # noqa: PLC0415
+
+        line = Text.assemble((label, style), " ") if label else Text()
+        line.append(printable(message))
+        self.console.print(line, highlight=False)
 
     def _render(self) -> Any:
         from rich.table import Table  # noqa: PLC0415
+        from rich.text import Text  # noqa: PLC0415
 
-        counts = {s: sum(1 for r in self.rows.values() if r.state == s) for s in _FINAL}
-        running = [(k, r) for k, r in self.rows.items() if r.state not in _FINAL]
+        rows = list(self.rows.items())  # at once: events add rows while the display draws
+        counts = {s: sum(1 for _, r in rows if r.state == s) for s in _FINAL}
+        running = [(k, r) for k, r in rows if r.state not in _FINAL]
         table = Table(box=None, show_header=False, pad_edge=False)
         table.add_column("step", no_wrap=True)
         table.add_column("state", no_wrap=True)
         table.add_column("detail", overflow="ellipsis", no_wrap=True)
         for key, row in running[:_MAX_ROWS]:
             detail = f"{row.progress:.0%}" if row.progress is not None else row.message
-            table.add_row(key, row.state, detail)
+            table.add_row(_cell(key), _cell(row.state), _cell(detail))
         if len(running) > _MAX_ROWS:
-            table.add_row(f"… and {len(running) - _MAX_ROWS} more", "", "")
+            table.add_row(_cell(f"… and {len(running) - _MAX_ROWS} more"))
         finished = sum(counts.values())
-        table.add_row(f"[bold]{finished}/{self.total}[/] finished", f"{counts['cached']} cached",
-                      f"{counts['done']} made, {counts['failed']} failed, "
-                      f"{counts['skipped']} skipped")
+        table.add_row(Text.assemble((f"{finished}/{self.total}", "bold"), " finished"),
+                      _cell(f"{counts['cached']} cached"),
+                      _cell(f"{counts['done']} made, {counts['failed']} failed, "
+                            f"{counts['skipped']} skipped"))
         return table
 
     def close(self) -> None:
         self.live.stop()
+
+
+def _cell(text: str) -> Text:
+    """A table cell that shows ``text`` as it is (a str cell would be read as markup)."""
+    from rich.text import Text  # noqa: PLC0415
+
+    return Text(printable(text))
+
+
+def summary(report: PipelineReport) -> str:
+    """A recipe's last line: its steps, what came from the cache, what was made (a failed or
+    moderated step was not), what it cost, and where its manifest and report are."""
+    records = report.records
+    steps = len(records)
+    counts = [f"{steps} step{'' if steps == 1 else 's'}",
+              f"{sum(1 for r in records if r.ok and r.cache == 'hit')} cached",
+              f"{sum(1 for r in records if r.ok and r.cache == 'miss')} made"]
+    for status in ("failed", "skipped", "missing"):
+        number = sum(1 for r in records if r.status == status)
+        if number:
+            counts.append(f"{number} {status}")
+    credits = sum(r.credits for r in records)
+    return (f"{report.plan.spec.name}: {', '.join(counts)}, "
+            f"{cost(credits, report.plan.provider, money=False)} -> "
+            f"{report.out_dir / MANIFEST}, {report.out_dir / REPORT}")

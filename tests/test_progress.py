@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,60 @@ def test_live_progress_shows_steps_in_flight_and_counts() -> None:
     text = console.export_text()
     assert "run: 3 steps: 1 cached, 2 to run, expected cost 12 credits ($0.12)" in text
     assert "failed poster-chain/default/relight: Content Moderated" in text
+
+
+def hostile_events() -> tuple[RunStart, list[RunEvent], str]:
+    """A run whose reasons, events and note hold rich markup and control characters."""
+    first, second, third = tasks()
+    start = RunStart(3, 0, 12, reasons={first.id: "prompt: [-x-]{+[/b] \x1b[2J+}"})
+    events = [RunEvent("retrying", second, message="poll: [/x] \x1b]0;t\x07\nfake"),
+              RunEvent("warning", third, message="status '[bold]\u202e'"),
+              RunEvent("failed", third, message="[/red] gone\r")]
+    return start, events, "[/yellow] note \x1b[2J"
+
+
+def test_plain_progress_shows_markup_as_is_and_escapes_control_characters() -> None:
+    lines: list[str] = []
+    progress = PlainProgress(lines.append)
+    start, events, note = hostile_events()
+    progress.start(start)
+    for event in events:
+        progress.event(event)
+    progress.note(note)
+    assert lines == [
+        "run: 3 steps: 0 cached, 3 to run, expected cost 12 credits ($0.12)",
+        "poster-chain/default/recolor: runs: prompt: [-x-]{+[/b] \\x1b[2J+}",
+        "poster-chain/default/sign: retrying: poll: [/x] \\x1b]0;t\\x07\\nfake",
+        "poster-chain/default/relight: warning: status '[bold]\\u202e'",
+        "poster-chain/default/relight: failed: [/red] gone\\r",
+        "warning: [/yellow] note \\x1b[2J",
+    ]
+
+
+def test_live_progress_shows_markup_as_text_and_escapes_control_characters() -> None:
+    console = Console(record=True, force_terminal=True, width=120, file=io.StringIO())
+    progress = LiveProgress(console)
+    start, events, note = hostile_events()
+    progress.start(start)
+    for event in events:
+        progress.event(event)
+    progress.note(note)
+    table = Console(record=True, width=120, file=io.StringIO())
+    table.print(progress._render())
+    frame = [" ".join(line.split()) for line in table.export_text().splitlines()]
+    progress.close()
+    assert frame == ["poster-chain/default/sign retrying poll: [/x] \\x1b]0;t\\x07\\nfake",
+                     "1/3 finished 0 cached 0 made, 1 failed, 0 skipped"]
+    text = console.export_text()
+    for line in ("run: 3 steps: 0 cached, 3 to run, expected cost 12 credits ($0.12)",
+                 "poster-chain/default/recolor: runs: prompt: [-x-]{+[/b] \\x1b[2J+}",
+                 "warning poster-chain/default/relight: status '[bold]\\u202e'",
+                 "failed poster-chain/default/relight: [/red] gone\\r",
+                 "warning [/yellow] note \\x1b[2J"):
+        assert line in text
+    assert isinstance(console.file, io.StringIO)
+    for raw in ("\x1b[2J", "\x1b]0;t", "\u202e"):  # (rich itself writes \r)
+        assert raw not in console.file.getvalue()
 
 
 @pytest.mark.parametrize(("credits", "provider", "money", "text"), [

@@ -74,6 +74,23 @@ def test_many_missing_images_are_counted_not_listed(run_cli: RunCli, copy: Previ
     assert lines[10] == "warning: … and 2 more images that cannot be shown"
 
 
+def test_names_in_a_tampered_manifest_are_shown_escaped(run_cli: RunCli, copy: PreviewRun,
+                                                        tmp_path: Path) -> None:
+    manifest = copy.out / "manifest.json"
+    document = json.loads(manifest.read_text())
+    document["steps"] = [{**step, "variant": "v\x1b]0;pwned\x07", "step": "[/b]\u202e"}
+                         for step in document["steps"][:1]]
+    manifest.write_text(json.dumps(document))
+    result = run_cli("report", str(copy.out), "--cache-dir", str(tmp_path / "elsewhere"))
+    assert result.exit_code == 0, result.output
+    sha = document["steps"][0]["output_sha256"]
+    assert result.stderr.splitlines()[0] == (
+        "warning: the image of v\\x1b]0;pwned\\x07 / [/b]\\u202e is not in the cache (object "
+        f"{sha[:12]})")
+    assert "\x1b" not in result.output
+    assert "\u202e" not in result.output
+
+
 def test_no_such_folder(run_cli: RunCli, tmp_path: Path) -> None:
     result = run_cli("report", str(tmp_path / "nowhere"))
     assert result.exit_code == 2

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from kontext_pipeline.cli.output import echo
 from kontext_pipeline.errors import (
     CacheError,
     KontextError,
@@ -58,17 +59,54 @@ def exit_code(error: KontextError) -> int:
 def _report(error: KontextError) -> None:
     if isinstance(error, SpecError):
         for problem in error.problems:
-            click.echo(problem.format(), err=True)
+            echo(problem.format(), err=True)
         errors = sum(1 for p in error.problems if p.is_error)
         files = sorted({p.file for p in error.problems})
         noun = "problem" if errors == 1 else "problems"
-        click.echo(f"kontext-pipeline: {errors} {noun} in {', '.join(files)}", err=True)
+        echo(f"kontext-pipeline: {errors} {noun} in {', '.join(files)}", err=True)
     else:
-        click.echo(f"kontext-pipeline: {error}", err=True)
+        echo(f"kontext-pipeline: {error}", err=True)
+
+
+class _Path(click.Path):
+    """A path option or argument that refuses a NUL character as a usage error (exit 2): no
+    system has such a path, and the operating system's answer to one is a ``ValueError``."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and "\0" in value:
+            from kontext_pipeline.text import printable  # noqa: PLC0415
+
+            self.fail(f"'{printable(value)}' holds a NUL character, which no path can contain",
+                      param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class _Command(click.Command):
+    """A command whose path parameters are :class:`_Path`: every command gets them, whoever
+    declares its options with plain ``click.Path``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if type(param.type) is click.Path:
+                path = _Path.__new__(_Path)
+                path.__dict__.update(vars(param.type))
+                param.type = path
+
+
+class _Commands(click.Group):
+    """A group of commands below the top one (``cache``)."""
+
+    command_class = _Command
+    group_class = type
 
 
 class _Group(click.Group):
     """Maps every library error to its exit code, with one message and no traceback."""
+
+    command_class = _Command
+    group_class = _Commands
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from kontext_pipeline.cli.base import cli
+from kontext_pipeline.cli.output import echo, echo_json
 
 __all__ = ["inspect"]
 
@@ -21,5 +22,7 @@ def inspect(image: str, as_json: bool) -> None:
     from kontext_pipeline.provenance import read_provenance_file  # noqa: PLC0415
 
     found = read_provenance_file(Path(image))
-    click.echo(json.dumps({"file": image, **found.to_json()}, indent=2, ensure_ascii=False)
-               if as_json else found.describe())
+    if as_json:
+        echo_json(json.dumps({"file": image, **found.to_json()}, indent=2, ensure_ascii=False))
+    else:
+        echo(found.describe())

@@ -17,6 +17,7 @@ from kontext_pipeline.cli.base import (
     recipe_argument,
     var_option,
 )
+from kontext_pipeline.cli.output import echo, echo_json
 from kontext_pipeline.errors import SpecError
 
 if TYPE_CHECKING:
@@ -43,10 +44,10 @@ def validate(recipes: Sequence[str], strict: bool) -> None:
             problems.extend(dataclasses.replace(w, severity="error") for w in spec.warnings)
             continue
         for warning in spec.warnings:
-            click.echo(warning.format(), err=True)
+            echo(warning.format(), err=True)
         tasks = len(spec.variants) * len(spec.steps)
-        click.echo(f"{recipe}: ok ({_count(len(spec.steps), 'step')}, "
-                   f"{_count(len(spec.variants), 'variant')}, {_count(tasks, 'task')})")
+        echo(f"{recipe}: ok ({_count(len(spec.steps), 'step')}, "
+             f"{_count(len(spec.variants), 'variant')}, {_count(tasks, 'task')})")
     if problems:
         raise SpecError(problems)
 
@@ -79,8 +80,10 @@ def plan(*, recipe: str, variables: dict[str, str], provider: str, cache_dir: st
     result = build_plan(spec, overrides=variables, env=os.environ, provider=provider)
     resolved = resolve(result, open_cache(cache_dir))
     reasons = explain_misses(resolved, last_run(Path(out) if out else Path("out") / spec.name))
-    click.echo(plan_json(result, resolved, reasons) if as_json
-               else plan_text(result, resolved, reasons))
+    if as_json:
+        echo_json(plan_json(result, resolved, reasons))
+    else:
+        echo(plan_text(result, resolved, reasons))
 
 
 @cli.command()

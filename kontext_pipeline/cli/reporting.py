@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from kontext_pipeline.cli.base import cache_dir_option, cli, open_cache
+from kontext_pipeline.cli.output import echo
 
 __all__ = ["report"]
 
@@ -28,17 +29,17 @@ def report(out_dir: str, cache_dir: str | None) -> None:
     store = open_cache(cache_dir)
     page = render_report(manifest, cache=store, base=folder)
     for problem in page.problems[:_SHOWN]:
-        click.echo(f"warning: {problem}", err=True)
+        echo(f"warning: {problem}", err=True)
     if len(page.problems) > _SHOWN:
-        click.echo(f"warning: … and {len(page.problems) - _SHOWN} more images that cannot be "
-                   "shown", err=True)
+        echo(f"warning: … and {len(page.problems) - _SHOWN} more images that cannot be "
+             "shown", err=True)
     if any("not in the cache" in problem for problem in page.problems):
-        click.echo(f"warning: the cache in {store.directory} lacks some of this run's images "
-                   "(removed by `cache gc` or `cache clear`, or the run used another "
-                   "--cache-dir); the report shows placeholders for them", err=True)
+        echo(f"warning: the cache in {store.directory} lacks some of this run's images "
+             "(removed by `cache gc` or `cache clear`, or the run used another "
+             "--cache-dir); the report shows placeholders for them", err=True)
     write_report(folder / REPORT, page)
     missing = len(page.problems)
-    click.echo(f"{folder / REPORT}: {len(manifest.variants)} variant"
-               f"{'' if len(manifest.variants) == 1 else 's'}, {page.shown} image"
-               f"{'' if page.shown == 1 else 's'}"
-               + (f", {missing} not shown" if missing else ""))
+    echo(f"{folder / REPORT}: {len(manifest.variants)} variant"
+         f"{'' if len(manifest.variants) == 1 else 's'}, {page.shown} image"
+         f"{'' if page.shown == 1 else 's'}"
+         + (f", {missing} not shown" if missing else ""))

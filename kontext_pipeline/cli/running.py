@@ -19,6 +19,7 @@ from kontext_pipeline.cli.base import (
     provider_option,
     var_option,
 )
+from kontext_pipeline.cli.output import echo, echo_json
 from kontext_pipeline.errors import StepsFailedError, UsageError
 
 if TYPE_CHECKING:
@@ -96,13 +97,13 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
         display.close()
     if as_json:
         documents = [r.manifest for r in reports]
-        click.echo(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2,
-                              ensure_ascii=False))
+        echo_json(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2,
+                             ensure_ascii=False))
     else:
         from kontext_pipeline.progress import summary  # noqa: PLC0415
 
         for report in reports:
-            click.echo(summary(report))
+            echo(summary(report))
     failures = [line for report in reports for line in report.failures]
     if failures:
         raise StepsFailedError(failures)
@@ -160,4 +161,4 @@ def _progress(as_json: bool) -> Progress:
         from rich.console import Console  # noqa: PLC0415
 
         return LiveProgress(Console(stderr=True))
-    return PlainProgress(lambda line: click.echo(line, err=True))
+    return PlainProgress(lambda line: echo(line, err=True))
