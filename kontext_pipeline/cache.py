@@ -7,10 +7,12 @@ Layout (under the cache directory)::
 
 Every write goes to a temporary file in the same directory and is renamed into place, so a
 reader sees a whole file or none, and concurrent runs sharing the directory corrupt nothing (two
-writers of one object write the same bytes). Files are not fsynced: after a power loss a file may
-be empty or short, which a lookup sees (a damaged entry, or an object of the wrong size) and
-treats as a miss. A damaged entry or an object whose size does not
-match its entry is a miss with a warning, never a wrong image; ``verify`` re-hashes everything.
+writers of one object write the same bytes). An object is flushed to disk (its bytes and its
+name) before the entry that refers to it is written, and the entry before the store returns (so
+before the run forgets the journalled task): after a power cut an entry never names an object
+that is not there whole, and a result the run was told is stored stays stored. A damaged entry
+or an object whose size does not match its entry is a miss with a warning, never a wrong image;
+``verify`` re-hashes everything.
 
 A write that is killed before its rename (SIGKILL, a crash) leaves its temporary file
 (``.tmp-*``) behind, which no lookup ever reads. One older than :data:`STALE_TEMPORARY_S` is
@@ -26,7 +28,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,15 +160,18 @@ class Cache:
         return self.object_path(entry.object).read_bytes()
 
     def store(self, data: bytes, entry: CacheEntry) -> CacheEntry:
-        """Store the image bytes, then the entry; returns the entry as stored."""
+        """Store the image bytes, then the entry, each flushed to disk; returns the entry as
+        stored."""
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry.object or len(data) != entry.size:
             raise ValueError("the entry does not describe these bytes")
         target = self.object_path(digest)
         try:
-            write_atomic(target, data)  # even if present: an object of this name may be damaged
+            # even if present: an object of this name may be damaged
+            write_atomic(target, data, durable=True)
             write_atomic(self.entry_path(entry.key),
-                         json.dumps(entry.to_json(), indent=1, sort_keys=True).encode())
+                         json.dumps(entry.to_json(), indent=1, sort_keys=True).encode(),
+                         durable=True)
         except OSError as exc:
             raise CacheError(_write_error(self.directory, exc)) from exc
         return entry
@@ -250,29 +255,35 @@ class Cache:
 
     def remove_entries(self, keep: set[str] | None = None,
                        older_than: float | None = None) -> int:
-        """Remove entries not in ``keep`` (when given) or created more than ``older_than``
-        seconds ago (when given), then the objects no entry refers to any more. Returns entries
-        removed. An object that no entry ever referred to is removed only once it is older than
-        :data:`STALE_TEMPORARY_S`: a run sharing the cache may have just stored it and be about
-        to write its entry."""
+        """Remove the entries :meth:`unwanted` finds (see :meth:`remove`); returns how many."""
+        return self.remove(self.unwanted(keep, older_than))
+
+    def unwanted(self, keep: set[str] | None = None,
+                 older_than: float | None = None) -> list[tuple[Path, CacheEntry | None]]:
+        """The damaged entries, those not in ``keep`` (when given), and those created more
+        than ``older_than`` seconds ago (when given)."""
+        now = time.time()
+        found: list[tuple[Path, CacheEntry | None]] = []
+        for path, entry in self.entries():
+            if (entry is None or (keep is not None and entry.key not in keep)
+                    or (older_than is not None and now - entry.created_at > older_than)):
+                found.append((path, entry))
+        return found
+
+    def remove(self, unwanted: Iterable[tuple[Path, CacheEntry | None]]) -> int:
+        """Remove these entries (as :meth:`unwanted` listed them), then the objects no entry
+        refers to any more; returns how many entries. An object that no entry ever referred to
+        is removed only once it is older than :data:`STALE_TEMPORARY_S`: a run sharing the
+        cache may have just stored it and be about to write its entry."""
         removed = 0
         now = time.time()
-        referenced: set[str] = set()
         dropped: set[str] = set()  # the objects of the entries removed now
-        for path, entry in self.entries():
-            stale = entry is None
-            if entry is not None and keep is not None and entry.key not in keep:
-                stale = True
-            if entry is not None and older_than is not None and \
-                    now - entry.created_at > older_than:
-                stale = True
-            if stale:
-                path.unlink(missing_ok=True)
-                removed += 1
-                if entry is not None:
-                    dropped.add(entry.object)
-            elif entry is not None:
-                referenced.add(entry.object)
+        for path, entry in unwanted:
+            path.unlink(missing_ok=True)
+            removed += 1
+            if entry is not None:
+                dropped.add(entry.object)
+        referenced = {entry.object for _, entry in self.entries() if entry is not None}
         for path in self.objects():
             if path.name not in referenced and (path.name in dropped
                                                 or _age(path, now) > STALE_TEMPORARY_S):

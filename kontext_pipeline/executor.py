@@ -4,7 +4,11 @@ Steps of one variant run in order, each output feeding the next; variants, branc
 run concurrently, bounded by the provider's active-task limits. Each result is stored in the
 cache before any step that reads it starts, and each request the API accepts is journalled until
 then, so an interrupted run resumes where it stopped and pays for no step twice. Steps that make
-the very same request (the same cache key) share one. The executor emits events and never prints.
+the very same request (the same cache key) share one, and so do runs sharing the cache: each
+key's request is made under its claim (see :mod:`kontext_pipeline.claims`), and a run that finds
+a key claimed waits for the claim (holding no active-task slot), then takes the result from the
+cache, or collects the journalled task of a run that died. The executor emits events and never
+prints.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from kontext_pipeline.cache import Cache, CacheEntry
+from kontext_pipeline.claims import LOCKS, Claim
 from kontext_pipeline.errors import ProviderError, TaskFailedError
 from kontext_pipeline.journal import Journal, JournalEntry
 from kontext_pipeline.plan import Plan, Task
@@ -31,8 +36,9 @@ Status = Literal["done", "failed", "skipped", "missing"]
 
 @dataclass(frozen=True)
 class RunEvent:
-    """Something happened to a task: ``cached``, ``queued``, ``submitted``, ``polling``,
-    ``retrying``, ``downloading``, ``done``, ``failed``, ``skipped`` or ``warning``."""
+    """Something happened to a task: ``cached``, ``waiting`` (for another run making the same
+    request), ``queued``, ``submitted``, ``polling``, ``retrying``, ``downloading``, ``done``,
+    ``failed``, ``skipped`` or ``warning``."""
 
     kind: str
     task: Task
@@ -62,6 +68,10 @@ class StepRecord:
         return self.status == "done"
 
 
+WAITING = "another run sharing the cache is making this image; waiting for it"
+_FIRST_WAIT = 0.05  # seconds between looks at a claim held by another run, growing…
+_LONGEST_WAIT = 1.0  # …up to this
+
 StoredSink = Callable[[CacheEntry, bytes], None]
 """Told of each new result once it is in the cache (with its bytes, still in memory)."""
 
@@ -78,6 +88,7 @@ class _Run:
         self.on_stored = on_stored
         self.results: dict[tuple[str, str, str], asyncio.Future[StepRecord]] = {}
         self.requests: dict[str, asyncio.Future[StepRecord]] = {}  # by key, while in flight
+        self.unlocked = False  # warned already that claims are not exclusive here
 
     def future(self, task: Task, step: str) -> asyncio.Future[StepRecord]:
         return self.results[(task.pipeline, task.variant, step)]
@@ -124,12 +135,44 @@ class _Run:
             return replace(first, task=task, cache="hit", credits=0, duration_s=0.0)
         future = self.requests[key] = asyncio.get_running_loop().create_future()
         try:
-            record = await self.call(provider, task, key, paths, hashes)
+            record = await self.claimed(provider, task, key, paths, hashes)
         except BaseException:
             future.cancel()
             raise
         future.set_result(record)
         return record
+
+    async def claimed(self, provider: Provider, task: Task, key: str, paths: tuple[Path, ...],
+                      hashes: tuple[str, ...]) -> StepRecord:
+        """Make the request of ``key`` under its claim, unless a run sharing the cache stored
+        its result since the lookup (it held the claim until then)."""
+        if self.journal is None:  # no journal, no claims: a run of its own
+            return await self.call(provider, task, key, paths, hashes)
+        claim = await self.claim(self.journal, task, key)
+        try:
+            lookup = self.cache.lookup(key)  # its problem, if any, was reported a moment ago
+            if lookup.entry is not None:
+                self.emit(RunEvent("cached", task))
+                return StepRecord(task, "done", "hit", key, hashes, lookup.entry)
+            return await self.call(provider, task, key, paths, hashes)
+        finally:
+            claim.release()
+
+    async def claim(self, journal: Journal, task: Task, key: str) -> Claim:
+        """The claim of ``key``, once no other run holds it (polled: a blocking lock would hold
+        a thread of the default executor, of which there are few)."""
+        delay = _FIRST_WAIT
+        while (claim := journal.claim(key)) is None:
+            if delay == _FIRST_WAIT:
+                self.emit(RunEvent("waiting", task, message=WAITING))
+            await asyncio.sleep(delay)
+            delay = min(_LONGEST_WAIT, delay * 1.5)
+        if claim.problem is not None and LOCKS and not self.unlocked:
+            self.unlocked = True
+            self.emit(RunEvent("warning", task, message=(
+                f"{claim.problem}; runs sharing this cache may each pay for a step that "
+                "neither has finished")))
+        return claim
 
     async def call(self, provider: Provider, task: Task, key: str, paths: tuple[Path, ...],
                    hashes: tuple[str, ...]) -> StepRecord:

@@ -11,6 +11,11 @@ leaves its entries behind; the next run of the same steps finds them and polls t
 instead of submitting (and paying for) them again. A task the API no longer knows (BFL keeps
 results for a limited time) is submitted again, with a warning.
 
+Beside each entry lies the key's claim (``<key>.lock``, see :mod:`kontext_pipeline.claims`):
+held by the run making that key's image, from before its submit until its result is stored, so
+that two runs sharing a cache never pay for one key twice. The second waits for the claim, then
+finds the result in the cache, or (if the first run died) its accepted task here, to collect.
+
 An entry holds no secret: the key is never written, and a polling URL is only ever sent the key
 if it is on the API's own host (see :mod:`kontext_pipeline.providers.bfl`).
 """
@@ -22,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kontext_pipeline.claims import Claim, sweep, try_claim
 from kontext_pipeline.files import write_atomic
 from kontext_pipeline.providers.base import Accepted
 
@@ -79,6 +85,14 @@ class Journal:
         except (OSError, ValueError, KeyError, TypeError):
             return None  # a damaged entry: the step is submitted (and journalled) afresh
         return entry if entry.key == key and entry.provider == provider else None
+
+    def claim(self, key: str) -> Claim | None:
+        """Claim ``key`` for this run without waiting (None while another run holds it)."""
+        return try_claim(self.directory / key[:2] / f"{key}.lock")
+
+    def sweep_claims(self) -> int:
+        """Remove the claim files that no run holds (left by runs that were killed)."""
+        return sweep(sorted(self.directory.glob("*/*.lock")))
 
     def remove(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)

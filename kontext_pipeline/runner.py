@@ -22,7 +22,7 @@ from kontext_pipeline.files import write_atomic
 from kontext_pipeline.journal import Journal
 from kontext_pipeline.plan import Plan
 from kontext_pipeline.providers.base import Provider
-from kontext_pipeline.report import dollars, manifest
+from kontext_pipeline.report import cost, dollars, manifest, paid
 from kontext_pipeline.resolution import Resolved, cost_of_misses, missing_lines, resolve
 from kontext_pipeline.threads import QuietWorker
 from kontext_pipeline.thumbnails import THUMBNAILS, ThumbnailStore
@@ -42,14 +42,16 @@ class RunStart:
     credits: int
     collecting: int = 0  # accepted (and paid for) by an interrupted run, not stored yet
     reasons: Mapping[str, str] = field(default_factory=dict)  # task id -> why it runs
+    provider: str = "bfl"
 
     def describe(self) -> str:
         to_run = self.tasks - self.cached - self.collecting
         collect = (f", {self.collecting} to collect from an interrupted run" if self.collecting
                    else "")
+        price = cost(self.credits, self.provider)
         return (f"{self.tasks} step{'' if self.tasks == 1 else 's'}: {self.cached} cached, "
-                f"{to_run} to run{collect}, expected cost {self.credits} credits "
-                f"({dollars(self.credits)})")
+                f"{to_run} to run{collect}, "
+                f"{'expected cost ' if paid(self.provider) else ''}{price}")
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,10 @@ async def run_plans(
     max_credits: int | None = None,
     on_start: Callable[[RunStart], None] | None = None,
     on_event: RunEventSink | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> list[PipelineReport]:
     """Run ``plans`` (exporting plan i into ``out_dirs[i]``) and return their reports.
+    ``on_note`` is told of what concerns a whole run (an old output kept in ``--out``).
 
     Raises :class:`FrozenCacheMissError` or :class:`BudgetExceededError` before any request,
     and a provider error that stops the run (key, credits) as soon as it happens.
@@ -104,8 +108,10 @@ async def run_plans(
             f"the steps that are not cached would cost {credits} credits ({dollars(credits)}), "
             f"more than --max-credits {max_credits}; nothing was submitted")
     if on_start is not None:
+        providers = {plan.provider for plan in plans}
         on_start(RunStart(len(resolved), cached, credits, len(collecting),
-                          _reasons(plans, out_dirs, resolved)))
+                          _reasons(plans, out_dirs, resolved),
+                          providers.pop() if len(providers) == 1 else "bfl"))
     provider = None if cached == len(resolved) else open_provider()
     # the report's thumbnails are made while the run waits on the API, not after it
     thumbnails = QuietWorker("thumbnails") if provider is not None else None
@@ -129,7 +135,7 @@ async def run_plans(
     for plan, out_dir in zip(plans, out_dirs, strict=True):
         mine = records[start:start + len(plan.tasks)]
         start += len(plan.tasks)
-        reports.append(_finish(plan, mine, cache, out_dir))
+        reports.append(_finish(plan, mine, cache, out_dir, on_note))
     return reports
 
 
@@ -144,11 +150,11 @@ def _reasons(plans: Sequence[Plan], out_dirs: Sequence[Path],
     return reasons
 
 
-def _finish(plan: Plan, records: Sequence[StepRecord], cache: Cache,
-            out_dir: Path) -> PipelineReport:
+def _finish(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Path,
+            on_note: Callable[[str], None] | None) -> PipelineReport:
     """Export the outputs, then write the manifest and the report (unless a re-run changed
     nothing: then neither is written again)."""
-    exported = export_outputs(plan, records, cache, out_dir)
+    exported = export_outputs(plan, records, cache, out_dir, on_warning=on_note)
     document = manifest(plan, records, exported, base=str(out_dir))
     encoded = json.dumps(document, indent=2, ensure_ascii=False).encode() + b"\n"
     if not _unchanged(out_dir, encoded):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kontext_pipeline import files
 from kontext_pipeline.cache import (
     STALE_TEMPORARY_S,
     Cache,
@@ -202,3 +203,31 @@ def test_gc_removes_the_thumbnails_of_the_objects_it_removes(tmp_path: Path) -> 
     assert cache.remove_entries(keep={kept.key}) == 1
     assert [p.name.split("-")[0] for p in (cache.root / "thumbnails").glob("*/*.json")] == [
         kept.object]
+
+
+def test_an_object_is_on_disk_before_its_entry_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order of the flushes and renames of a store (watched, not replaced): the object's
+    bytes and name are flushed before its entry is written, and the entry's before the store
+    returns."""
+    steps: list[str] = []
+    flush, rename = files._fsync, os.replace
+
+    def flushing(path: Path | str) -> None:
+        steps.append(f"flush {Path(path).relative_to(tmp_path).as_posix()}")
+        flush(path)
+
+    def renaming(source: str, target: str | Path) -> None:
+        steps.append(f"rename to {Path(target).relative_to(tmp_path).as_posix()}")
+        rename(source, target)
+
+    monkeypatch.setattr(files, "_fsync", flushing)
+    monkeypatch.setattr(os, "replace", renaming)
+    entry = Cache(tmp_path).store(b"paid for", entry_for(b"paid for"))
+    where = f"v1/objects/{entry.object[:2]}"
+    steps = [step if "/.tmp-" not in step else step.split("/.tmp-")[0] + "/<temporary>"
+             for step in steps]
+    assert steps == [f"flush {where}/<temporary>", f"rename to {where}/{entry.object}",
+                     f"flush {where}",
+                     "flush v1/entries/kk/<temporary>",
+                     f"rename to v1/entries/kk/{'k' * 64}.json", "flush v1/entries/kk"]

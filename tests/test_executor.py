@@ -69,9 +69,77 @@ def test_a_task_that_ended_is_forgotten_and_one_still_running_is_kept(
           - {id: slow, image: fine, prompt: "Something that takes all day [[never]]"}
     """)
     server = bfl_server()
-    records, _, journal = run(recipe, server, tmp_path, deadline=0.3)
+    records, _, journal = run(recipe, server, tmp_path, deadline=1.0)  # 'fine' ends long before
     assert records == ["default/fine: done miss", "default/refused: failed miss",
                        "default/slow: failed miss"]
     (kept,) = list(journal.entries())
     assert kept.label == "outcomes/default/slow"  # it may still finish: a later run polls it
     assert kept.accepted.api_base == server.url
+
+
+def test_two_runs_sharing_a_cache_make_each_request_once(
+        bfl_server: Start, write_recipe: WriteRecipe, tmp_path: Path) -> None:
+    """Two runs in one event loop (each with its own provider, as two processes would have),
+    started together on one cache: every key is submitted once, made by one run and taken from
+    the cache by the other, which waited for it."""
+    recipe = write_recipe("""
+        version: 1
+        name: shared
+        inputs: {photo: photo.png}
+        matrix:
+          n: [1, 2, 3, 4, 5, 6]
+        steps:
+          - {id: paint, image: photo, prompt: "Paint stripe number {{ n }}"}
+          - {id: frame, prompt: "Frame picture {{ n }} in gold"}
+    """)
+    server = bfl_server(latency=0.2)
+    plan = build_plan(load_spec(recipe), provider="bfl")
+    events: list[list[RunEvent]] = [[], []]
+
+    async def one(sink: list[RunEvent]) -> list[tuple[str, str, str]]:
+        provider = provider_for(server)
+        try:
+            records = await execute([plan], cache=Cache(tmp_path / "cache"), provider=provider,
+                                    on_event=sink.append,
+                                    journal=Journal(tmp_path / "cache" / "v1" / "journal"))
+        finally:
+            await provider.aclose()
+        return [(r.task.id, r.status, r.cache) for r in records]
+
+    async def both() -> list[list[tuple[str, str, str]]]:
+        return list(await asyncio.gather(one(events[0]), one(events[1])))
+
+    first, second = asyncio.run(both())
+    assert sorted(server.state.submits.values()) == [1] * 12
+    assert all(status == "done" for _, status, _ in first + second)
+    for (task, _, mine), (_, _, theirs) in zip(first, second, strict=True):
+        assert {mine, theirs} == {"hit", "miss"}, task  # made by one run, cached for the other
+    for sink, records in zip(events, (first, second), strict=True):
+        waited = {e.task.id for e in sink if e.kind == "waiting"}
+        assert {e.message for e in sink if e.kind == "waiting"} <= {
+            "another run sharing the cache is making this image; waiting for it"}
+        assert waited <= {task for task, _, cache in records if cache == "hit"}
+    assert not list((tmp_path / "cache" / "v1" / "journal").rglob("*.*"))  # nothing left
+
+
+def test_a_run_whose_claims_cannot_be_locked_warns_once_and_goes_on(
+        bfl_server: Start, write_recipe: WriteRecipe, tmp_path: Path) -> None:
+    recipe = write_recipe("""
+        version: 1
+        name: unlocked
+        matrix:
+          n: [1, 2]
+        steps:
+          - {id: base, prompt: "A lighthouse number {{ n }}"}
+    """)
+    (tmp_path / "journal").write_text("a file where the journal's folder should be")
+    server = bfl_server()
+    records, events, _ = run(recipe, server, tmp_path)
+    assert records == ["n=1/base: done miss", "n=2/base: done miss"]
+    claims = [e.message or "" for e in events if e.kind == "warning"
+              and "runs sharing this cache" in (e.message or "")]
+    assert len(claims) == 1
+    key = claims[0].split("/")[-1].split(".lock")[0]
+    assert claims[0] == (
+        f"cannot lock {tmp_path / 'journal' / key[:2] / key}.lock: Not a directory; runs "
+        "sharing this cache may each pay for a step that neither has finished")

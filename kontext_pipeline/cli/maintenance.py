@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,10 +15,15 @@ from kontext_pipeline.cli.base import (
     cli,
     load_all,
     open_cache,
-    provider_option,
     var_option,
 )
+from kontext_pipeline.cli.output import echo
 from kontext_pipeline.errors import CacheError, UsageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from kontext_pipeline.cache import CacheEntry
 
 __all__ = ["cache", "serve"]
 
@@ -40,19 +48,21 @@ def cache_info(cache_dir: str | None) -> None:
 @cache_dir_option
 def cache_ls(cache_dir: str | None) -> None:
     """List entries: key, provider, model, size, age and prompt."""
-    import time  # noqa: PLC0415
-
     now = time.time()
     for path, entry in open_cache(cache_dir).entries():
-        if entry is None:
-            click.echo(f"{path.stem[:12]}  (damaged entry)")
-            continue
-        age_h = (now - entry.created_at) / 3600
-        prompt = str(entry.request.get("prompt", ""))
-        prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
-        click.echo(f"{entry.key[:12]}  {entry.provider:<7}  {entry.model:<16}  "
-                   f"{entry.width}x{entry.height} {entry.format:<4}  {entry.size / 1e3:8.1f} kB  "
-                   f"{age_h:6.1f} h  {prompt}")
+        echo(_listed(path, entry, now))
+
+
+def _listed(path: Path, entry: CacheEntry | None, now: float) -> str:
+    """One entry as ``cache ls`` lists it."""
+    if entry is None:
+        return f"{path.stem[:12]}  (damaged entry)"
+    age_h = (now - entry.created_at) / 3600
+    prompt = str(entry.request.get("prompt", ""))
+    prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
+    return (f"{entry.key[:12]}  {entry.provider:<7}  {entry.model:<16}  "
+            f"{entry.width}x{entry.height} {entry.format:<4}  {entry.size / 1e3:8.1f} kB  "
+            f"{age_h:6.1f} h  {prompt}")
 
 
 @cache.command("verify")
@@ -64,7 +74,7 @@ def cache_verify(cache_dir: str | None, fix: bool) -> None:
     interrupted over an hour ago; exit 1 if anything is damaged or left over."""
     problems = open_cache(cache_dir).verify(fix=fix)
     for problem in problems:
-        click.echo(f"{problem}{' (removed)' if fix else ''}")
+        echo(f"{problem}{' (removed)' if fix else ''}")
     if problems and not fix:
         raise CacheError(f"{len(problems)} damaged item{'' if len(problems) == 1 else 's'} "
                          "in the cache; `kontext-pipeline cache verify --fix` removes them")
@@ -75,30 +85,68 @@ def cache_verify(cache_dir: str | None, fix: bool) -> None:
 @click.argument("recipes", nargs=-1, type=click.Path(path_type=str))
 @cache_dir_option
 @var_option
-@provider_option
+@click.option("--provider", hidden=True, help="Deprecated and ignored: gc keeps what the "
+                                               "recipes reach under every provider.")
 @click.option("--older-than", type=click.FloatRange(0), metavar="DAYS",
               help="Remove entries created more than DAYS ago.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--yes", is_flag=True, help="Remove paid (bfl) results without asking.")
 def cache_gc(*, recipes: Sequence[str], cache_dir: str | None, variables: dict[str, str],
-             provider: str, older_than: float | None) -> None:
-    """Remove entries the RECIPES no longer reach (and/or older than --older-than), and the
-    temporary files of writes interrupted over an hour ago."""
+             provider: str | None, older_than: float | None, dry_run: bool, yes: bool) -> None:
+    """Remove entries the RECIPES no longer reach under any provider (and/or older than
+    --older-than), and the temporary files of writes interrupted over an hour ago. Removing
+    paid (bfl) results asks first, unless --yes."""
+    from kontext_pipeline.journal import Journal  # noqa: PLC0415
     from kontext_pipeline.plan import build_plan  # noqa: PLC0415
+    from kontext_pipeline.providers import PROVIDERS  # noqa: PLC0415
     from kontext_pipeline.resolution import resolve  # noqa: PLC0415
 
+    if provider is not None:
+        click.echo("kontext-pipeline: note: cache gc ignores --provider (deprecated): it keeps "
+                   "what the recipes reach under every provider", err=True)
     if not recipes and older_than is None:
         raise UsageError("cache gc needs RECIPES to keep, --older-than DAYS, or both")
     store = open_cache(cache_dir)
     keep: set[str] | None = None
     if recipes:
-        plans = [build_plan(spec, overrides=variables, env=os.environ, provider=provider)
-                 for spec in load_all(recipes)]
-        keep = {r.key for plan in plans for r in resolve(plan, store) if r.hit and r.key}
-    removed = store.remove_entries(keep, None if older_than is None else older_than * 86400)
-    click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'}")
+        specs = load_all(recipes)
+        keep = {r.key for name in PROVIDERS for spec in specs
+                for r in resolve(build_plan(spec, overrides=variables, env=os.environ,
+                                            provider=name), store) if r.hit and r.key}
+    unwanted = store.unwanted(keep, None if older_than is None else older_than * 86400)
+    paid = [e for _, e in unwanted if e is not None and e.provider != "preview"]
+    what = _entries(len(unwanted)) + (
+        f" ({len(paid)} paid bfl result{'' if len(paid) == 1 else 's'}, "
+        f"{sum(e.credits for e in paid):g} credits)" if paid else "")
+    if dry_run:
+        now = time.time()
+        for path, entry in unwanted:
+            echo(_listed(path, entry, now))
+        click.echo(f"would remove {what}; nothing was removed (--dry-run)")
+        leftovers = len(store.leftovers())
+        if leftovers:
+            click.echo(f"would remove {_temporaries(leftovers)}")
+        return
+    if paid and not yes:
+        if sys.stdin is None or not sys.stdin.isatty():  # CI, a pipe: no one to ask
+            raise UsageError(f"cache gc would remove {what} and there is no terminal to ask; "
+                             "pass --yes to remove them, or --dry-run to list them; nothing "
+                             "was removed")
+        click.confirm(f"Remove {what}?", abort=True)
+    removed = store.remove(unwanted)
+    click.echo(f"removed {_entries(removed)}")
     leftovers = store.remove_leftovers()
     if leftovers:
-        click.echo(f"removed {leftovers} temporary file{'' if leftovers == 1 else 's'} of "
-                   "interrupted writes")
+        click.echo(f"removed {_temporaries(leftovers)}")
+    Journal(store.root / "journal").sweep_claims()  # left by killed runs: nothing to report
+
+
+def _entries(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
+
+
+def _temporaries(count: int) -> str:
+    return f"{count} temporary file{'' if count == 1 else 's'} of interrupted writes"
 
 
 @cache.command("clear")
@@ -118,14 +166,38 @@ def cache_clear(cache_dir: str | None, yes: bool) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--latency", type=click.FloatRange(0), default=2.0, show_default=True,
               help="Seconds from submit to a terminal status.")
+@click.option("--phases", is_flag=True,
+              help="Answer the 2026 API's in-flight statuses: Pending, Reasoning, then "
+                   "Generating, each answering at least one poll.")
+@click.option("--unknown-status", metavar="WORD",
+              help="Tasks also pass through this in-flight status, one no client knows (before "
+                   "Generating with --phases), answering at least one poll.")
 @click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
-              help="Accept only these keys (repeatable; default: any non-empty key).")
+              envvar="KONTEXT_SERVE_API_KEY", show_envvar=True,
+              help="Accept only these keys (repeatable, or KONTEXT_SERVE_API_KEY with keys "
+                   "separated by spaces; default: any non-empty key). Other users of the "
+                   "machine can read a command line (ps): prefer the variable.")
+@click.option("--public-url", metavar="URL",
+              help="The base URL clients reach this server at, for the polling and result "
+                   "URLs it hands out (default: the address the request reached, "
+                   "http://HOST:PORT; never the request's Host header).")
+@click.option("--allow-webhook-host", "webhook_hosts", multiple=True, metavar="HOST",
+              help="Also deliver webhooks to this host (repeatable; default: loopback "
+                   "addresses only).")
+@click.option("--webhooks-anywhere", is_flag=True,
+              help="Deliver webhooks to any address (anyone who can submit can then make "
+                   "this server post into its network).")
+@click.option("--public-stats", is_flag=True,
+              help="Answer GET /_stats without a key.")
 @click.option("--active-limit", type=click.IntRange(1), default=24, show_default=True,
               help="Active tasks allowed per account (flux-kontext-max: 6) before 429.")
 @click.option("--url-ttl", type=float, default=600.0, show_default=True,
               help="Seconds a signed result URL stays valid.")
 @click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0,
               help="Fault injection: probability of a 5xx answer.")
+@click.option("--submit-error-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Fault injection: probability that a submit is refused with 500, 502, 503 "
+                   "or 504 (not accepted).")
 @click.option("--throttle-rate", type=click.FloatRange(0, 1), default=0.0,
               help="Fault injection: probability of a spurious 429.")
 @click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0,
@@ -140,8 +212,11 @@ def cache_clear(cache_dir: str | None, yes: bool) -> None:
               default="hmac", show_default=True,
               help="How webhooks are signed: X-BFL-Signature (an HMAC of the body), the raw "
                    "secret in X-Webhook-Secret, or both.")
-def serve(*, host: str, port: int, latency: float, api_keys: Sequence[str], active_limit: int,
-          url_ttl: float, error_rate: float, throttle_rate: float, drop_rate: float,
+def serve(*, host: str, port: int, latency: float, phases: bool, unknown_status: str | None,
+          api_keys: Sequence[str], public_url: str | None, webhook_hosts: Sequence[str],
+          webhooks_anywhere: bool, public_stats: bool, active_limit: int, url_ttl: float,
+          error_rate: float,
+          submit_error_rate: float, throttle_rate: float, drop_rate: float,
           truncate_rate: float, jitter: float, fault_seed: int, webhook_signature: str) -> None:
     """Run the bundled BFL-compatible server (offline use, and tests of BFL clients).
 
@@ -149,14 +224,34 @@ def serve(*, host: str, port: int, latency: float, api_keys: Sequence[str], acti
     Prompts can ask for outcomes: [[request-moderated]], [[content-moderated]], [[error]],
     [[task-not-found]], [[status:Anything]] and [[never]] (stays Pending).
     """
+    from kontext_pipeline.providers.bfl.answers import IN_FLIGHT, TERMINAL  # noqa: PLC0415
+    from kontext_pipeline.server.network import checked_public_url  # noqa: PLC0415
     from kontext_pipeline.server.run import serve as run_server  # noqa: PLC0415
     from kontext_pipeline.server.state import FaultConfig, ServerConfig  # noqa: PLC0415
+    from kontext_pipeline.server.targets import allowed_host  # noqa: PLC0415
 
-    faults = FaultConfig(error_rate=error_rate, throttle_rate=throttle_rate, drop_rate=drop_rate,
+    if unknown_status is not None and (not unknown_status.strip()
+                                       or unknown_status in IN_FLIGHT | TERMINAL):
+        raise UsageError(f"--unknown-status {unknown_status!r}: give a status the API does not "
+                         "document (e.g. Queued); known ones and empty words are refused")
+    base = checked_public_url(public_url) if public_url is not None else None
+    if public_url is not None and base is None:
+        raise UsageError(f"--public-url {public_url!r}: give the base URL clients reach this "
+                         "server at, http(s)://HOST[:PORT][/PATH], with no user name, query "
+                         "or fragment")
+    hosts = {value: allowed_host(value) for value in webhook_hosts}
+    for value, allowed in hosts.items():
+        if allowed is None:
+            raise UsageError(f"--allow-webhook-host {value!r}: give a host name or an IP "
+                             "address, with no scheme, port or path")
+    faults = FaultConfig(error_rate=error_rate, submit_error_rate=submit_error_rate,
+                         throttle_rate=throttle_rate, drop_rate=drop_rate,
                          truncate_rate=truncate_rate, jitter=jitter, seed=fault_seed)
-    config = ServerConfig(latency=latency, api_keys=frozenset(api_keys) or None,
-                          active_limit=active_limit, url_ttl=url_ttl, faults=faults,
-                          webhook_signature=webhook_signature)
+    config = ServerConfig(latency=latency, phases=phases, unknown_status=unknown_status,
+                          api_keys=frozenset(api_keys) or None, active_limit=active_limit,
+                          url_ttl=url_ttl, faults=faults, webhook_signature=webhook_signature,
+                          public_url=base, webhook_hosts=frozenset(filter(None, hosts.values())),
+                          webhooks_anywhere=webhooks_anywhere, public_stats=public_stats)
     click.echo(f"kontext-pipeline: BFL-compatible server on http://{host}:{port} "
                f"(latency {latency:g} s; Ctrl-C stops it)", err=True)
     run_server(config, host=host, port=port)
