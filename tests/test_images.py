@@ -15,6 +15,8 @@ from kontext_pipeline.images import (
     MAX_INPUT_BYTES,
     ImageCheckError,
     ImageInfo,
+    ImageRefusedError,
+    inspect_bytes,
     inspect_image,
     sha256_file,
 )
@@ -90,3 +92,36 @@ def test_a_pipe_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
     os.mkfifo(path)
     assert check(path) == ("is not a regular file (a pipe, a device or a socket); an input must "
                            "be an image file")
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 24\nshowpage\n%%EOF\n"
+
+
+def test_an_eps_input_is_refused_without_being_opened(tmp_path: Path) -> None:
+    """Pillow would hand an EPS to Ghostscript to decode it: it is named by its first bytes
+    and refused, never opened."""
+    path = tmp_path / "photo.png"
+    path.write_bytes(EPS)
+    assert check(path) == ("is an EPS file; an input image must be PNG, JPEG, WebP, GIF, BMP "
+                           "or TIFF")
+
+
+@pytest.mark.parametrize("kind", ["TIFF", "WEBP", "GIF", "BMP"])
+def test_other_formats_pillow_decodes_itself_are_inputs(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "photo"
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(path, kind)
+    assert inspect_image(path) == ImageInfo(kind, 40, 30, path.stat().st_size)
+
+
+def test_a_result_is_checked_against_the_formats_asked_for() -> None:
+    with pytest.raises(ImageRefusedError) as caught:
+        inspect_bytes(EPS, ("PNG", "JPEG"))
+    assert str(caught.value) == "is an EPS image; PNG or JPEG was asked for"
+    with pytest.raises(ImageRefusedError) as caught:
+        inspect_bytes(png_header(5000, 4001), ("PNG",))
+    assert str(caught.value) == ("is 5000×4001 pixels (20.0 megapixels); at most 20 megapixels "
+                                 "are accepted")
+    with pytest.raises(ImageCheckError) as caught:
+        inspect_bytes(b"<html>not an image</html>", ("PNG",))
+    assert str(caught.value) == "is not an image file that can be decoded"
+    assert not isinstance(caught.value, ImageRefusedError)  # a damaged download is retried

@@ -11,9 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kontext_pipeline.errors import ProviderError
+from kontext_pipeline.errors import ProviderError, UsageError
 from kontext_pipeline.providers.base import EditRequest, ProviderEvent
 from kontext_pipeline.providers.bfl import DEFAULT_API_BASE, BflProvider, http_client
+from kontext_pipeline.providers.bfl.urls import holds_secret
 from kontext_pipeline.providers.policies import PollPolicy, RetryPolicy
 from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import KEY, RecordedSleep, run
@@ -162,3 +163,70 @@ def test_a_polling_url_holding_the_key_is_not_used() -> None:
     assert str(caught.value) == ("t: the API answered the submit with the API key in its task "
                                  "id or polling URL; they are not used (nor written anywhere)")
     assert told == []  # nothing reached the journal
+
+
+PASSWORD = "hunter2-not-for-printing"  # noqa: S105  (a test's stand-in)
+USERINFO = f"http://user:{PASSWORD}@"
+
+
+@pytest.mark.parametrize("via", ["option", "environment"])
+def test_a_password_in_the_api_base_is_refused_and_never_shown(
+        via: str, bfl_server: Start, run_cli: RunCli, write_recipe: WriteRecipe) -> None:
+    """Userinfo in the base is refused (exit 2): BFL needs none, and the base is shown in
+    messages and stored with journalled tasks."""
+    recipe = write_recipe(RECIPE)
+    server = bfl_server()
+    base = server.url.replace("http://", USERINFO)
+    cache, out = recipe.parent / "cache", recipe.parent / "out"
+    options = ("--api-base", base) if via == "option" else ()
+    env = {"BFL_API_KEY": KEY, **({"BFL_API_BASE": base} if via == "environment" else {})}
+    result = run_cli("run", str(recipe), *options, "--cache-dir", str(cache), "--out",
+                     str(out), env=env)
+    assert result.exit_code == 2, result.output
+    shown = server.url.replace("http://", "http://***@")
+    assert result.stderr.endswith(
+        f"kontext-pipeline: the API base URL '{shown}' holds a user name or password: BFL "
+        "needs none (the key goes in BFL_API_KEY), and the URL is shown and stored; remove it "
+        "from --api-base or BFL_API_BASE\n")
+    assert PASSWORD not in result.stdout + result.stderr
+    assert [p for d in (cache, out) if d.exists() for p in d.rglob("*")
+            if p.is_file() and PASSWORD.encode() in p.read_bytes()] == []
+    assert server.state.requests == []
+
+
+@pytest.mark.parametrize(("base", "message"), [
+    (f"ftp://u:{PASSWORD}@h", "the API base URL 'ftp://***@h' is not an http:// or https:// "
+                              "URL; check --api-base or BFL_API_BASE"),
+    (f"https://{PASSWORD}@api.bfl.ai/", "the API base URL 'https://***@api.bfl.ai/' holds a "
+                                        "user name or password: BFL needs none (the key goes "
+                                        "in BFL_API_KEY), and the URL is shown and stored; "
+                                        "remove it from --api-base or BFL_API_BASE"),
+    (f"https://api.bfl.ai/{KEY}", "the API base URL holds the API key, which goes in "
+                                  "BFL_API_KEY only; remove it from --api-base or BFL_API_BASE"),
+])
+def test_a_provider_takes_no_api_base_it_could_not_show(base: str, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        BflProvider(client=httpx.AsyncClient(), api_key=KEY, api_base=base)
+    assert str(caught.value) == message
+    assert PASSWORD not in message
+
+
+@pytest.mark.parametrize("url", [
+    f"https://d.example/s.png?leak={KEY}",
+    f"https://d.example/s.png?leak={KEY.upper()}",
+    "https://d.example/s.png#" + "".join(f"%{ord(c):02x}" for c in KEY),
+    "https://d.example/" + KEY.replace("_", "%255F"),  # encoded twice over
+    f"https://u:{KEY}@d.example/s.png",
+    f"https://{KEY}.d.example/s.png",
+])
+def test_the_key_is_found_in_a_url_however_it_is_written(url: str) -> None:
+    assert holds_secret(url, KEY)
+
+
+@pytest.mark.parametrize(("url", "key"), [
+    (f"https://d.example/s.png?sig={KEY[:-1]}", KEY),
+    ("https://d.example/s.png?sig=%25%32", KEY),
+    ("https://d.example/preview.png", "preview"),  # a stand-in's key is no secret
+])
+def test_a_url_without_the_key_is_not_refused(url: str, key: str) -> None:
+    assert not holds_secret(url, key)

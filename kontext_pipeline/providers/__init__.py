@@ -62,16 +62,14 @@ def open_provider(
         BflProvider,
         http_client,
     )
+    from kontext_pipeline.providers.bfl.urls import check_api_base  # noqa: PLC0415
     from kontext_pipeline.providers.policies import (  # noqa: PLC0415
         WEBHOOK_FALLBACK,
         ActiveTaskLimiter,
     )
 
-    base = api_base or environ.get("BFL_API_BASE") or DEFAULT_API_BASE
-    scheme, _, rest = base.partition("://")
-    if scheme not in ("http", "https") or not rest.split("/", 1)[0]:
-        raise UsageError(f"the API base URL '{base}' is not an http:// or https:// URL; check "
-                         "--api-base or BFL_API_BASE")
+    # no user name or password (it would be shown and stored), not the key: exit 2 otherwise
+    base = check_api_base(api_base or environ.get("BFL_API_BASE") or DEFAULT_API_BASE, key)
     return BflProvider(client=http_client(), api_key=key, api_base=base,
                        limiter=ActiveTaskLimiter(concurrency), webhook=webhook,
                        polling=WEBHOOK_FALLBACK if webhook else None)

@@ -40,12 +40,18 @@ class RetryPolicy:
     Ten attempts wait about a minute in all before giving up (at most about a minute and a
     half): long enough to ride out a flaky minute of the service, short enough for CI to fail
     in reasonable time when it is really down.
+
+    ``request_deadline`` bounds each request from sending it to the last byte of its answer
+    (httpx's timeouts bound each read only, so a server sending a byte every 20 s would hold a
+    request for ever); a submit has one more second per ``upload_rate`` bytes it sends.
     """
 
     attempts: int = 10
     base_delay: float = 0.5
     max_delay: float = 20.0
     max_retry_after: float = 120.0
+    request_deadline: float = 60.0
+    upload_rate: float = 250_000.0
 
     def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number ``attempt`` (1 = the first retry)."""

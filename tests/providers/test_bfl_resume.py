@@ -10,7 +10,7 @@ from kontext_pipeline.images import inspect_bytes
 from kontext_pipeline.providers.base import Accepted, EditRequest, EditResult, ProviderEvent
 from kontext_pipeline.providers.bfl import DEFAULT_API_BASE
 from kontext_pipeline.server.run import BackgroundServer
-from tests.bfl_helpers import provider_for, run
+from tests.bfl_helpers import KEY, provider_for, run
 
 Start = Callable[..., BackgroundServer]
 REQUEST = EditRequest("flux-kontext-pro", "Make it blue", 42, label="test/step")
@@ -98,3 +98,20 @@ def test_an_old_task_is_still_polled_once_past_the_deadline(bfl_server: Start) -
                    answer.submitted_at - 7200)  # two hours ago: past the polling deadline
     generate(server, resume=old)
     assert len(server.state.paths("POST")) == 1
+
+
+def test_a_journalled_polling_url_holding_the_key_is_not_polled(bfl_server: Start) -> None:
+    """The journal is input too: a task journalled with the key in its polling URL is not
+    polled; the request is submitted again."""
+    server = bfl_server()
+    encoded = "".join(f"%{ord(c):02X}" for c in KEY)
+    journalled = Accepted("t-old", f"{server.url}/v1/get_result?id=t-old&k={encoded}",
+                          server.url, 4, time.time())
+    events: list[ProviderEvent] = []
+    result = generate(server, resume=journalled, events=events)
+    assert not [r for r in server.state.requests if "t-old" in r.query]
+    assert len(server.state.paths("POST")) == 1
+    inspect_bytes(result.image)
+    assert [e.message for e in events if e.kind == "retrying"] == [
+        "test/step: a task of an earlier run was journalled with the API key in its id or "
+        "polling URL; they are not used; submitting it again"]

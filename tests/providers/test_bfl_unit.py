@@ -201,7 +201,7 @@ def test_a_result_that_is_too_large_is_refused() -> None:
     api = FakeBfl(delivery=httpx.Response(200, content=b"x" * 2000))
     with pytest.raises(InvalidResultError) as caught:
         generate(api, max_result_bytes=1000)
-    assert str(caught.value) == "the result is 2000 bytes; at most 1000 are accepted"
+    assert str(caught.value) == "t: the result is 2000 bytes; at most 1000 are accepted"
 
 
 def test_a_result_that_is_not_an_image_is_retried_then_refused() -> None:

@@ -20,8 +20,13 @@ Retry policy (what the API documents, and what mature clients do):
   ``Content Moderated`` fail the step and are never retried; ``Error``, ``Failed`` and ``Task
   not found`` fail it, showing ``details.error`` (else ``result.error``, else ``details``).
 
+Every answer is input: bodies are read within bounds (1 MB of JSON, ``max_result_bytes`` of
+image, counted after decompression), each exchange within a deadline, a result must be the
+format the step asked for, and no URL holding the key is requested.
+
 Modules: :mod:`.provider` (one request, start to finish), :mod:`.exchanges` (the HTTP requests
-and their retries), :mod:`.answers` (what answers mean), :mod:`.body` (the submit's JSON),
+and their retries), :mod:`.reading` (bodies and deadlines bounded), :mod:`.answers` (what
+answers mean), :mod:`.urls` (URLs that may hold a secret), :mod:`.body` (the submit's JSON),
 :mod:`.task` (a request's state), :mod:`.clients` (the HTTP clients).
 """
 

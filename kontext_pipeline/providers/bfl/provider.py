@@ -43,6 +43,7 @@ from kontext_pipeline.providers.bfl.answers import (
 from kontext_pipeline.providers.bfl.body import ChangedInputError, request_body
 from kontext_pipeline.providers.bfl.exchanges import Exchanges
 from kontext_pipeline.providers.bfl.task import TaskLostError, TaskState
+from kontext_pipeline.providers.bfl.urls import check_api_base
 from kontext_pipeline.providers.inbox import Webhook
 from kontext_pipeline.providers.policies import (
     ActiveTaskLimiter,
@@ -83,7 +84,7 @@ class BflProvider:
     ) -> None:
         if not api_key:
             raise AuthenticationError("no API key: set BFL_API_KEY")
-        self.api_base = api_base.rstrip("/")
+        self.api_base = check_api_base(api_base, api_key)
         self._name = name
         self.limiter = limiter or ActiveTaskLimiter()
         self.retry = retry or RetryPolicy()
@@ -160,6 +161,9 @@ class BflProvider:
             raise TaskLostError(f"{task.label}: task {task.task_id} of an earlier run was "
                                 f"accepted by {accepted.api_base}, not {self.api_base}")
         task.submitted_at = self._clock() - max(0.0, time.time() - accepted.submitted_at)
+        if self.api.holds_key(task.polling_url) or self.api.holds_key(task.task_id):
+            raise TaskLostError(f"{task.label}: a task of an earlier run was journalled with "
+                                "the API key in its id or polling URL; they are not used")
         check_polling_host(task.label, self.api_base, task.polling_url)
         task.event("submitted", message=f"collecting task {task.task_id} of an earlier run")
         async with self.limiter.slot(task.request.model):
@@ -223,6 +227,7 @@ class BflProvider:
         model = task.request.model
         timer = PollTimer(self.polling, self._rng, self._expected(model))
         deadline = self._clock() - task.submitted_at + self.polling.deadline
+        task.deadline_at = task.submitted_at + deadline  # the polls' own deadlines end there
         failures = 0
         while True:
             elapsed, body = await self._wait_due(task, timer, deadline)

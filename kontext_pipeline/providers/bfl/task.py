@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ class TaskState:
     polls: int = 0
     submitted_at: float = 0.0  # on the provider's clock
     resumed: bool = False  # submitted by an earlier run: its latency says nothing typical
+    deadline_at: float = math.inf  # on the provider's clock: when polling for it gives up
 
     @property
     def label(self) -> str:
