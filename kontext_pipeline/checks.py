@@ -13,9 +13,10 @@ from typing import Any
 
 from kontext_pipeline.findings import Findings, did_you_mean
 from kontext_pipeline.images import ImageCheckError, inspect_image
+from kontext_pipeline.templating import is_secret_name
 
-__all__ = ["MAX_ASPECT", "check_inputs", "check_outputs", "check_params", "check_steps",
-           "image_refs", "step_ids"]
+__all__ = ["MAX_ASPECT", "check_env", "check_inputs", "check_outputs", "check_params",
+           "check_steps", "image_refs", "step_ids"]
 
 MAX_ASPECT = 21 / 9
 """Aspect ratios from 21:9 to 9:21 are accepted by the API."""
@@ -119,6 +120,8 @@ def check_inputs(data: Mapping[str, Any], base_dir: Path, findings: Findings) ->
 
 
 def _input_problem(source: str, root: Path) -> str | None:
+    if "\0" in source:
+        return f"'{source}' holds a NUL character, which no file name can contain; remove it"
     relative = Path(source)
     if relative.is_absolute() or source.startswith("~"):
         return f"'{source}' must be a path relative to the recipe file"
@@ -172,6 +175,15 @@ def _is_device_name(name: str) -> bool:
 def _device_name(name: str) -> str:
     return (f"'{name}' is the name of a device on Windows (CON, PRN, AUX, NUL, COM0-9, "
             "LPT0-9), not a possible file name; choose another name")
+
+
+def check_env(data: Mapping[str, Any], findings: Findings) -> None:
+    """No name in ``env`` looks like a secret: templates never see secrets, listed or not."""
+    names = data.get("env")
+    for index, name in enumerate(names if isinstance(names, list) else []):
+        if isinstance(name, str) and is_secret_name(name):
+            findings.add(("env", index), f"'{name}' looks like a secret; templates cannot read "
+                                         "secrets, so `env` cannot list it")
 
 
 def check_params(data: Mapping[str, Any], findings: Findings) -> None:

@@ -21,6 +21,7 @@ from kontext_pipeline.matrix import Variant, format_value
 from kontext_pipeline.prompts import template_position, variant_list
 from kontext_pipeline.spec import Params, Spec
 from kontext_pipeline.templating import (
+    RecipeBudget,
     RenderError,
     StepTemplate,
     VariantContext,
@@ -119,8 +120,10 @@ def build_plan(
     provider: str = "bfl",
 ) -> Plan:
     """Plan ``spec``. ``overrides`` are ``--var`` values: a recipe variable takes the value, a
-    matrix key selects the variants with that value. Raises :class:`UsageError` for an unknown
-    name or a selection that matches no variant, :class:`TemplateError` when a prompt fails."""
+    matrix key selects the variants with that value. ``env`` is the environment: templates see
+    only the variables the recipe allows (:func:`~kontext_pipeline.templating.env_visible`).
+    Raises :class:`UsageError` for an unknown name or a selection that matches no variant,
+    :class:`TemplateError` when a prompt fails."""
     overrides = dict(overrides or {})
     variables = _override(spec, overrides)
     variants = _select(spec, overrides)
@@ -131,13 +134,17 @@ def build_plan(
                 "seed": spec.seed}
     tasks: list[Task] = []
     failures: dict[tuple[int, str, int | None], list[str]] = {}
+    recipe = RecipeBudget()  # shared by every render of the plan
     for variant in variants:
+        if recipe.spent is not None:
+            break  # reported once, at the step where it ran out
         context = base_context(variables=variables,
                                variant=VariantContext(variant.id, variant.values),
                                pipeline=pipeline,
                                inputs={n: i.source for n, i in spec.inputs.items()},
-                               env=template_environ(env or {}))
-        for step, prompt in zip(spec.steps, render_steps(templates, context), strict=True):
+                               env=template_environ(env or {}, spec.env_names))
+        for step, prompt in zip(spec.steps, render_steps(templates, context, recipe),
+                                strict=False):
             if isinstance(prompt, RenderError):
                 failures.setdefault((step.index, prompt.message, prompt.line), []).append(
                     variant.id)

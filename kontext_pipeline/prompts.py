@@ -15,19 +15,22 @@ from kontext_pipeline.keys import derive_seed
 from kontext_pipeline.matrix import Variant
 from kontext_pipeline.templating import (
     CONTEXT_NAMES,
+    ENV_PREFIX,
     Prompt,
+    RecipeBudget,
     RenderError,
     StepTemplate,
     VariantContext,
     base_context,
+    env_visible,
     global_names,
     is_secret_name,
     render_steps,
 )
 from kontext_pipeline.yamlsource import Position
 
-__all__ = ["DEFAULT_MODEL", "PIPELINE_FIELDS", "check_prompts", "template_position",
-           "variant_list"]
+__all__ = ["DEFAULT_MODEL", "PIPELINE_FIELDS", "check_prompts", "env_names",
+           "template_position", "variant_list"]
 
 DEFAULT_MODEL = "flux-kontext-pro"
 PIPELINE_FIELDS = ("name", "description", "model", "seed")
@@ -45,6 +48,13 @@ def template_position(start: Position, line: int | None, lines: Sequence[str]) -
             text = lines[file_line - 1]
             return Position(file_line, len(text) - len(text.lstrip()) + 1)
     return start  # a folded or multi-line flow scalar: its lines do not map one to one
+
+
+def env_names(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The environment variables the recipe's ``env`` lets its templates see (as written;
+    the schema and :func:`~kontext_pipeline.checks.check_env` report what is wrong with them)."""
+    names = data.get("env")
+    return tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
 
 
 def variant_list(ids: Sequence[str], total: int) -> str:
@@ -74,7 +84,8 @@ def check_prompts(
     lines: Sequence[str],
 ) -> None:
     """Compile every prompt, check the names it reads, and render it for every variant
-    (when ``variants`` is known)."""
+    (when ``variants`` is known), every render counted against one budget. ``env`` is what
+    templates see as ``env``."""
     checker = _Checker(data, variants or (), env, findings, lines)
     steps = _compile(data, findings, lines)
     for number, info in enumerate(steps):
@@ -90,6 +101,7 @@ class _Checker:
     def __init__(self, data: Mapping[str, Any], variants: Sequence[Variant],
                  env: Mapping[str, str], findings: Findings, lines: Sequence[str]) -> None:
         self.data, self.env, self.findings, self.lines = data, env, findings, lines
+        self.allowed = env_names(data)
         self.variables = _mapping(data.get("vars"))
         self.inputs = _mapping(data.get("inputs"))
         matrix = _mapping(data.get("matrix"))
@@ -128,7 +140,7 @@ class _Checker:
                                     f"{did_you_mean(ref.name, names)}", ref.line)
         for ref in info.prompt.attributes("env"):
             if ref.name not in self.env:
-                self.fail(info, _env_message(ref.name), ref.line)
+                self.fail(info, _env_message(ref.name, self.allowed), ref.line)
 
     def render_all(self, variants: Sequence[Variant], steps: Sequence[_StepInfo | None]) -> None:
         chain = [s for s in steps if s is not None]
@@ -138,22 +150,29 @@ class _Checker:
                     "model": data.get("model", DEFAULT_MODEL), "seed": data.get("seed", 0)}
         inputs = {k: str(v) for k, v in self.inputs.items()}
         failures: dict[tuple[int, str, int | None], list[str]] = {}
+        recipe = RecipeBudget()
         for variant in variants:
             context = base_context(variables=self.variables,
                                    variant=VariantContext(variant.id, variant.values),
                                    pipeline=pipeline, inputs=inputs, env=self.env)
-            for info, result in zip(chain, render_steps(templates, context), strict=True):
-                if isinstance(result, RenderError) and info.usable:
+            results = render_steps(templates, context, recipe)
+            for info, result in zip(chain, results, strict=False):
+                if isinstance(result, RenderError) and (info.usable or result.exhausted):
                     key = (info.index, result.message, result.line)
                     failures.setdefault(key, []).append(variant.id)
+            if recipe.spent is not None:
+                break  # reported once, at the step where it ran out
         for (index, message, line), ids in failures.items():
             _add(self.findings, self.lines, ("steps", index, "prompt"),
                  message + variant_list(ids, len(variants)), line)
 
 
-def _env_message(name: str) -> str:
+def _env_message(name: str, allowed: Sequence[str]) -> str:
     if is_secret_name(name):
         return f"environment variable '{name}' looks like a secret; templates cannot read secrets"
+    if not env_visible(name, allowed):
+        return (f"environment variable '{name}' is not visible to templates; list it in the "
+                f"recipe's `env` (env: [{name}]) or name it {ENV_PREFIX}{name}")
     return f"environment variable '{name}' is not set"
 
 

@@ -2,14 +2,20 @@
 or time.
 
 Jinja's sandbox keeps templates away from Python internals, but it does not bound what they
-build. A one-line prompt such as ``{{ 'x' | center(10**9) }}`` or two nested loops over
-``range(100000)`` would take a gigabyte or hours. Here, while a template renders:
+build. A one-line prompt such as ``{{ 'x' | center(10**9) }}``, a ``~`` that doubles a text
+forty times, or two nested loops over ``range(100000)`` would take gigabytes or hours. Here:
 
-* every value it builds is at most :data:`MAX_VALUE` characters or items: checked *before* the
-  operations whose result can be far larger than their operands (repetition, powers, padding,
-  replacing, joining, ``%`` and ``format`` widths, batches), and after the others;
-* it writes at most :data:`MAX_VALUE` characters, literal text included;
-* it runs at most :data:`MAX_STEPS` loop iterations, calls and filters.
+* every value a template builds is at most
+  :data:`~kontext_pipeline.sandbox_sizes.MAX_VALUE` characters or items, counting everything it
+  holds (a list holding one list twice holds it twice): checked *before* each operation whose
+  result can be larger than its operands (``~``, repetition, powers, padding, replacing,
+  joining, ``%`` and ``format``, turning a value into text, list and mapping literals), from
+  the sizes of the operands (:mod:`kontext_pipeline.sandbox_sizes`), and after the others;
+* the work of each render, and of all the renders of one recipe, is counted and bounded
+  (:mod:`kontext_pipeline.sandbox_budget`);
+* nothing is evaluated while a template compiles (Jinja would fold ``{{ 'x' | center(99999) }}``
+  into the compiled code, outside every budget): filters are context filters, every binary
+  operator is intercepted and the optimizer is off.
 
 Every refusal is a :class:`jinja2.exceptions.SecurityError`, which the renderer reports as
 "refused by the template sandbox".
@@ -17,13 +23,8 @@ Every refusal is a :class:`jinja2.exceptions.SecurityError`, which the renderer 
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-import re
-import string
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jinja2
@@ -33,14 +34,21 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import _PassArg
 from jinja2.visitor import NodeTransformer
 
-__all__ = ["MAX_EXPONENT", "MAX_REPEAT", "MAX_STEPS", "MAX_VALUE", "SandboxEnvironment",
-           "budget", "guard_template"]
+from kontext_pipeline.sandbox_budget import charge, step, write
+from kontext_pipeline.sandbox_sizes import (
+    FILTER_SIZES,
+    MAX_VALUE,
+    METHOD_SIZES,
+    deep_size,
+    estimate,
+    format_size,
+    measure,
+    measure_text,
+    printf_size,
+    size,
+)
 
-MAX_VALUE = 100_000
-"""Characters (or items) in any value a template builds, and in what one render writes."""
-
-MAX_STEPS = 10_000
-"""Loop iterations, calls and filters in one render."""
+__all__ = ["MAX_EXPONENT", "MAX_REPEAT", "SandboxEnvironment", "guard_template", "weight"]
 
 MAX_REPEAT = 10_000
 """The largest count of a repetition (``'ab' * n``)."""
@@ -51,73 +59,68 @@ MAX_EXPONENT = 64
 _MAX_INT_BITS = 14_000
 """About 4,300 decimal digits: the most Python itself will print."""
 
+VALUE_COST = 50
+"""Units of work charged for each value measured (half a microsecond or so)."""
+
+NODE_COST = 8
+"""Units of work charged for each template node run (a tenth of a microsecond or so)."""
+
+ITEM_COST = 100
+"""Units of work charged for each item of a list or mapping a filter goes through (a filter
+calls a test, a filter or an attribute lookup for each, or compares them to sort)."""
+
+_FILTER_COST: Mapping[str, int] = {
+    "urlize": 250, "wordwrap": 250, "title": 25, "striptags": 20, "indent": 10,
+    "wordcount": 10, "urlencode": 6, "xmlattr": 5, "pprint": 5, "list": 2,
+}
+"""Units of work per character or item of the input, for filters that take longer than
+copying it (measured: ``urlize`` takes some two microseconds a character)."""
+
+_FILTER_WORK: Mapping[str, Callable[..., int]] = {
+    "sum": lambda items, attribute=None, start=0, *_: size(items) * deep_size(items)
+    if isinstance(start, list | tuple) else 0,
+}
+"""Work that grows faster than the input: adding up lists copies each partial sum."""
+
 _LOOP = "_kontext_loop"
 _VALUE = "_kontext_value"
+_CONCAT = "_kontext_concat"
+_OPERAND = "_kontext_operand"
+_CHARGE = "_kontext_charge"
 _WRITE = "_kontext_write"
 
 
-@dataclass
-class _Budget:
-    steps: int = 0
-    written: int = 0
-
-
-_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("_BUDGET", default=None)
-
-
-@contextlib.contextmanager
-def budget() -> Iterator[None]:
-    """Count one render's steps and output (templates are unbounded outside this block)."""
-    token = _BUDGET.set(_Budget())
-    try:
-        yield
-    finally:
-        _BUDGET.reset(token)
-
-
-def _step() -> None:
-    current = _BUDGET.get()
-    if current is None:  # compiling, not rendering
-        return
-    current.steps += 1
-    if current.steps > MAX_STEPS:
-        raise SecurityError(f"the template runs more than {MAX_STEPS} loop iterations, calls "
-                            "and filters; keep prompt templates simple")
-
-
-def _too_big(what: str, size: int) -> SecurityError:
-    return SecurityError(f"{what} would make a value of {size} characters or items; at most "
+def _too_big(what: str, amount: int) -> SecurityError:
+    return SecurityError(f"{what} would make a value of {amount} characters or items; at most "
                          f"{MAX_VALUE} are allowed")
 
 
-def _size(value: Any) -> int:
-    """Characters or items of ``value`` itself (not of the values it holds)."""
-    if isinstance(value, str | bytes | list | tuple | dict | set | frozenset):
-        return len(value)
-    return 0
+def _refuse_over(what: str, amount: int) -> None:
+    if amount > MAX_VALUE:
+        raise _too_big(what, amount)
 
 
-def _deep_size(value: Any, limit: int) -> int:
-    """Characters and items of ``value`` and everything it holds, counted up to just past
-    ``limit`` (a list holding the same long text many times is as long as all of them)."""
-    total, pending = 0, [value]
-    while pending and total <= limit:
-        item = pending.pop()
-        total += _size(item)
-        if isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list | tuple | set | frozenset):
-            pending.extend(item)
-    return total
+def _measured(value: Any) -> int:
+    """The deep size of ``value``, its measuring charged."""
+    amount, visited = measure(value)
+    charge(amount + VALUE_COST * visited)
+    return amount
+
+
+def _text_measured(value: Any) -> int:
+    """An upper bound of ``len(str(value))``, its measuring charged (not the text: whoever
+    makes it charges that)."""
+    amount, visited = measure_text(value)
+    charge(VALUE_COST * visited)
+    return amount
 
 
 def _checked(what: str, value: Any) -> Any:
-    size = _size(value)
-    if size > MAX_VALUE:
-        raise _too_big(what, size)
-    if isinstance(value, int) and not isinstance(value, bool) \
-            and value.bit_length() > _MAX_INT_BITS:
+    """Refuse ``value`` when it (with all it holds) is too large; charge its size."""
+    if _measured(value) > MAX_VALUE:  # measuring stops there: the value may be far larger
+        raise SecurityError(f"{what} would make a value of more than {MAX_VALUE} characters "
+                            "or items")
+    if _is_int(value) and value.bit_length() > _MAX_INT_BITS:
         raise SecurityError(f"{what} would make a number of more than 4300 digits")
     return value
 
@@ -130,125 +133,68 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-_PRINTF = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
-_NUMBER = re.compile(r"\d+")
-
-
-def _printf_size(template: str, args: Sequence[Any]) -> int:
-    """An upper bound of what ``template % args`` makes, widths and precisions included."""
-    size = len(template)
-    for match in _PRINTF.finditer(template):
-        for part in match.groups():
-            if part == "*":
-                size += max((a for a in args if _is_int(a)), default=0)
-            elif part:
-                size += int(part)
-    return size + sum(_deep_size(a, MAX_VALUE) for a in args)
-
-
-def _format_size(template: str, args: Sequence[Any]) -> int:
-    """An upper bound of what ``template.format(*args)`` makes."""
-    size = len(template) + sum(_deep_size(a, MAX_VALUE) for a in args)
-    with contextlib.suppress(ValueError):
-        for _text, _field, spec, _conversion in string.Formatter().parse(template):
-            if not spec:
-                continue
-            size += sum(int(n) for n in _NUMBER.findall(spec))
-            if "{" in spec:  # a nested width comes from the arguments
-                size += max((a for a in args if _is_int(a)), default=0)
-    return size
-
-
-def _replace_size(text: str, old: Any, new: Any, count: Any = -1) -> int:
-    if not isinstance(old, str) or not isinstance(new, str):
-        return len(text)
-    found = text.count(old) if old else len(text) + 1
-    if _is_int(count) and count >= 0:
-        found = min(found, count)
-    return len(text) + found * len(new)
-
-
-def _join_size(separator: str, items: Any) -> int:
-    if not isinstance(items, list | tuple | dict | set | frozenset | str):
-        return 0  # a generator: its items are counted as they are made
-    return _deep_size(items, MAX_VALUE) + len(items) * len(separator)
-
-
-def _width(value: Any) -> int:
-    return value if _is_int(value) else (len(value) if isinstance(value, str) else 0)
-
-
-def _lines(text: Any) -> int:
-    return str(text).count("\n") + 1
-
-
-_METHOD_SIZES: Mapping[str, Callable[..., int]] = {
-    "center": lambda s, width=0, *_: max(len(s), _width(width)),
-    "ljust": lambda s, width=0, *_: max(len(s), _width(width)),
-    "rjust": lambda s, width=0, *_: max(len(s), _width(width)),
-    "zfill": lambda s, width=0, *_: max(len(s), _width(width)),
-    "expandtabs": lambda s, tabsize=8, *_: len(s) + s.count("\t") * _width(tabsize),
-    "replace": _replace_size,
-    "join": _join_size,
-    "translate": lambda s, table=None, *_: len(s) * max(
-        (_size(v) for v in table.values()), default=1) if isinstance(table, dict) else len(s),
-}
-"""Estimates of what ``str`` methods make, from the text and the arguments."""
-
-_FILTER_SIZES: Mapping[str, Callable[..., int]] = {
-    "center": lambda s, width=80, *_: max(len(str(s)), _width(width)),
-    "indent": lambda s, width=4, *_, **__: len(str(s)) + _lines(s) * _width(width),
-    "wordwrap": lambda s, width=79, _long=True, wrapstring=None, *_, **__: len(str(s)) + (
-        len(str(s)) // max(1, _width(width)) + 1) * len(wrapstring or "\n"),
-    "format": lambda s, *args, **kwargs: _printf_size(str(s), [*args, *kwargs.values()]),
-    "replace": lambda s, old="", new="", count=None, *_: _replace_size(
-        str(s), old, new, -1 if count is None else count),
-    "join": lambda items, d="", *_, **__: _join_size(str(d), items),
-    "batch": lambda _items, linecount=0, *_: _width(linecount),
-    "slice": lambda _items, slices=0, *_: _width(slices),
-    "tojson": lambda value, indent=None, *_: _deep_size(value, MAX_VALUE) * (
-        1 + _width(indent)),
-}
-"""Estimates of what filters make, for those whose result can outgrow their operands."""
-
-
-def _estimate(estimates: Mapping[str, Callable[..., int]], name: str, args: tuple[Any, ...],
-              kwargs: Mapping[str, Any]) -> int:
-    estimate = estimates.get(name)
-    if estimate is None:
-        return 0
-    try:
-        return estimate(*args, **kwargs)
-    except TypeError:  # wrong arguments: the call itself reports them
-        return 0
-
-
 def _guard_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
-    skip = 0 if _PassArg.from_obj(function) is None else 1  # context, eval context or env
+    """``function`` counted and bounded, as a context filter: Jinja never runs one of those
+    while compiling."""
+    passing = _PassArg.from_obj(function)
 
     @functools.wraps(function)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        _step()
-        size = _estimate(_FILTER_SIZES, name, args[skip:], kwargs)
-        if size > MAX_VALUE:
-            raise _too_big(f"the filter '{name}'", size)
-        return _checked(f"the filter '{name}'", function(*args, **kwargs))
+    def guarded(context: jinja2.runtime.Context, *args: Any, **kwargs: Any) -> Any:
+        step()
+        _refuse_over(f"the filter '{name}'", estimate(FILTER_SIZES, name, args, kwargs))
+        if args:  # the input: measured, then read (once, or item by item)
+            amount, visited = measure(args[0])
+            items = 0 if isinstance(args[0], str) else size(args[0])
+            charge(_FILTER_COST.get(name, 1) * amount + VALUE_COST * visited
+                   + ITEM_COST * items)
+        charge(estimate(_FILTER_WORK, name, args, kwargs))
+        if passing is _PassArg.context:
+            result = function(context, *args, **kwargs)
+        elif passing is _PassArg.eval_context:
+            result = function(context.eval_ctx, *args, **kwargs)
+        elif passing is _PassArg.environment:
+            result = function(context.environment, *args, **kwargs)
+        else:
+            result = function(*args, **kwargs)
+        return _checked(f"the filter '{name}'", result)
 
-    return guarded
+    return jinja2.pass_context(guarded)
 
 
 def _count_loop(iterable: Any) -> Iterator[Any]:
     for item in iterable:
-        _step()
+        step()
         yield item
 
 
 @jinja2.pass_context
-def _value(_context: Any, value: Any) -> Any:
-    return _checked("joining text with '~'", value)
+def _value(_context: Any, value: Any, what: str) -> Any:
+    return _checked(what, value)
 
 
-@jinja2.pass_context  # a context filter is never run at compile time, so literal text counts
+@jinja2.pass_context
+def _concat(_context: Any, parts: tuple[Any, ...]) -> str:
+    """``a ~ b ~ …``, measured before it is joined."""
+    total = sum(_text_measured(part) for part in parts)
+    _refuse_over("joining text with '~'", total)
+    charge(total)
+    return "".join(part if isinstance(part, str) else str(part) for part in parts)
+
+
+@jinja2.pass_context
+def _operand(_context: Any, value: Any) -> Any:
+    """A compared value: comparing reads it whole."""
+    _measured(value)
+    return value
+
+
+@jinja2.pass_context
+def _charge(_context: Any, work: int) -> str:
+    charge(work)
+    return ""
+
+
+@jinja2.pass_context  # a context filter is never run at compile time, so everything counts
 def _write(_context: Any, value: Any) -> Any:
     return value
 
@@ -256,12 +202,8 @@ def _write(_context: Any, value: Any) -> Any:
 def _finalize(value: Any) -> Any:
     """Count what a render writes (every ``{{ … }}`` and, through :func:`_write`, literal
     text) before it is turned into text."""
-    current = _BUDGET.get()
-    if current is None or isinstance(value, jinja2.Undefined):
-        return value
-    current.written += _deep_size(value, MAX_VALUE - current.written)
-    if current.written > MAX_VALUE:
-        raise SecurityError(f"the template writes more than {MAX_VALUE} characters")
+    if not isinstance(value, jinja2.Undefined):
+        write(_text_measured(value))
     return value
 
 
@@ -269,13 +211,14 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox with StrictUndefined and the bounds of this module. Templates
     must go through :func:`guard_template` before they are compiled."""
 
-    intercepted_binops = frozenset(["*", "**", "%", "+"])
+    intercepted_binops = frozenset(["*", "**", "%", "+", "-", "/", "//"])
 
     def __init__(self) -> None:
         super().__init__(undefined=jinja2.StrictUndefined, autoescape=False,
-                         finalize=_finalize)
+                         finalize=_finalize, optimized=False)
         self.filters = {name: _guard_filter(name, f) for name, f in self.filters.items()}
-        self.filters.update({_LOOP: _count_loop, _VALUE: _value, _WRITE: _write})
+        self.filters.update({_LOOP: _count_loop, _VALUE: _value, _CONCAT: _concat,
+                             _OPERAND: _operand, _CHARGE: _charge, _WRITE: _write})
         lipsum: Callable[..., Any] = self.globals["lipsum"]  # type: ignore[assignment]
 
         def bounded_lipsum(n: int = 5, html: bool = True, min: int = 20,
@@ -292,31 +235,35 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
             _check_power(left, right)
         elif operator == "*":
             _check_product(left, right)
+        elif operator == "+" and not (_is_number(left) and _is_number(right)):
+            _refuse_over("'+'", deep_size(left) + deep_size(right))
         elif operator == "%" and isinstance(left, str):
             args = list(right.values()) if isinstance(right, dict) else (
                 list(right) if isinstance(right, tuple) else [right])
-            size = _printf_size(left, args)
-            if size > MAX_VALUE:
-                raise _too_big("'%' formatting", size)
+            _refuse_over("'%' formatting", printf_size(left, args))
         result = super().call_binop(context, operator, left, right)
         return _checked(f"'{operator}'", result)
 
     def call(__self, __context: jinja2.runtime.Context,  # noqa: N805  (Jinja's signature)
              __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        _step()
+        step()
         method = getattr(__obj, "__wrapped__", __obj)  # str.format is wrapped by the sandbox
         owner = getattr(method, "__self__", None)
         name = getattr(method, "__name__", "")
+        if isinstance(__obj, type):  # namespace(…), dict(…), cycler(…)
+            name = name.lower()
+        charge(VALUE_COST + size(owner) + sum(size(a) for a in args))
         if isinstance(owner, str):
             if name in ("format", "format_map"):
                 values = [*args, *kwargs.values()]
                 if name == "format_map" and args and isinstance(args[0], dict):
                     values = list(args[0].values())
-                size = _format_size(owner, values)
+                amount = format_size(owner, values)
             else:
-                size = _estimate(_METHOD_SIZES, name, (owner, *args), kwargs)
-            if size > MAX_VALUE:
-                raise _too_big(f"'{name}'", size)
+                amount = estimate(METHOD_SIZES, name, (owner, *args), kwargs)
+            _refuse_over(f"'{name}'", amount)
+        elif isinstance(owner, type) and name == "fromkeys" and args:  # {}.fromkeys(keys, v)
+            _refuse_over("'fromkeys'", size(args[0]) * (1 + deep_size(args[1:])))
         result = super().call(__context, __obj, *args, **kwargs)
         return _checked(f"'{name or 'the call'}'", result)
 
@@ -342,33 +289,94 @@ def _check_product(left: Any, right: Any) -> None:
     if count > MAX_REPEAT:
         raise SecurityError(f"repeating a value {count} times is too much "
                             f"(at most {MAX_REPEAT})")
-    size = _deep_size(value, MAX_VALUE) * max(0, int(count))
-    if size > MAX_VALUE:
-        raise _too_big(f"repeating a value {count} times", size)
+    _refuse_over(f"repeating a value {count} times", deep_size(value) * max(0, int(count)))
+
+
+def weight(node: nodes.Node) -> int:
+    """What running ``node`` once costs at the least: :data:`NODE_COST` for each node in it."""
+    return NODE_COST * (1 + sum(1 for _ in node.find_all(nodes.Node)))
+
+
+def _filtered(node: nodes.Node, name: str, *args: Any) -> nodes.Filter:
+    return nodes.Filter(node, name, [nodes.Const(a, lineno=node.lineno) for a in args], [],
+                        None, None, lineno=node.lineno)
+
+
+def _charged(body: list[nodes.Node], lineno: int) -> list[nodes.Node]:
+    """``body``, first charging its size on every run (a loop's iteration, a macro's call)."""
+    cost = sum(weight(child) for child in body)
+    return [nodes.ExprStmt(_filtered(nodes.Const(cost, lineno=lineno), _CHARGE),
+                           lineno=lineno), *body]
+
+
+_LITERALS = {nodes.List: "building a list", nodes.Tuple: "building a tuple",
+             nodes.Dict: "building a mapping"}
 
 
 class _Guard(NodeTransformer):
-    """Counts loop iterations, bounds ``~`` and counts literal text as written."""
+    """Counts loop iterations and the work of bodies, measures ``~``, literals, slices and
+    compared values, and makes everything a template writes count as written."""
 
     def visit_For(self, node: nodes.For) -> nodes.Node:  # noqa: N802  (Jinja's visitor names)
         self.generic_visit(node)
         node.iter = _filtered(node.iter, _LOOP)
+        node.body = _charged(node.body, node.lineno)
+        return node
+
+    def visit_Macro(self, node: nodes.Macro) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        node.body = _charged(node.body, node.lineno)
+        return node
+
+    def visit_CallBlock(self, node: nodes.CallBlock) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        node.body = _charged(node.body, node.lineno)
+        return node
+
+    def visit_Block(self, node: nodes.Block) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        node.body = _charged(node.body, node.lineno)
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:  # noqa: N802
         self.generic_visit(node)
-        return _filtered(node, _VALUE)
+        return _filtered(nodes.Tuple(node.nodes, "load", lineno=node.lineno), _CONCAT)
+
+    def visit_Compare(self, node: nodes.Compare) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        node.expr = _filtered(node.expr, _OPERAND)
+        for operand in node.ops:
+            operand.expr = _filtered(operand.expr, _OPERAND)
+        return node
+
+    def visit_Getitem(self, node: nodes.Getitem) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        if isinstance(node.arg, nodes.Slice):
+            return _filtered(node, _VALUE, "a slice")
+        return node
+
+    def visit_List(self, node: nodes.List) -> nodes.Node:  # noqa: N802
+        return self._literal(node)
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:  # noqa: N802
+        if node.ctx != "load":  # a target: ``{% for a, b in … %}``
+            self.generic_visit(node)
+            return node
+        return self._literal(node)
+
+    def visit_Dict(self, node: nodes.Dict) -> nodes.Node:  # noqa: N802
+        return self._literal(node)
+
+    def _literal(self, node: nodes.List | nodes.Tuple | nodes.Dict) -> nodes.Node:
+        self.generic_visit(node)
+        return _filtered(node, _VALUE, _LITERALS[type(node)])
 
     def visit_Output(self, node: nodes.Output) -> nodes.Node:  # noqa: N802
         self.generic_visit(node)
-        node.nodes = [_filtered(nodes.Const(child.data, lineno=child.lineno), _WRITE)
-                      if isinstance(child, nodes.TemplateData) else child
+        node.nodes = [_filtered(nodes.Const(child.data, lineno=child.lineno)
+                                if isinstance(child, nodes.TemplateData) else child, _WRITE)
                       for child in node.nodes]
         return node
-
-
-def _filtered(node: nodes.Node, name: str) -> nodes.Filter:
-    return nodes.Filter(node, name, [], [], None, None, lineno=node.lineno)
 
 
 def guard_template(template: nodes.Template) -> nodes.Template:

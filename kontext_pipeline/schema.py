@@ -191,7 +191,17 @@ _WORDINGS: dict[str, Callable[[ValidationError, JsonPath], str]] = {
     "maxLength": lambda e, _: f"is longer than {e.validator_value} characters",
     "maxItems": _max_items,
     "pattern": lambda e, _: f"{_describe(e.instance)} is not {_expected(e)}",
+    "uniqueItems": lambda e, _: f"lists {_repeated(e.instance)} more than once",
 }
+
+
+def _repeated(items: Any) -> str:
+    seen: list[Any] = []
+    for item in _list(items):
+        if item in seen:
+            return _describe(item)
+        seen.append(item)
+    return "a value"
 
 
 def _report_key(error: ValidationError, path: JsonPath, findings: Findings) -> None:

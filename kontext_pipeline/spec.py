@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kontext_pipeline.checks import (
+    check_env,
     check_inputs,
     check_outputs,
     check_params,
@@ -21,7 +22,7 @@ from kontext_pipeline.errors import SpecError
 from kontext_pipeline.findings import Findings
 from kontext_pipeline.keys import derive_seed
 from kontext_pipeline.matrix import Variant, expand_matrix
-from kontext_pipeline.prompts import DEFAULT_MODEL, check_prompts
+from kontext_pipeline.prompts import DEFAULT_MODEL, check_prompts, env_names
 from kontext_pipeline.schema import check_schema
 from kontext_pipeline.templating import Prompt, template_environ
 from kontext_pipeline.yamlsource import MAX_SOURCE_BYTES, Document, Position, parse_yaml
@@ -99,6 +100,9 @@ class Spec:
     steps: tuple[Step, ...]
     outputs: Mapping[str, str]
     warnings: tuple[Problem, ...] = ()
+    env_names: tuple[str, ...] = ()
+    """The environment variables the recipe's ``env`` lets its templates see (besides
+    ``KONTEXT_VAR_*``)."""
 
     @property
     def sha256(self) -> str:
@@ -121,8 +125,9 @@ def load_spec(
 ) -> Spec:
     """Read, validate and freeze the recipe at ``path``.
 
-    ``env`` is what templates see as ``env`` (default: no variables; names that look like
-    secrets are always left out). ``display`` is how messages
+    ``env`` is the environment (default: empty): templates see as ``env`` only the variables
+    the recipe lists in its own ``env`` and those named ``KONTEXT_VAR_*``, and never a name that
+    looks like a secret. ``display`` is how messages
     name the file (default: ``path`` as given). Raises :class:`SpecError` with every problem.
     """
     file = display if display is not None else os.fspath(path)
@@ -140,8 +145,9 @@ def load_spec(
     check_inputs(data, recipe.parent, findings)
     check_outputs(data, findings)
     check_params(data, findings)
+    check_env(data, findings)
     lines = text.splitlines()
-    check_prompts(data, variants, template_environ(env or {}), findings, lines)
+    check_prompts(data, variants, template_environ(env or {}, env_names(data)), findings, lines)
     problems = findings.sorted()
     if findings.has_errors:
         raise SpecError(problems)
@@ -158,6 +164,9 @@ def _read(recipe: Path, file: str) -> str:
         raise SpecError([Problem(file, 0, 0, "no such recipe file")]) from None
     except IsADirectoryError:
         raise SpecError([Problem(file, 0, 0, "is a directory, not a recipe file")]) from None
+    except ValueError:  # a NUL character: no system has such a path
+        raise SpecError([Problem(file, 0, 0, "the path holds a NUL character, which no file "
+                                             "name can contain")]) from None
     except OSError as exc:
         raise SpecError([Problem(file, 0, 0, f"cannot read the recipe: {exc.strerror}")]) from exc
     if len(raw) > MAX_SOURCE_BYTES:
@@ -225,4 +234,5 @@ def _freeze(recipe: Path, *, file: str, text: str, document: Document,
         steps=tuple(steps),
         outputs=dict(outputs),
         warnings=tuple(warnings),
+        env_names=env_names(data),
     )

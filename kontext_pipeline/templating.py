@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,16 +19,20 @@ from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 
 from kontext_pipeline.findings import did_you_mean
-from kontext_pipeline.sandbox import SandboxEnvironment, budget, guard_template
+from kontext_pipeline.sandbox import SandboxEnvironment, guard_template, weight
+from kontext_pipeline.sandbox_budget import BudgetExhaustedError, RecipeBudget, budget
 
 __all__ = [
     "CONTEXT_NAMES",
+    "ENV_PREFIX",
     "MAX_PROMPT_CHARS",
     "Prompt",
+    "RecipeBudget",
     "RenderError",
     "StepTemplate",
     "VariantContext",
     "base_context",
+    "env_visible",
     "global_names",
     "is_secret_name",
     "render_steps",
@@ -52,10 +56,21 @@ def is_secret_name(name: str) -> bool:
     return any(word in upper for word in _SECRET_WORDS)
 
 
-def template_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """What templates see as ``env``: the environment without anything that looks secret, so a
-    prompt can never carry an API key into a request, the cache or a manifest."""
-    return {k: v for k, v in environ.items() if not is_secret_name(k)}
+ENV_PREFIX = "KONTEXT_VAR_"
+"""Environment variables named with this prefix are visible to every recipe's templates."""
+
+
+def env_visible(name: str, allowed: Collection[str] = ()) -> bool:
+    """Whether templates may see the environment variable ``name``: one the recipe lists in
+    ``env`` (``allowed``) or one named ``KONTEXT_VAR_*``, and never one that looks secret."""
+    return (name in allowed or name.startswith(ENV_PREFIX)) and not is_secret_name(name)
+
+
+def template_environ(environ: Mapping[str, str], allowed: Collection[str] = ()) -> dict[str, str]:
+    """What templates see as ``env``: only the variables :func:`env_visible` allows, never the
+    whole environment, so a prompt carries no database URL or token into a request, the cache,
+    a manifest or an image's metadata."""
+    return {k: v for k, v in environ.items() if env_visible(k, allowed)}
 
 
 @functools.cache
@@ -71,13 +86,23 @@ class VariantContext:
     values: Mapping[str, Any]
 
 
-class RenderError(Exception):
-    """A template could not be compiled or rendered. ``line`` is 1-based within the template."""
+_MAX_MESSAGE = 1000
+"""Characters of a render error's message: a template can put a 100,000-character name in
+one."""
 
-    def __init__(self, message: str, line: int | None = None) -> None:
+
+class RenderError(Exception):
+    """A template could not be compiled or rendered. ``line`` is 1-based within the template;
+    ``exhausted``: the recipe's render budget is spent, so no later render can succeed."""
+
+    def __init__(self, message: str, line: int | None = None, *,
+                 exhausted: bool = False) -> None:
+        if len(message) > _MAX_MESSAGE:
+            message = f"{message[:_MAX_MESSAGE - 1]}…"
         super().__init__(message)
         self.message = message
         self.line = line
+        self.exhausted = exhausted
 
 
 @dataclass(frozen=True)
@@ -97,6 +122,7 @@ class Prompt:
         try:
             self._ast = env.parse(source)
             self._template = env.from_string(guard_template(self._ast))
+            self._weight = weight(self._ast)
         except jinja2.TemplateSyntaxError as exc:
             unknown = _unknown_name(str(exc.message))
             raise RenderError(unknown or f"template syntax error: {exc.message}",
@@ -129,11 +155,16 @@ class Prompt:
                     found.append(Name(arg.value, node.lineno))
         return found
 
-    def render(self, context: Mapping[str, Any]) -> str:
-        """Render with ``context``; the result is stripped of surrounding whitespace."""
+    def render(self, context: Mapping[str, Any], recipe: RecipeBudget | None = None) -> str:
+        """Render with ``context``, counting the work against ``recipe`` (the budget shared by
+        every render of one recipe; by default one of its own). The result is stripped of
+        surrounding whitespace."""
         try:
-            with budget():
+            with budget(recipe, weight=self._weight):
                 text = self._template.render(context)
+        except BudgetExhaustedError as exc:
+            raise RenderError(f"refused by the template sandbox: {exc}", _template_line(exc),
+                              exhausted=True) from exc
         except SecurityError as exc:
             raise RenderError(f"refused by the template sandbox: {exc}",
                                 _template_line(exc)) from exc
@@ -194,19 +225,24 @@ def base_context(
 
 
 def render_steps(
-    steps: Sequence[StepTemplate], context: Mapping[str, Any]
+    steps: Sequence[StepTemplate], context: Mapping[str, Any], recipe: RecipeBudget | None = None
 ) -> list[str | RenderError]:
     """Render each step's prompt in order; ``steps.<id>`` shows the earlier steps' results.
+    ``recipe`` is the budget shared by every render of the recipe (by default, one for these).
 
     A failed step is seen by later steps with an empty prompt, so one mistake is reported once.
+    When the budget runs out the list ends with that failure: the later steps are not rendered.
     """
+    recipe = recipe or RecipeBudget()
     earlier: dict[str, dict[str, Any]] = {}
     results: list[str | RenderError] = []
     for step in steps:
         try:
-            text = step.prompt.render({**context, "steps": dict(earlier)})
+            text = step.prompt.render({**context, "steps": dict(earlier)}, recipe)
         except RenderError as failure:
             results.append(failure)
+            if failure.exhausted:
+                break
             text = ""
         else:
             results.append(text)

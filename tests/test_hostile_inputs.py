@@ -10,6 +10,7 @@ spend.
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -212,6 +213,8 @@ def template_recipe(prompt: str) -> str:
 
 SANDBOX = "recipe.yaml:5:13: steps[0] (id: edit): prompt: refused by the template sandbox: "
 TOO_BIG = "would make a value of {} characters or items; at most 100000 are allowed"
+WORK = ("the template does more than 10000000 units of work (characters and items built, read "
+        "or written, and template code run); keep prompt templates simple")
 
 TEMPLATES = [
     pytest.param("{{ ''.__class__.__mro__[1].__subclasses__() }}",
@@ -241,19 +244,19 @@ TEMPLATES = [
     pytest.param("{{ 'x'.ljust(1000000000) | length }}",
                  SANDBOX + "'ljust' " + TOO_BIG.format(1000000000), id="padding-method"),
     pytest.param("{{ ('%1000000000d' % 1) | length }}",
-                 SANDBOX + "'%' formatting " + TOO_BIG.format(1000000012),
+                 SANDBOX + "'%' formatting " + TOO_BIG.format(1000000014),
                  id="printf-width"),
     pytest.param("{{ '{:>1000000000}'.format(1) | length }}",
-                 SANDBOX + "'format' " + TOO_BIG.format(1000000014), id="format-width"),
+                 SANDBOX + "'format' " + TOO_BIG.format(1000000016), id="format-width"),
     pytest.param("{{ '{:{}}'.format(1, 1000000000) | length }}",
-                 SANDBOX + "'format' " + TOO_BIG.format(1000000005), id="nested-format-width"),
+                 SANDBOX + "'format' " + TOO_BIG.format(1000000018), id="nested-format-width"),
     pytest.param("{{ ('x' * 10000) | replace('', 'y' * 10000) | length }}",
                  SANDBOX + "the filter 'replace' " + TOO_BIG.format(100020000),
                  id="replace-between-every-character"),
     pytest.param("{{ ('y' * 10000).join('x' * 10000) | length }}",
                  SANDBOX + "'join' " + TOO_BIG.format(100010000), id="long-separator-join"),
     pytest.param("{{ [1] | batch(1000000000, 'x') | list | length }}",
-                 SANDBOX + "the filter 'batch' " + TOO_BIG.format(1000000000),
+                 SANDBOX + "the filter 'batch' " + TOO_BIG.format(1000000001),
                  id="batch-padding"),
     pytest.param("{% set a = 'xxxxxxxxxx' %}" + "{% set a = a ~ a %}" * 40 + "{{ a | length }}",
                  SANDBOX + "joining text with '~' " + TOO_BIG.format(163840),
@@ -275,6 +278,48 @@ TEMPLATES = [
     pytest.param("{% for i in range(9000) %}" + "words " * 20 + "{% endfor %}",
                  SANDBOX + "the template writes more than 100000 characters",
                  id="literal-text-in-a-loop"),
+    pytest.param("{% set s = ('x' * 10000) * 10 %}{% set ns = namespace() %}{% set ns.a = s %}"
+                 "{% set ns.b = s %}{{ ns | string | length }}",
+                 SANDBOX + "the filter 'string' " + TOO_BIG.format(100024),
+                 id="a-namespace-of-long-texts-as-text"),
+    pytest.param("{% set s = ('x' * 10000) * 10 %}{{ namespace(a=s, b=s) }}",
+                 SANDBOX + "'namespace' would make a value of more than 100000 characters or "
+                           "items", id="a-namespace-of-long-texts"),
+    pytest.param("{{ range(5000) | list | pprint | length }}",
+                 SANDBOX + "the filter 'pprint' " + TOO_BIG.format(344258838),
+                 id="pprint-of-a-long-list"),
+    pytest.param("{% set s = ('x' * 10000) * 10 %}{{ s | list | length }}",
+                 SANDBOX + "the filter 'list' would make a value of more than 100000 characters "
+                           "or items", id="a-long-text-as-a-list"),
+    pytest.param("{% set s = ('x' * 10000) * 5 %}{{ ((s | list) + (s | list)) | length }}",
+                 SANDBOX + "'+' " + TOO_BIG.format(200000), id="adding-long-lists"),
+    pytest.param("{{ range(100000) | join(',') | length }}",
+                 SANDBOX + "the filter 'join' " + TOO_BIG.format(800000),
+                 id="joining-a-long-range"),
+    pytest.param("{{ ('x ' * 5000) | wordwrap(1, true, 'y' * 10000) | length }}",
+                 SANDBOX + "the filter 'wordwrap' " + TOO_BIG.format(100020000),
+                 id="wordwrap-with-a-long-wrapstring"),
+    pytest.param("{{ ('\\n' * 10000) | indent(10000) | length }}",
+                 SANDBOX + "the filter 'indent' " + TOO_BIG.format(100020000),
+                 id="indenting-many-lines"),
+    pytest.param("{{ ('a.co ' * 2000) | urlize(target='x' * 10000) | length }}",
+                 SANDBOX + "the filter 'urlize' " + TOO_BIG.format(20200080),
+                 id="urlize-with-a-long-target"),
+    pytest.param("{% set ns = namespace(a=1) %}{% for i in range(200) %}{% set ns.a = [ns.a] %}"
+                 "{% endfor %}{{ ns.a | tojson(10000) | length }}",
+                 SANDBOX + "the filter 'tojson' " + TOO_BIG.format(404011203),
+                 id="tojson-of-deep-nesting"),
+    pytest.param("{{ {}.fromkeys(range(100000), 'x' * 10000) | length }}",
+                 SANDBOX + "'fromkeys' " + TOO_BIG.format(1000200000), id="fromkeys"),
+    pytest.param("{{ ([[1]] * 10000) | sum(start=[]) | length }}", SANDBOX + WORK,
+                 id="adding-up-lists"),
+    pytest.param("{% set s = ('x' * 10000) * 10 %}{% for i in range(9999) %}{% set t = s[::-1] %}"
+                 "{% endfor %}x", SANDBOX + WORK, id="slicing-a-long-text-in-a-loop"),
+    pytest.param("{% for i in range(9999) %}" + "{% set t = i %}" * 2000 + "{% endfor %}x",
+                 SANDBOX + WORK, id="a-long-loop-body"),
+    pytest.param("{{ 'x' | center(99999) }}" * 20,
+                 SANDBOX + "the template writes more than 100000 characters",
+                 id="filters-jinja-would-fold-while-compiling"),
     pytest.param("{{ " + "(" * 500 + "1" + ")" * 500 + " }}",
                  "recipe.yaml:5:13: steps[0] (id: edit): prompt: the template nests too deeply; "
                  "keep prompt templates simple", id="parentheses-500-deep"),
@@ -305,17 +350,37 @@ def test_a_hostile_template_is_refused_quickly(work: Path, prompt: str, problem:
     assert_no_traceback(result)
 
 
-def test_templates_see_the_environment_without_its_secrets(work: Path) -> None:
-    write("recipe.yaml", template_recipe(
-        "{{ env | list | select('in', ['BFL_API_KEY', 'DB_PASSPHRASE', 'KONTEXT_BRAND']) "
-        "| join(' ') }}"))(work)
-    result = invoke("plan", "recipe.yaml", "--cache-dir", "cache", "--json",
-                    env={"BFL_API_KEY": "bfl_sekrit", "DB_PASSPHRASE": "hunter2",
-                         "KONTEXT_BRAND": "acme"})
+ENVIRONMENT = {"DATABASE_URL": "postgres://app:hunter2@db.internal/prod",
+               "CI_JOB_JWT": "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0", "BFL_API_KEY": "bfl_sekrit",
+               "BRAND": "acme", "KONTEXT_VAR_SEASON": "spring"}
+LEAKS = ("hunter2", "db.internal", "eyJhbGciOiJSUzI1NiJ9", "bfl_sekrit")
+
+
+def test_env_renders_only_what_the_recipe_allows_and_nothing_else_leaves(
+        work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in os.environ:
+        if name.startswith("KONTEXT_VAR_"):
+            monkeypatch.delenv(name)
+    write("recipe.yaml", HEAD + "env: [BRAND]\nsteps:\n  - id: edit\n"
+                         "    prompt: 'Env {{ env }}'\n")(work)
+    result = invoke("run", "recipe.yaml", "--provider", "preview", "--out", "out",
+                    "--cache-dir", "cache", "--json", env=dict(ENVIRONMENT))
     assert result.exit_code == 0
-    assert [task["prompt"] for task in json.loads(result.stdout)["tasks"]] == ["KONTEXT_BRAND"]
-    assert "bfl_sekrit" not in result.output
-    assert "hunter2" not in result.output
+    (prompt,) = [step["prompt"] for step in json.loads(result.stdout)["steps"]]
+    assert prompt.startswith("Env {")
+    assert ast.literal_eval(prompt.removeprefix("Env ")) == {"BRAND": "acme",
+                                                             "KONTEXT_VAR_SEASON": "spring"}
+    written = [path for path in [*work.glob("out/**/*"), *work.glob("cache/**/*")]
+               if path.is_file()]
+    assert {path.name for path in written} >= {"manifest.json", "edit.png", "report.html"}
+    with Image.open(work / "out" / "edit.png") as image:
+        metadata = " ".join(str(value) for value in image.info.values())
+    assert "acme" in metadata  # the prompt is in the image's metadata: the check can fail
+    for leak in LEAKS:
+        assert leak not in result.stdout
+        assert leak not in result.stderr
+        assert leak not in metadata
+        assert [path for path in written if leak.encode() in path.read_bytes()] == []
 
 
 def test_a_var_from_the_command_line_is_text_never_a_template(work: Path) -> None:
@@ -586,6 +651,48 @@ def _only_key(work: Path) -> str:
     spec = load_spec(work / "recipe.yaml")
     plan = build_plan(spec, overrides={}, env={}, provider="bfl")
     return plan.tasks[0].key(())[:12]
+
+
+NUL = "holds a NUL character, which no path can contain"
+
+NUL_PATHS = [
+    pytest.param(("validate", "recipe\0.yaml"), usage(
+        "validate", f"Invalid value for 'RECIPES...': 'recipe\\x00.yaml' {NUL}"),
+        id="recipe-to-validate"),
+    pytest.param(("plan", "recipe\0.yaml"), usage(
+        "plan", f"Invalid value for 'RECIPE': 'recipe\\x00.yaml' {NUL}", "RECIPE"),
+        id="recipe-to-plan"),
+    pytest.param(("run", "--provider", "preview", "recipe.yaml\0"), usage(
+        "run", f"Invalid value for 'RECIPES...': 'recipe.yaml\\x00' {NUL}"), id="recipe-to-run"),
+    pytest.param(("run", "--provider", "preview", "--out", "out\0", "recipe.yaml"), usage(
+        "run", f"Invalid value for '--out': 'out\\x00' {NUL}"), id="out"),
+    pytest.param(("run", "--provider", "preview", "--cache-dir", "ca\0che", "recipe.yaml"),
+                 usage("run", f"Invalid value for '--cache-dir': 'ca\\x00che' {NUL}"),
+                 id="cache-dir"),
+    pytest.param(("cache", "gc", "--cache-dir", "cache", "recipe\0.yaml"), usage(
+        "cache gc", f"Invalid value for '[RECIPES]...': 'recipe\\x00.yaml' {NUL}",
+        "[RECIPES]..."), id="recipe-to-keep"),
+    pytest.param(("run", "--provider", "preview", "--out", "out", "--cache-dir", "cache",
+                  "nul.yaml"), refused(
+        "nul.yaml:4:10: inputs.photo: 'photo\\x00.png' holds a NUL character, which no file "
+        "name can contain; remove it", file="nul.yaml"), id="an-input-inside-the-recipe"),
+]
+
+
+@pytest.mark.parametrize(("args", "stderr"), NUL_PATHS)
+def test_a_nul_character_in_a_path_is_a_clean_usage_error(work: Path, args: tuple[str, ...],
+                                                          stderr: str) -> None:
+    write("recipe.yaml", HEAD + STEPS)(work)
+    write("photo.png", image_bytes())(work)
+    write("nul.yaml", HEAD + 'inputs:\n  photo: "photo\\0.png"\nsteps:\n  - id: edit\n'
+                      "    image: photo\n    prompt: Make it blue\n")(work)
+    result = invoke(*args)
+    assert result.exit_code == EXIT_INVALID
+    assert result.stderr == stderr
+    assert result.stdout == ""
+    assert not (work / "out").exists()
+    assert not (work / "cache").exists()
+    assert_no_traceback(result)
 
 
 def test_an_output_directory_that_cannot_be_made_fails_without_a_traceback(work: Path) -> None:

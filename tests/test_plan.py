@@ -187,3 +187,24 @@ def test_an_override_that_breaks_a_template_is_reported_at_its_line(
     assert [p.format() for p in caught.value.problems] == [
         "broken.yaml:8:7: steps[0] (id: a): prompt: ZeroDivisionError: integer division or "
         "modulo by zero"]
+
+
+def test_the_plan_renders_within_a_budget_of_its_own_and_stops_where_it_runs_out(
+    write_recipe: WriteRecipe,
+) -> None:
+    """Validated with a small loop, planned with a large one: each render stays within its own
+    bounds, together they would build 41 GB of text."""
+    steps = "".join(f"  - id: s{i}\n    prompt: \"{{% set s = 'x' * 10000 %}}{{% for i in "
+                    "range(n | int) %}{% set t = s ~ 'y' %}{% endfor %}x\"\n" for i in range(40))
+    path = write_recipe("version: 1\nname: heavy\nvars: {n: '1'}\nmatrix:\n"
+                        "  a: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\n"
+                        "  b: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\n"
+                        "steps:\n" + steps)
+    spec = load_spec(path, display="heavy.yaml")
+    assert len(build_plan(spec).tasks) == 256 * 40
+    with pytest.raises(TemplateError) as caught:
+        build_plan(spec, overrides={"n": "400"})
+    assert [p.format() for p in caught.value.problems] == [
+        "heavy.yaml:11:13: steps[1] (id: s1): prompt: refused by the template sandbox: the "
+        "recipe's templates do more than 500000000 units of work in all (every step of every "
+        "variant); use fewer variants or simpler templates (variant a=0,b=3)"]

@@ -119,27 +119,60 @@ def test_warnings_do_not_fail_validation(write_recipe: WriteRecipe) -> None:
     ]
 
 
-def test_env_is_seen_by_templates_but_secrets_never(write_recipe: WriteRecipe) -> None:
+def test_env_shows_templates_only_the_variables_the_recipe_allows(
+        write_recipe: WriteRecipe) -> None:
     path = write_recipe("""
         version: 1
         name: envy
+        env: [BRAND]
         steps:
-          - {id: a, prompt: "Brand {{ env.BRAND }}"}
+          - {id: a, prompt: "Brand {{ env.BRAND }} {{ env.KONTEXT_VAR_SEASON }}"}
     """)
-    assert load_spec(path, env={"BRAND": "acme"}).steps[0].prompt_source == (
-        "Brand {{ env.BRAND }}")
+    environ = {"BRAND": "acme", "KONTEXT_VAR_SEASON": "spring", "DATABASE_URL": "postgres://db"}
+    spec = load_spec(path, env=environ)
+    assert spec.env_names == ("BRAND",)
+    assert spec.steps[0].prompt_source == "Brand {{ env.BRAND }} {{ env.KONTEXT_VAR_SEASON }}"
+    hidden = write_recipe("""
+        version: 1
+        name: envy
+        steps:
+          - {id: a, prompt: "Connect {{ env.DATABASE_URL }}"}
+    """, "hidden.yaml")
+    with pytest.raises(SpecError) as caught:
+        load_spec(hidden, env=environ, display="hidden.yaml")
+    assert str(caught.value) == (
+        "hidden.yaml:4:21: steps[0] (id: a): prompt: environment variable 'DATABASE_URL' is not "
+        "visible to templates; list it in the recipe's `env` (env: [DATABASE_URL]) or name it "
+        "KONTEXT_VAR_DATABASE_URL")
+    assert "postgres" not in str(caught.value)
+
+
+def test_env_never_shows_templates_a_secret_even_when_listed(write_recipe: WriteRecipe) -> None:
     secret = write_recipe("""
         version: 1
         name: envy
+        env: [BFL_API_KEY, BRAND, BRAND, "not a name"]
         steps:
           - {id: a, prompt: "Key {{ env.BFL_API_KEY }}"}
     """, "secret.yaml")
     with pytest.raises(SpecError) as caught:
         load_spec(secret, env={"BFL_API_KEY": "bfl_do_not_leak"}, display="secret.yaml")
     assert str(caught.value) == (
-        "secret.yaml:4:21: steps[0] (id: a): prompt: environment variable 'BFL_API_KEY' looks "
+        "secret.yaml:3:6: env: lists \"BRAND\" more than once\n"
+        "secret.yaml:3:7: env[0]: 'BFL_API_KEY' looks like a secret; templates cannot read "
+        "secrets, so `env` cannot list it\n"
+        "secret.yaml:3:34: env[3]: \"not a name\" is not an environment variable name (letters, "
+        "digits and '_', starting with a letter or '_', at most 128 characters)\n"
+        "secret.yaml:5:21: steps[0] (id: a): prompt: environment variable 'BFL_API_KEY' looks "
         "like a secret; templates cannot read secrets")
     assert "bfl_do_not_leak" not in str(caught.value)
+
+
+def test_a_recipe_path_with_a_nul_character_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec(tmp_path / "recipe\0.yaml", display="recipe.yaml")
+    assert str(caught.value) == ("recipe.yaml: the path holds a NUL character, which no file "
+                                 "name can contain")
 
 
 def test_missing_recipe_file(tmp_path: Path) -> None:

@@ -44,6 +44,11 @@ def test_missing_attribute_is_worded_plainly() -> None:
     assert error.message == "a mapping has no attribute or key 'first'"
 
 
+def test_a_message_holding_a_long_name_is_cut_short() -> None:
+    error = render_error("{{ env[('x' * 10000) * 10] }}", env={})
+    assert error.message == "a mapping has no attribute or key '" + "x" * 964 + "…"
+
+
 @pytest.mark.parametrize("source", [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{{ cycler.__init__.__globals__ }}",
@@ -126,9 +131,13 @@ def test_secret_names(name: str, secret: bool) -> None:
     assert is_secret_name(name) is secret
 
 
-def test_templates_never_see_secrets() -> None:
-    env = template_environ({"BFL_API_KEY": "bfl_secret", "BRAND": "acme"})
-    assert env == {"BRAND": "acme"}
+def test_templates_see_only_the_allowed_variables_and_never_secrets() -> None:
+    environ = {"BFL_API_KEY": "bfl_secret", "BRAND": "acme", "DATABASE_URL": "postgres://u:p@db",
+               "CI_JOB_JWT": "eyJhbGciOi", "KONTEXT_VAR_CAMPAIGN": "spring",
+               "KONTEXT_VAR_API_KEY": "bfl_again", "HOME": "/root"}
+    assert template_environ(environ) == {"KONTEXT_VAR_CAMPAIGN": "spring"}
+    assert template_environ(environ, ("BRAND", "BFL_API_KEY", "UNSET")) == {
+        "BRAND": "acme", "KONTEXT_VAR_CAMPAIGN": "spring"}
 
 
 def test_render_steps_shows_earlier_steps_and_matrix_overrides_vars() -> None:
@@ -176,6 +185,16 @@ def test_a_failed_step_is_seen_empty_by_later_steps() -> None:
     ("[{% for w in words %}{{ loop.index }}/{{ loop.length }}{{ loop.cycle(',', '') }}"
      "{% endfor %}]", "[1/2,2/2]"),
     ("{% for i in range(1500) %}{% for j in range(4) %}{% endfor %}{% endfor %}done", "done"),
+    ("[{% macro box() %}<{{ caller() }}>{% endmacro %}{% call box() %}in{% endcall %}|"
+     "{% filter upper %}up{% endfilter %}|{% block b %}blk{% endblock %}{{ self.b() }}]",
+     "[<in>|UP|blkblk]"),
+    ("[{% for x in [1, [2, [3]]] recursive %}{% if x is number %}{{ x }}{% else %}"
+     "{{ loop(x) }}{% endif %}{% endfor %}]", "[123]"),
+    ("[{% set ns = namespace(n=0) %}{% for w in words %}{% set ns.n = ns.n + w | length %}"
+     "{% endfor %}{{ ns.n }}|{{ words[::-1] | join }}|{{ 'abc'[1:] }}|{{ (1, 'a') }}|"
+     "{{ {'a': [1]} }}]", "[7|bluered|bc|(1, 'a')|{'a': [1]}]"),
+    ("[{{ words == ['red', 'blue'] }}|{{ 'red' in words }}|{{ 10 // 3 }}|{{ 7 - 2 }}|"
+     "{{ 7 / 2 }}|{{ 'n' ~ 1 ~ [2] ~ none }}]", "[True|True|3|5|3.5|n1[2]None]"),
 ])
 def test_ordinary_templates_stay_within_the_sandbox_bounds(source: str, expected: str) -> None:
     assert render(source, words=["red", "blue"]) == expected

@@ -37,6 +37,11 @@ CASES: dict[str, list[str]] = {
     'deep-nesting': [
         '4:58: nesting deeper than 50 levels',
     ],
+    'env-bad-names': [
+        '3:6: env: lists "BRAND" more than once',
+        "3:14: env[1]: 'GITHUB_TOKEN' looks like a secret; templates cannot read secrets, so `env` cannot list it",
+        '3:35: env[3]: "2nd-name" is not an environment variable name (letters, digits and \'_\', starting with a letter or \'_\', at most 128 characters)',
+    ],
     'defaults-seed': [
         "4:3: defaults: unknown key 'seed'; set the base seed at the top level of the recipe or in a step",
         "5:3: defaults: unknown key 'model'; set the model at the top level of the recipe or in a step",
@@ -100,6 +105,9 @@ CASES: dict[str, list[str]] = {
     ],
     'input-not-an-image': [
         "4:10: inputs.photo: 'images/notes.txt' is not an image file that can be decoded",
+    ],
+    'input-nul-path': [
+        "4:10: inputs.photo: 'images/ok.png\\x00.txt' holds a NUL character, which no file name can contain; remove it",
     ],
     'input-too-many-pixels': [
         "4:10: inputs.photo: 'images/huge.png' is 24.0 megapixels (6000×4000); the API accepts at most 20 megapixels",
@@ -224,7 +232,10 @@ CASES: dict[str, list[str]] = {
         '5:13: steps[0] (id: first): prompt: steps.second is this step or a later one; a prompt can use only earlier steps',
     ],
     'template-missing-env': [
-        "5:13: steps[0] (id: edit): prompt: environment variable 'KONTEXT_TEST_NEVER_SET' is not set",
+        "6:13: steps[0] (id: edit): prompt: environment variable 'KONTEXT_TEST_NEVER_SET' is not set",
+    ],
+    'template-env-not-allowed': [
+        "5:13: steps[0] (id: edit): prompt: environment variable 'DATABASE_URL' is not visible to templates; list it in the recipe's `env` (env: [DATABASE_URL]) or name it KONTEXT_VAR_DATABASE_URL",
     ],
     'template-misspelt-context-name': [
         "7:13: steps[0] (id: edit): prompt: undefined variable 'varaint' (did you mean 'variant'?)",
