@@ -10,9 +10,13 @@ reader sees a whole file or none, and concurrent runs sharing the directory corr
 writers of one object write the same bytes). An object is flushed to disk (its bytes and its
 name) before the entry that refers to it is written, and the entry before the store returns (so
 before the run forgets the journalled task): after a power cut an entry never names an object
-that is not there whole, and a result the run was told is stored stays stored. A damaged entry
-or an object whose size does not match its entry is a miss with a warning, never a wrong image;
-``verify`` re-hashes everything.
+that is not there whole, and a result the run was told is stored stays stored.
+
+What the cache holds is input (see :mod:`kontext_pipeline.cache_checks`): on every lookup the
+entry is read bounded and the object is checked, a regular file (no link is followed) in the
+format the step asks for whose sha256 is its entry's, before it is served; anything else is a
+miss with a warning, never a wrong image. Nothing is written or removed outside the cache
+directory (see :mod:`kontext_pipeline.cache_walk`); ``verify`` re-hashes everything.
 
 A write that is killed before its rename (SIGKILL, a crash) leaves its temporary file
 (``.tmp-*``) behind, which no lookup ever reads. One older than :data:`STALE_TEMPORARY_S` is
@@ -33,8 +37,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kontext_pipeline.cache_checks import (
+    FORMATS,
+    MAX_ENTRY_BYTES,
+    DamagedObjectError,
+    check_object,
+    read_json,
+    read_object,
+)
+from kontext_pipeline.cache_walk import LAYOUT_FOLDERS, check_layout, files
 from kontext_pipeline.errors import CacheError
-from kontext_pipeline.files import TEMPORARY_PREFIX, cannot_make, write_atomic
+from kontext_pipeline.files import (
+    TEMPORARY_PREFIX,
+    IrregularFileError,
+    LinkedFolderError,
+    TooLargeError,
+    cannot_make,
+    write_atomic,
+)
 
 __all__ = [
     "CACHE_LAYOUT",
@@ -87,10 +107,22 @@ class CacheEntry:
 
     @classmethod
     def from_json(cls, data: Any) -> CacheEntry:
+        """The entry in ``data`` (read from a file: ValueError, KeyError or TypeError unless
+        each field has its type)."""
         if not isinstance(data, dict) or data.get("layout") != CACHE_LAYOUT:
             raise ValueError("not an entry of this cache layout")
         fields = {k: data[k] for k in cls.__dataclass_fields__}
+        for name, value in fields.items():
+            kinds = _FIELD_TYPES.get(name, (str,))
+            if type(value) not in kinds:
+                raise TypeError(f"{name} is {type(value).__name__}")
         return cls(**fields)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "size": (int,), "width": (int,), "height": (int,), "seed": (int,), "credits": (int,),
+    "duration_s": (int, float), "created_at": (int, float), "request": (dict,)}
+"""The type of each field of an entry that is not a string (``bool`` is not an ``int`` here)."""
 
 
 @dataclass(frozen=True)
@@ -119,9 +151,17 @@ class Cache:
         self.directory = Path(directory)
         self.root = self.directory / CACHE_LAYOUT
 
+    def check_layout(self, *, deep: bool = True) -> None:
+        """Raise CacheError if a folder of the cache is a symbolic link (or a file): the cache
+        reads and writes only inside its directory. ``deep``: the fan-out folders too (which
+        ``verify --fix`` removes, and the other maintenance commands never enter). Nothing is
+        created."""
+        check_layout(self.directory, self.root, deep=deep)
+
     def check_writable(self) -> None:
         """Raise now if the cache could not be written (a run checks before it pays); nothing
         is created."""
+        self.check_layout()
         problem = cannot_make(self.root)
         if problem is not None:
             raise CacheError(_write_error(self.directory, problem))
@@ -132,32 +172,58 @@ class Cache:
     def entry_path(self, key: str) -> Path:
         return self.root / "entries" / key[:2] / f"{key}.json"
 
-    def lookup(self, key: str) -> Lookup:
-        """The entry for ``key`` if it and its object are intact (the object's size is checked;
-        its hash is checked by ``verify``)."""
-        path = self.entry_path(key)
+    def lookup(self, key: str, output_format: str | None = None) -> Lookup:
+        """The entry for ``key`` if it and its object are intact: the object is a regular file
+        of the entry's size, an image of ``output_format`` (the step's; else the entry's, if it
+        is a format a cache holds) by its first bytes, and its sha256 is the entry's."""
+        entry, problem = self._entry(key)
+        if entry is None:
+            return Lookup(problem=problem)
+        wanted = output_format or entry.format
+        if entry.format != wanted or wanted not in FORMATS:
+            return Lookup(problem=f"cache entry {key[:12]} is for format "
+                                  f"{entry.format[:16]!r}, not {wanted[:16]!r}; the step runs "
+                                  "again")
+        of = f"cache object {entry.object[:12]} of entry {key[:12]}"
         try:
-            entry = CacheEntry.from_json(json.loads(path.read_bytes()))
+            check_object(self.object_path(entry.object), entry.object, entry.size, wanted)
         except FileNotFoundError:
-            return Lookup()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            return Lookup(problem=f"cache entry {key[:12]} is damaged ({type(exc).__name__}); "
-                                  "the step runs again")
-        if entry.key != key or not _is_digest(entry.object):
-            return Lookup(problem=f"cache entry {key[:12]} does not match its name; the step "
-                                  "runs again")
-        try:
-            size = self.object_path(entry.object).stat().st_size
-        except FileNotFoundError:
-            return Lookup(problem=f"cache object {entry.object[:12]} of entry {key[:12]} is "
-                                  "missing; the step runs again")
-        if size != entry.size:
-            return Lookup(problem=f"cache object {entry.object[:12]} is {size} bytes, expected "
-                                  f"{entry.size} (truncated?); the step runs again")
+            return Lookup(problem=f"{of} is missing; the step runs again")
+        except DamagedObjectError as exc:
+            return Lookup(problem=f"{of} {exc}; the step runs again")
+        except OSError as exc:
+            return Lookup(problem=f"{of} cannot be read ({exc.strerror or exc}); the step runs "
+                                  "again")
         return Lookup(entry)
 
+    def _entry(self, key: str) -> tuple[CacheEntry | None, str | None]:
+        """The entry of ``key`` as its file says (unchecked against its object), or why not
+        (None: there is none)."""
+        try:
+            entry = CacheEntry.from_json(read_json(self.entry_path(key)))
+        except FileNotFoundError:
+            return None, None
+        except IrregularFileError:
+            return None, (f"cache entry {key[:12]} is not a regular file (a symbolic link?); "
+                          "the step runs again")
+        except TooLargeError:
+            return None, (f"cache entry {key[:12]} is larger than an entry can be "
+                          f"({MAX_ENTRY_BYTES} bytes); the step runs again")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return None, (f"cache entry {key[:12]} is damaged ({type(exc).__name__}); the step "
+                          "runs again")
+        if entry.key != key or not _is_digest(entry.object):
+            return None, f"cache entry {key[:12]} does not match its name; the step runs again"
+        return entry, None
+
     def read(self, entry: CacheEntry) -> bytes:
-        return self.object_path(entry.object).read_bytes()
+        """The object's bytes, checked as :meth:`lookup` checks them (it may have changed since
+        the lookup): DamagedObjectError (a ValueError) says how it is not the entry's image."""
+        try:
+            return read_object(self.object_path(entry.object), entry.object, entry.size,
+                               entry.format)
+        except FileNotFoundError:
+            raise DamagedObjectError("is missing") from None
 
     def store(self, data: bytes, entry: CacheEntry) -> CacheEntry:
         """Store the image bytes, then the entry, each flushed to disk; returns the entry as
@@ -168,48 +234,39 @@ class Cache:
         target = self.object_path(digest)
         try:
             # even if present: an object of this name may be damaged
-            write_atomic(target, data, durable=True)
+            write_atomic(target, data, durable=True, inside=self.directory)
             write_atomic(self.entry_path(entry.key),
                          json.dumps(entry.to_json(), indent=1, sort_keys=True).encode(),
-                         durable=True)
+                         durable=True, inside=self.directory)
         except OSError as exc:
             raise CacheError(_write_error(self.directory, exc)) from exc
         return entry
 
     def entries(self) -> Iterator[tuple[Path, CacheEntry | None]]:
-        """Every entry file, parsed (None where it is damaged)."""
-        base = self.root / "entries"
-        if not base.is_dir():
-            return
-        for path in sorted(base.glob("*/*.json")):
-            try:
-                yield path, CacheEntry.from_json(json.loads(path.read_bytes()))
-            except (OSError, ValueError, KeyError, TypeError):
-                yield path, None
+        """Every entry file, parsed (None where it is damaged); links are listed, never
+        followed."""
+        for path in files(self.root / "entries"):
+            if path.suffix == ".json":
+                try:
+                    yield path, CacheEntry.from_json(read_json(path))
+                except (OSError, ValueError, KeyError, TypeError):
+                    yield path, None
 
     def objects(self) -> Iterator[Path]:
-        base = self.root / "objects"
-        if base.is_dir():
-            yield from (p for p in sorted(base.glob("*/*")) if _is_digest(p.name))
+        """Every object file (a link among them too: listed, never followed)."""
+        yield from (path for path in files(self.root / "objects") if _is_digest(path.name))
 
     def leftovers(self, older_than: float = STALE_TEMPORARY_S) -> list[Path]:
         """Temporary files of interrupted writes, last written more than ``older_than``
         seconds ago."""
-        if not self.root.is_dir():
-            return []
         now = time.time()
-        found = []
-        for path in sorted(self.root.glob(f"*/*/{TEMPORARY_PREFIX}*")):
-            try:
-                if now - path.stat().st_mtime > older_than:
-                    found.append(path)
-            except FileNotFoundError:  # its write has just finished (renamed) or failed
-                continue
-        return found
+        return [path for name in LAYOUT_FOLDERS for path in files(self.root / name)
+                if path.name.startswith(TEMPORARY_PREFIX) and _age(path, now) > older_than]
 
     def remove_leftovers(self, older_than: float = STALE_TEMPORARY_S) -> int:
         """Remove the temporary files of interrupted writes (see :meth:`leftovers`); returns
         how many."""
+        self.check_layout(deep=False)
         leftovers = self.leftovers(older_than)
         for path in leftovers:
             path.unlink(missing_ok=True)
@@ -218,40 +275,16 @@ class Cache:
     def stats(self) -> CacheStats:
         entries = sum(1 for _ in self.entries())
         objects = list(self.objects())
-        return CacheStats(entries, len(objects), sum(p.stat().st_size for p in objects))
+        return CacheStats(entries, len(objects), sum(_size(p) for p in objects))
 
     def verify(self, *, fix: bool = False) -> list[str]:
         """Re-hash every object and check every entry, and look for the leftovers of
-        interrupted writes; returns the problems found (and, with ``fix``, removes what is
-        damaged or left over)."""
-        problems: list[str] = []
-        for path in self.leftovers():
-            problems.append(f"temporary file {path.relative_to(self.root).as_posix()} is left "
-                            "over from an interrupted write")
-            if fix:
-                path.unlink(missing_ok=True)
-        damaged: set[str] = set()
-        for path in self.objects():
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-            if digest.hexdigest() != path.name:
-                problems.append(f"object {path.name[:12]} does not match its hash")
-                damaged.add(path.name)
-                if fix:
-                    path.unlink(missing_ok=True)
-        for path, entry in self.entries():
-            reason = None
-            if entry is None:
-                reason = "is damaged"
-            elif entry.object in damaged or not self.object_path(entry.object).exists():
-                reason = f"points at a missing or damaged object {entry.object[:12]}"
-            if reason:
-                problems.append(f"entry {path.stem[:12]} {reason}")
-                if fix:
-                    path.unlink(missing_ok=True)
-        return problems
+        interrupted writes and for links; returns the problems found (and, with ``fix``,
+        removes what is damaged or left over, and the links themselves)."""
+        from kontext_pipeline.cache_verify import verify  # noqa: PLC0415
+
+        self.check_layout(deep=False)
+        return verify(self, fix=fix)
 
     def remove_entries(self, keep: set[str] | None = None,
                        older_than: float | None = None) -> int:
@@ -275,6 +308,7 @@ class Cache:
         refers to any more; returns how many entries. An object that no entry ever referred to
         is removed only once it is older than :data:`STALE_TEMPORARY_S`: a run sharing the
         cache may have just stored it and be about to write its entry."""
+        self.check_layout(deep=False)
         removed = 0
         now = time.time()
         dropped: set[str] = set()  # the objects of the entries removed now
@@ -288,27 +322,44 @@ class Cache:
             if path.name not in referenced and (path.name in dropped
                                                 or _age(path, now) > STALE_TEMPORARY_S):
                 path.unlink(missing_ok=True)
-        for path in self.root.glob("thumbnails/*/*.json"):  # the reports' thumbnails
-            if path.name.split("-", 1)[0] not in referenced:
+        for path in files(self.root / "thumbnails"):  # the reports' thumbnails
+            if path.suffix == ".json" and path.name.split("-", 1)[0] not in referenced:
                 path.unlink(missing_ok=True)
         return removed
 
     def clear(self) -> None:
-        """Remove everything this cache layout holds."""
+        """Remove everything this cache layout holds (a link inside it is removed, never
+        followed)."""
+        self.check_layout(deep=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _age(path: Path, now: float) -> float:
-    """Seconds since ``path`` was last written (0 if it is gone already)."""
+    """Seconds since ``path`` (a link itself, not what it points at) was last written (0 if it
+    is gone already)."""
     try:
-        return now - path.stat().st_mtime
+        return now - path.lstat().st_mtime
     except FileNotFoundError:
         return 0.0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _write_error(directory: Path, error: OSError) -> str:
     """What failed, where, and what to do about it."""
     reason = error.strerror or str(error)
+    if isinstance(error, LinkedFolderError) and error.filename:
+        where = Path(error.filename)
+        shown = where.relative_to(directory).as_posix() if where.is_relative_to(directory) \
+            else where
+        return (f"cannot write to the cache in {directory}: {shown} {reason}; the cache writes "
+                "only inside its own folders: `kontext-pipeline cache verify --fix` removes "
+                "such links, or choose another --cache-dir")
     if error.errno in _DISK_FULL:
         advice = ("free some space there (`kontext-pipeline cache gc` removes what your "
                   "recipes no longer reach) or choose another --cache-dir")

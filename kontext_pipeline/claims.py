@@ -25,17 +25,20 @@ import errno
 import os
 from pathlib import Path
 
+from kontext_pipeline.files import make_folders
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover  (Windows)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCKS", "Claim", "sweep", "try_claim"]
+__all__ = ["LOCKS", "Claim", "held", "sweep", "try_claim"]
 
 LOCKS = fcntl is not None
 """Whether claims can be exclusive on this platform."""
 
 _ATTEMPTS = 16  # a file removed under us each time this often is a lock held, for our purposes
+_OPEN = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)  # a link there is not followed
 
 
 class Claim:
@@ -62,23 +65,39 @@ class Claim:
             os.close(handle)  # releases the lock
 
 
-def try_claim(path: Path) -> Claim | None:
+def try_claim(path: Path, *, inside: Path | None = None) -> Claim | None:
     """Claim ``path`` without waiting: a held :class:`Claim`, or None while another process (or
-    another open file of this one) holds it."""
+    another open file of this one) holds it. ``inside``: the folders from there to ``path``
+    must be real folders, not links."""
     try:
-        handle = _lock(path)
+        handle = _lock(path, inside)
     except OSError as exc:  # cannot be made, or not locked there (ENOLCK: some network mounts)
         return Claim(path, None, f"cannot lock {path}: {exc.strerror or exc}")
     return None if handle is None else Claim(path, handle)
 
 
-def _lock(path: Path) -> int | None:
+def held(path: Path) -> bool:
+    """Whether a process holds the claim of ``path`` now. Found by taking it and letting go at
+    once (so a file nobody holds is removed, as :func:`sweep` does)."""
+    if not path.exists():
+        return False
+    claim = try_claim(path)
+    if claim is None:
+        return True
+    claim.release()
+    return False
+
+
+def _lock(path: Path, inside: Path | None) -> int | None:
     """An open handle of the file at ``path`` holding its lock, or None while another holds it."""
     if fcntl is None:
         raise OSError(errno.ENOLCK, "this platform has no file locks")
     for _ in range(_ATTEMPTS):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if inside is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            make_folders(inside, path.parent)
+        handle = os.open(path, _OPEN, 0o666)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if _same_file(path, handle):

@@ -99,7 +99,9 @@ class _Run:
             if image.path is not None and image.sha256 is not None:
                 inputs.append((image.path, image.sha256))
                 continue
-            parent = await self.future(task, image.name)
+            # shielded: cancelling this task (Ctrl-C) must not cancel the parent's record,
+            # which the parent itself may be about to set (see execute)
+            parent = await asyncio.shield(self.future(task, image.name))
             if not parent.ok or parent.entry is None:
                 self.emit(RunEvent("skipped", task, message=f"'{image.name}' did not finish"))
                 return StepRecord(task, "skipped", "miss",
@@ -111,7 +113,7 @@ class _Run:
             self.emit(RunEvent("cached", task))
             return StepRecord(task, "done", "hit", known.key, hashes, known)
         key = task.key(hashes)
-        lookup = self.cache.lookup(key)
+        lookup = self.cache.lookup(key, task.params.output_format)
         if lookup.problem:
             self.emit(RunEvent("warning", task, message=lookup.problem))
         if lookup.entry is not None:
@@ -150,7 +152,8 @@ class _Run:
             return await self.call(provider, task, key, paths, hashes)
         claim = await self.claim(self.journal, task, key)
         try:
-            lookup = self.cache.lookup(key)  # its problem, if any, was reported a moment ago
+            # its problem, if any, was reported a moment ago
+            lookup = self.cache.lookup(key, task.params.output_format)
             if lookup.entry is not None:
                 self.emit(RunEvent("cached", task))
                 return StepRecord(task, "done", "hit", key, hashes, lookup.entry)
@@ -269,12 +272,18 @@ async def execute(
         run.results[(task.pipeline, task.variant, task.step)] = loop.create_future()
 
     async def one(task: Task) -> None:
+        # Only this task settles its future: the tasks awaiting it shield it. A Ctrl-C runs its
+        # handler in the middle of whatever step is running and cancels the run from there, so
+        # a step can be told to stop and still finish (set its record) in that same step; were
+        # the future cancelled by a waiter meanwhile, setting it would raise InvalidStateError.
         future = run.future(task, task.step)
         try:
-            future.set_result(await run.run(task))
+            record = await run.run(task)
         except BaseException:
             future.cancel()  # the tasks waiting on this one are cancelled in turn
             raise
+        if not future.done():
+            future.set_result(record)
 
     workers = [asyncio.ensure_future(one(task)) for task in tasks]
     try:

@@ -1,7 +1,8 @@
 """Exporting a run's outputs into ``--out``: atomic writes, never outside the directory.
 
 Each exported PNG or JPEG is the cache object with its provenance inserted (see
-:mod:`kontext_pipeline.provenance`); the pixels are the generated ones, byte for byte.
+:mod:`kontext_pipeline.provenance`); the pixels are the generated ones, byte for byte. The object
+is read once, without following a link, and its bytes are checked before they are written.
 
 What the last run into the same folder exported and this run no longer does (the other
 variants after ``--var color=teal``, a renamed output) is removed, but only a file that is still
@@ -109,12 +110,14 @@ def _provenance(record: StepRecord, entry: CacheEntry) -> bytes | None:
         entry.format)
 
 
-def _write(target: Path, source: Path, entry: CacheEntry, provenance: bytes | None) -> str:
-    """Write the file; returns its sha256."""
+def _write(target: Path, cache: Cache, entry: CacheEntry, provenance: bytes | None) -> str:
+    """Write the file; returns its sha256. The object is read once, and those very bytes are
+    checked (a regular file, the entry's format, its sha256) and written."""
+    image = cache.read(entry)
     if provenance is None:
-        write_atomic(target, source=source)  # the kernel copies
-        return entry.object  # the object's name is its sha256 (its size was checked)
-    data = insert_provenance(source.read_bytes(), provenance)
+        write_atomic(target, image)
+        return entry.object  # the bytes just checked have this sha256
+    data = insert_provenance(image, provenance)
     write_atomic(target, data)
     return hashlib.sha256(data).hexdigest()
 
@@ -178,7 +181,7 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_
             try:
                 digest = _unchanged(target, previous.get(relative), fingerprint)
                 if digest is None:
-                    digest = _write(target, cache.object_path(entry.object), entry, provenance)
+                    digest = _write(target, cache, entry, provenance)
                 stat = target.stat()
             except OSError as exc:
                 raise OutputError(f"cannot write {out_dir / relative}: {exc.strerror or exc}"

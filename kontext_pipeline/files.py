@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader sees the whole new file or the old one, never a part."""
+"""Atomic file writes: a reader sees the whole new file or the old one, never a part. And reads
+of files that may have been tampered with: a symbolic link is not followed, nothing but a regular
+file is read, and never more than a bound."""
 
 from __future__ import annotations
 
@@ -6,10 +8,12 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["TEMPORARY_PREFIX", "cannot_make", "write_atomic"]
+__all__ = ["TEMPORARY_PREFIX", "IrregularFileError", "LinkedFolderError", "TooLargeError",
+           "cannot_make", "make_folders", "open_regular", "read_regular", "write_atomic"]
 
 TEMPORARY_PREFIX = ".tmp-"
 """How the temporary files of writes in progress are named (a killed write leaves one)."""
@@ -17,6 +21,69 @@ TEMPORARY_PREFIX = ".tmp-"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _MODE = 0o666 & ~_UMASK  # what open() would have given a new file
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # not on Windows: an lstat() checks there instead
+_READ = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+_LINKED = {errno.ELOOP, errno.EMLINK}  # O_NOFOLLOW met a link: ELOOP, EMLINK on FreeBSD
+
+
+class IrregularFileError(OSError):
+    """A symbolic link, a folder, a pipe or a device where a regular file was expected."""
+
+
+class TooLargeError(ValueError):
+    """A file larger than what is read of its kind."""
+
+
+class LinkedFolderError(OSError):
+    """A symbolic link (or something that is not a folder) where a folder was to be written."""
+
+
+def open_regular(path: Path) -> int:
+    """An open handle for reading the regular file at ``path``: a symbolic link there is not
+    followed, and a pipe or device is not read (IrregularFileError)."""
+    if not _NOFOLLOW and os.path.islink(path):
+        raise IrregularFileError(errno.ELOOP, "is a symbolic link", str(path))
+    try:
+        handle = os.open(path, _READ)  # non-blocking: a pipe would wait for a writer
+    except OSError as exc:
+        if exc.errno in _LINKED:
+            raise IrregularFileError(errno.ELOOP, "is a symbolic link", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(handle).st_mode):
+        os.close(handle)
+        raise IrregularFileError(errno.EINVAL, "is not a regular file", str(path))
+    return handle
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file at ``path`` (see :func:`open_regular`); TooLargeError if
+    it holds more than ``limit`` bytes."""
+    with os.fdopen(open_regular(path), "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise TooLargeError(f"{path} is larger than {limit} bytes")
+    return data
+
+
+def make_folders(root: Path, folder: Path) -> None:
+    """Make ``folder`` and the folders between it and ``root`` (``root`` itself is made if
+    missing, and may be a link: it is the caller's choice), refusing a symbolic link or a file
+    on the way (LinkedFolderError), so that nothing is written outside ``root``."""
+    if not os.path.lexists(root):
+        root.mkdir(parents=True, exist_ok=True)
+    current = root
+    for part in folder.relative_to(root).parts:
+        current = current / part
+        try:
+            os.mkdir(current)
+            continue
+        except FileExistsError:
+            mode = os.lstat(current).st_mode
+        if stat.S_ISLNK(mode):
+            raise LinkedFolderError(errno.ELOOP, "is a symbolic link, not a folder",
+                                    str(current))
+        if not stat.S_ISDIR(mode):
+            raise LinkedFolderError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(current))
 
 
 def cannot_make(directory: Path) -> OSError | None:
@@ -33,11 +100,16 @@ def cannot_make(directory: Path) -> OSError | None:
 
 
 def write_atomic(target: Path, data: bytes | None = None, *, source: Path | None = None,
-                 durable: bool = False) -> None:
+                 durable: bool = False, inside: Path | None = None) -> None:
     """Write ``data`` (or a copy of ``source``) to ``target`` through a temporary file in the
-    same directory, renamed into place. ``durable``: the file and the rename are flushed to
-    disk before returning (a power cut then leaves the new file, whole)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    same directory, renamed into place (over a link at ``target``: the link is replaced, not
+    followed). ``durable``: the file and the rename are flushed to disk before returning (a
+    power cut then leaves the new file, whole). ``inside``: the folders from there to
+    ``target`` must be real folders, not links (see :func:`make_folders`)."""
+    if inside is None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        make_folders(inside, target.parent)
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=TEMPORARY_PREFIX)
     try:
         with os.fdopen(handle, "wb") as out:

@@ -27,13 +27,15 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kontext_pipeline.claims import Claim, sweep, try_claim
-from kontext_pipeline.files import write_atomic
+from kontext_pipeline.cache_walk import files
+from kontext_pipeline.claims import Claim, held, sweep, try_claim
+from kontext_pipeline.files import read_regular, write_atomic
 from kontext_pipeline.providers.base import Accepted
 
 __all__ = ["Journal", "JournalEntry"]
 
 _LAYOUT = "journal-v1"
+_MAX_ENTRY_BYTES = 64_000  # an entry is a few hundred bytes; a larger file is not read
 
 
 @dataclass(frozen=True)
@@ -74,33 +76,44 @@ class Journal:
     def record(self, entry: JournalEntry) -> None:
         """Write ``entry`` and flush it to disk before returning."""
         document = json.dumps(entry.to_json(), indent=1, sort_keys=True).encode()
-        write_atomic(self.path(entry.key), document, durable=True)
+        write_atomic(self.path(entry.key), document, durable=True, inside=self.directory)
 
     def find(self, key: str, provider: str) -> JournalEntry | None:
         """The entry of ``key`` made by ``provider``, if there is a readable one."""
-        try:
-            entry = JournalEntry.from_json(json.loads(self.path(key).read_bytes()))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # a damaged entry: the step is submitted (and journalled) afresh
-        return entry if entry.key == key and entry.provider == provider else None
+        entry = _read(self.path(key))
+        return entry if entry and entry.key == key and entry.provider == provider else None
 
     def claim(self, key: str) -> Claim | None:
         """Claim ``key`` for this run without waiting (None while another run holds it)."""
-        return try_claim(self.directory / key[:2] / f"{key}.lock")
+        return try_claim(self._lock(key), inside=self.directory)
+
+    def held(self, key: str) -> bool:
+        """Whether another run holds the claim of ``key`` now (it is making that image)."""
+        return held(self._lock(key))
+
+    def _lock(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.lock"
 
     def sweep_claims(self) -> int:
         """Remove the claim files that no run holds (left by runs that were killed)."""
-        return sweep(sorted(self.directory.glob("*/*.lock")))
+        return sweep([path for path in files(self.directory) if path.suffix == ".lock"])
 
     def remove(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
     def entries(self) -> Iterator[JournalEntry]:
         """Every readable entry."""
-        for path in sorted(self.directory.glob("*/*.json")):
-            try:
-                yield JournalEntry.from_json(json.loads(path.read_bytes()))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
+        for path in files(self.directory):
+            entry = _read(path) if path.suffix == ".json" else None
+            if entry is not None:
+                yield entry
+
+
+def _read(path: Path) -> JournalEntry | None:
+    """The entry in the file at ``path``: a regular file (a link is not followed) of at most
+    a few kilobytes; None if there is none, or a damaged one (its step is then submitted and
+    journalled afresh)."""
+    try:
+        return JournalEntry.from_json(json.loads(read_regular(path, _MAX_ENTRY_BYTES)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

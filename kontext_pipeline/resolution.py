@@ -59,7 +59,7 @@ def resolve(plan: Plan, cache: Cache) -> list[Resolved]:
                 resolved.append(Resolved(task, None, waits_on=missing))
                 continue
             key = task.key(hashes)
-            lookup = cache.lookup(key)
+            lookup = cache.lookup(key, task.params.output_format)
             if lookup.entry is not None:
                 outputs[task.step] = lookup.entry.object
             resolved.append(Resolved(task, key, lookup.entry, problem=lookup.problem))

@@ -43,11 +43,14 @@ class RunStart:
     collecting: int = 0  # accepted (and paid for) by an interrupted run, not stored yet
     reasons: Mapping[str, str] = field(default_factory=dict)  # task id -> why it runs
     provider: str = "bfl"
+    elsewhere: int = 0  # accepted, and being made by another run sharing the cache now
 
     def describe(self) -> str:
-        to_run = self.tasks - self.cached - self.collecting
+        to_run = self.tasks - self.cached - self.collecting - self.elsewhere
         collect = (f", {self.collecting} to collect from an interrupted run" if self.collecting
                    else "")
+        if self.elsewhere:
+            collect += f", {self.elsewhere} being made by another run"
         price = cost(self.credits, self.provider)
         return (f"{self.tasks} step{'' if self.tasks == 1 else 's'}: {self.cached} cached, "
                 f"{to_run} to run{collect}, "
@@ -93,14 +96,18 @@ async def run_plans(
         raise ValueError("one output directory per plan")
     for out_dir in out_dirs:  # where the results go must be usable before anything is paid
         check_out_dir(out_dir)
-    if not frozen:
+    if frozen:  # a folder of the cache that links elsewhere is refused, frozen or not
+        cache.check_layout()
+    else:
         cache.check_writable()
     resolved = [r for plan in plans for r in resolve(plan, cache)]
     cached = sum(1 for r in resolved if r.hit)
     journal = Journal(cache.root / "journal")
-    collecting = [r for r in resolved if not r.hit and r.key is not None
-                  and journal.find(r.key, r.task.provider) is not None]
-    credits = cost_of_misses(resolved) - cost_of_misses(collecting)
+    accepted = [r for r in resolved if not r.hit and r.key is not None
+                and journal.find(r.key, r.task.provider) is not None]
+    # one whose claim is held was not interrupted: a live run sharing the cache is making it
+    elsewhere = sum(1 for r in accepted if r.key is not None and journal.held(r.key))
+    credits = cost_of_misses(resolved) - cost_of_misses(accepted)
     if frozen and cached < len(resolved):
         raise FrozenCacheMissError(missing_lines(resolved))
     if max_credits is not None and credits > max_credits:
@@ -109,9 +116,9 @@ async def run_plans(
             f"more than --max-credits {max_credits}; nothing was submitted")
     if on_start is not None:
         providers = {plan.provider for plan in plans}
-        on_start(RunStart(len(resolved), cached, credits, len(collecting),
+        on_start(RunStart(len(resolved), cached, credits, len(accepted) - elsewhere,
                           _reasons(plans, out_dirs, resolved),
-                          providers.pop() if len(providers) == 1 else "bfl"))
+                          providers.pop() if len(providers) == 1 else "bfl", elsewhere))
     provider = None if cached == len(resolved) else open_provider()
     # the report's thumbnails are made while the run waits on the API, not after it
     thumbnails = QuietWorker("thumbnails") if provider is not None else None

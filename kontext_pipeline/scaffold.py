@@ -68,6 +68,8 @@ vars:                               # template variables; `--var door=green` ove
 # matrix:                           # variants, GitHub Actions style: every step runs once per
 #   door: [red, green, blue]        #   combination; a matrix value replaces the variable
 #   exclude: [{door: blue}]         #   `exclude` drops combinations, `include` adds them
+# env: [BRAND]                      # environment variables prompts may read ({{ env.BRAND }}),
+#                                     besides KONTEXT_VAR_*; never the rest, never secrets
 inputs:                             # named input images, relative to this file, inside its folder
   house: images/example.png         # written by `kontext-pipeline init`; use your own picture
 steps:                              # the edits, in order; each is one FLUX.1 Kontext request

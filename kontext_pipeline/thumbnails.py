@@ -141,7 +141,7 @@ class ThumbnailStore:
         kept = {"mime": thumbnail.mime, "width": thumbnail.width, "height": thumbnail.height,
                 "data": base64.b64encode(thumbnail.data).decode("ascii")}
         with contextlib.suppress(OSError):
-            write_atomic(self.path(digest), json.dumps(kept).encode())
+            write_atomic(self.path(digest), json.dumps(kept).encode(), inside=self.directory)
 
 
 def _read_record(path: Path) -> bytes:

@@ -20,6 +20,13 @@ from kontext_pipeline.cache import (
 )
 from kontext_pipeline.errors import CacheError
 
+PNG = b"\x89PNG\r\n\x1a\n"  # what a PNG image begins with (what an object is checked for)
+
+
+def png(body: bytes) -> bytes:
+    """Bytes that begin as a PNG does (the cache checks an object's first bytes, not more)."""
+    return PNG + body
+
 
 def entry_for(data: bytes, key: str = "k" * 64, **changes: object) -> CacheEntry:
     fields: dict[str, object] = {
@@ -33,10 +40,10 @@ def entry_for(data: bytes, key: str = "k" * 64, **changes: object) -> CacheEntry
 
 def test_store_and_lookup(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    entry = cache.store(b"image bytes", entry_for(b"image bytes"))
+    entry = cache.store(png(b"image bytes"), entry_for(png(b"image bytes")))
     assert cache.lookup(entry.key).entry == entry
-    assert cache.read(entry) == b"image bytes"
-    digest = hashlib.sha256(b"image bytes").hexdigest()
+    assert cache.read(entry) == png(b"image bytes")
+    digest = hashlib.sha256(png(b"image bytes")).hexdigest()
     assert cache.object_path(digest) == tmp_path / "v1" / "objects" / digest[:2] / digest
     assert cache.entry_path(entry.key).is_file()
     assert not list(tmp_path.rglob(".tmp-*"))
@@ -50,17 +57,17 @@ def test_a_missing_key_is_a_plain_miss(tmp_path: Path) -> None:
 
 def test_a_truncated_object_is_a_miss_with_a_warning(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    entry = cache.store(b"0123456789", entry_for(b"0123456789"))
-    cache.object_path(entry.object).write_bytes(b"01234")
+    entry = cache.store(png(b"0123456789"), entry_for(png(b"0123456789")))
+    cache.object_path(entry.object).write_bytes(png(b"01234"))
     lookup = cache.lookup(entry.key)
     assert lookup.entry is None
-    assert lookup.problem == (f"cache object {entry.object[:12]} is 5 bytes, expected 10 "
-                              "(truncated?); the step runs again")
+    assert lookup.problem == (f"cache object {entry.object[:12]} of entry {entry.key[:12]} is "
+                              "13 bytes, expected 18 (truncated?); the step runs again")
 
 
 def test_a_damaged_entry_is_a_miss_with_a_warning(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    entry = cache.store(b"x", entry_for(b"x"))
+    entry = cache.store(png(b"x"), entry_for(png(b"x")))
     cache.entry_path(entry.key).write_text("{not json")
     assert cache.lookup(entry.key).problem == (
         f"cache entry {entry.key[:12]} is damaged (JSONDecodeError); the step runs again")
@@ -71,7 +78,7 @@ def test_a_damaged_entry_is_a_miss_with_a_warning(tmp_path: Path) -> None:
 
 def test_a_missing_object_is_a_miss_with_a_warning(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    entry = cache.store(b"x", entry_for(b"x"))
+    entry = cache.store(png(b"x"), entry_for(png(b"x")))
     cache.object_path(entry.object).unlink()
     assert cache.lookup(entry.key).problem == (
         f"cache object {entry.object[:12]} of entry {entry.key[:12]} is missing; the step "
@@ -85,10 +92,12 @@ def test_store_refuses_an_entry_that_does_not_describe_the_bytes(tmp_path: Path)
 
 def test_verify_finds_and_fixes_corruption_of_the_same_size(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    good = cache.store(b"good", entry_for(b"good", key="a" * 64))
-    bad = cache.store(b"flip", entry_for(b"flip", key="b" * 64))
-    cache.object_path(bad.object).write_bytes(b"flop")  # same size: only a hash shows it
-    assert cache.lookup(bad.key).entry is not None
+    good = cache.store(png(b"good"), entry_for(png(b"good"), key="a" * 64))
+    bad = cache.store(png(b"flip"), entry_for(png(b"flip"), key="b" * 64))
+    cache.object_path(bad.object).write_bytes(png(b"flop"))  # same size: only a hash shows it
+    assert cache.lookup(bad.key).problem == (
+        f"cache object {bad.object[:12]} of entry {bad.key[:12]} does not match its sha256 "
+        "(changed since it was stored); the step runs again")
     problems = cache.verify()
     assert problems == [f"object {bad.object[:12]} does not match its hash",
                         f"entry {bad.key[:12]} points at a missing or damaged object "
@@ -101,17 +110,19 @@ def test_verify_finds_and_fixes_corruption_of_the_same_size(tmp_path: Path) -> N
 
 def test_storing_again_repairs_a_damaged_object_of_the_same_name(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    entry = cache.store(b"flip", entry_for(b"flip", key="a" * 64))
-    cache.object_path(entry.object).write_bytes(b"flop")  # a step of another key has these bytes
-    cache.store(b"flip", entry_for(b"flip", key="b" * 64))
-    assert cache.read(entry) == b"flip"
+    entry = cache.store(png(b"flip"), entry_for(png(b"flip"), key="a" * 64))
+    # a step of another key has these bytes
+    cache.object_path(entry.object).write_bytes(png(b"flop"))
+    cache.store(png(b"flip"), entry_for(png(b"flip"), key="b" * 64))
+    assert cache.read(entry) == png(b"flip")
     assert cache.verify() == []
 
 
 def test_remove_entries_by_reachability_and_age(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    old = cache.store(b"old", entry_for(b"old", key="a" * 64, created_at=time.time() - 86400))
-    new = cache.store(b"new", entry_for(b"new", key="b" * 64))
+    old = cache.store(png(b"old"), entry_for(png(b"old"), key="a" * 64,
+                                             created_at=time.time() - 86400))
+    new = cache.store(png(b"new"), entry_for(png(b"new"), key="b" * 64))
     assert cache.remove_entries(older_than=3600) == 1
     assert cache.lookup(old.key).entry is None
     assert not cache.object_path(old.object).exists()
@@ -122,9 +133,9 @@ def test_remove_entries_by_reachability_and_age(tmp_path: Path) -> None:
 
 def test_gc_spares_an_object_whose_entry_another_run_is_about_to_write(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    fresh = entry_for(b"fresh")
-    stale = entry_for(b"stale", key="c" * 64)
-    for data, entry in ((b"fresh", fresh), (b"stale", stale)):
+    fresh = entry_for(png(b"fresh"))
+    stale = entry_for(png(b"stale"), key="c" * 64)
+    for data, entry in ((png(b"fresh"), fresh), (png(b"stale"), stale)):
         path = cache.object_path(entry.object)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)  # an object stored, its entry not written (yet)
@@ -137,7 +148,7 @@ def test_gc_spares_an_object_whose_entry_another_run_is_about_to_write(tmp_path:
 
 def test_clear(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    cache.store(b"x", entry_for(b"x"))
+    cache.store(png(b"x"), entry_for(png(b"x")))
     cache.clear()
     assert cache.stats().entries == 0
 
@@ -146,7 +157,7 @@ def test_an_unwritable_cache_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(CacheError) as caught:
-        Cache(blocker).store(b"x", entry_for(b"x"))
+        Cache(blocker).store(png(b"x"), entry_for(png(b"x")))
     assert str(caught.value) == (f"cannot write to the cache in {blocker}: Not a directory; "
                                  "check that it is a writable directory, or choose another "
                                  "--cache-dir")
@@ -155,7 +166,7 @@ def test_an_unwritable_cache_is_a_clear_error(tmp_path: Path) -> None:
 def test_leftovers_of_interrupted_writes_are_ignored_then_removed_once_stale(
         tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    entry = cache.store(b"x", entry_for(b"x"))
+    entry = cache.store(png(b"x"), entry_for(png(b"x")))
     old = cache.object_path(entry.object).parent / ".tmp-killed"
     young = cache.entry_path(entry.key).parent / ".tmp-writing"
     old.write_bytes(b"partial")
@@ -163,7 +174,7 @@ def test_leftovers_of_interrupted_writes_are_ignored_then_removed_once_stale(
     stale = time.time() - STALE_TEMPORARY_S - 60
     os.utime(old, (stale, stale))
     assert cache.lookup(entry.key).entry == entry
-    assert cache.stats() == CacheStats(entries=1, objects=1, bytes=1)
+    assert cache.stats() == CacheStats(entries=1, objects=1, bytes=9)
     assert cache.leftovers() == [old]
     problem = (f"temporary file objects/{entry.object[:2]}/.tmp-killed is left over from an "
                "interrupted write")
@@ -185,7 +196,7 @@ def test_default_location(tmp_path: Path) -> None:
 
 def test_written_files_have_ordinary_permissions(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    entry = cache.store(b"x", entry_for(b"x"))
+    entry = cache.store(png(b"x"), entry_for(png(b"x")))
     mode = cache.object_path(entry.object).stat().st_mode & 0o777
     umask = os.umask(0)
     os.umask(umask)
@@ -194,8 +205,8 @@ def test_written_files_have_ordinary_permissions(tmp_path: Path) -> None:
 
 def test_gc_removes_the_thumbnails_of_the_objects_it_removes(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    kept = cache.store(b"kept", entry_for(b"kept", key="a" * 64))
-    gone = cache.store(b"gone", entry_for(b"gone", key="b" * 64))
+    kept = cache.store(png(b"kept"), entry_for(png(b"kept"), key="a" * 64))
+    gone = cache.store(png(b"gone"), entry_for(png(b"gone"), key="b" * 64))
     for entry in (kept, gone):
         thumbnail = cache.root / "thumbnails" / entry.object[:2] / f"{entry.object}-320.json"
         thumbnail.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +234,7 @@ def test_an_object_is_on_disk_before_its_entry_is_written(
 
     monkeypatch.setattr(files, "_fsync", flushing)
     monkeypatch.setattr(os, "replace", renaming)
-    entry = Cache(tmp_path).store(b"paid for", entry_for(b"paid for"))
+    entry = Cache(tmp_path).store(png(b"paid for"), entry_for(png(b"paid for")))
     where = f"v1/objects/{entry.object[:2]}"
     steps = [step if "/.tmp-" not in step else step.split("/.tmp-")[0] + "/<temporary>"
              for step in steps]

@@ -7,8 +7,10 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from kontext_pipeline.cache import Cache
-from kontext_pipeline.executor import RunEvent, execute
+import pytest
+
+from kontext_pipeline.cache import Cache, CacheEntry
+from kontext_pipeline.executor import RunEvent, StepRecord, execute
 from kontext_pipeline.journal import Journal
 from kontext_pipeline.plan import build_plan
 from kontext_pipeline.providers.policies import PollPolicy
@@ -143,3 +145,44 @@ def test_a_run_whose_claims_cannot_be_locked_warns_once_and_goes_on(
     assert claims[0] == (
         f"cannot lock {tmp_path / 'journal' / key[:2] / key}.lock: Not a directory; runs "
         "sharing this cache may each pay for a step that neither has finished")
+
+
+def test_a_run_cancelled_as_a_step_finishes_ends_cancelled(
+        bfl_server: Start, write_recipe: WriteRecipe, tmp_path: Path) -> None:
+    """Ctrl-C lands between a step's last await and the moment its record is set: Python runs
+    the signal handler in the middle of that step, and it cancels the run (so the step waiting
+    on this one is cancelled) before the step sets its record. Here the run is cancelled at
+    that very point, as its result is stored. The run ends cancelled (exit 130), the result
+    stays stored; before, the waiting step's cancellation cancelled the future it awaited,
+    and setting the record raised InvalidStateError (exit 1)."""
+    recipe = write_recipe("""
+        version: 1
+        name: chain
+        steps:
+          - {id: first, prompt: "A lighthouse at dawn"}
+          - {id: second, prompt: "Paint it red"}
+    """)
+    server = bfl_server()
+    plan = build_plan(load_spec(recipe), provider="bfl")
+    provider = provider_for(server)
+    cache = Cache(tmp_path / "cache")
+    stored: list[str] = []
+    runs: list[asyncio.Future[list[StepRecord]]] = []
+
+    def interrupt(entry: CacheEntry, _data: bytes) -> None:  # what the SIGINT handler does
+        stored.append(entry.key)
+        runs[0].cancel()
+
+    async def go() -> None:
+        runs.append(asyncio.ensure_future(execute([plan], cache=cache, provider=provider,
+                                                  on_stored=interrupt)))
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                await runs[0]
+        finally:
+            await provider.aclose()
+
+    asyncio.run(go())
+    assert len(stored) == 1  # the first step's; the second never started
+    assert cache.lookup(stored[0]).entry is not None
+    assert sum(server.state.submits.values()) == 1

@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from kontext_pipeline.cache import Cache
 from kontext_pipeline.claims import LOCKS
 from kontext_pipeline.journal import Journal, JournalEntry
-from kontext_pipeline.providers.base import Accepted
+from kontext_pipeline.plan import build_plan
+from kontext_pipeline.providers.base import Accepted, Provider
+from kontext_pipeline.resolution import resolve
+from kontext_pipeline.runner import RunStart, run_pipelines
+from kontext_pipeline.spec import load_spec
+from tests.conftest import WriteRecipe
 
 KEY = "ab" + "c" * 62
 API_BASE = "https://api.example"
@@ -108,3 +114,53 @@ def test_the_claim_of_a_killed_process_is_free_and_its_leftover_file_is_swept(
     leftover.touch()  # another one left behind, nobody holding it
     assert journal.sweep_claims() == 1
     assert not leftover.exists()
+
+
+class StoppedAtStartError(Exception):
+    """Raised by the test's on_start: the run stops there, before any request."""
+
+
+def first_line(recipe: Path, cache: Path, out: Path) -> str:
+    """What a run of ``recipe`` says before any request (its first line)."""
+    plan = build_plan(load_spec(recipe), provider="bfl")
+
+    def stop(start: RunStart) -> None:
+        raise StoppedAtStartError(start.describe())
+
+    def no_provider() -> Provider:
+        raise AssertionError("the run stops before it opens a provider")
+
+    with pytest.raises(StoppedAtStartError) as said:
+        run_pipelines([plan], cache=Cache(cache), out_dirs=[out], open_provider=no_provider,
+                      on_start=stop)
+    return str(said.value)
+
+
+@pytest.mark.skipif(not LOCKS, reason="claims are not exclusive on this platform")
+def test_a_task_another_live_run_is_collecting_is_not_called_interrupted(
+        write_recipe: WriteRecipe, tmp_path: Path) -> None:
+    recipe = write_recipe("""
+        version: 1
+        name: shared
+        matrix:
+          n: [1, 2, 3]
+        steps:
+          - {id: paint, prompt: "Paint stripe number {{ n }}"}
+    """)
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    plan = build_plan(load_spec(recipe), provider="bfl")
+    keys = [r.key for r in resolve(plan, Cache(cache)) if r.key is not None]
+    journal = Journal(Cache(cache).root / "journal")
+    for key in keys[:2]:
+        journal.record(entry(key))
+    live = journal.claim(keys[0])  # another run, alive, holds it: it is collecting that task
+    assert live is not None
+    try:
+        assert first_line(recipe, cache, out) == (
+            "3 steps: 0 cached, 1 to run, 1 to collect from an interrupted run, 1 being made "
+            "by another run, expected cost 4 credits ($0.04)")
+    finally:
+        live.release()
+    assert first_line(recipe, cache, out) == (
+        "3 steps: 0 cached, 1 to run, 2 to collect from an interrupted run, expected cost 4 "
+        "credits ($0.04)")

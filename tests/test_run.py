@@ -231,7 +231,8 @@ def test_a_truncated_cache_object_is_reported_and_regenerated(
     before = len(runner.submits())
     again = runner(recipe)
     assert again.exit_code == 0
-    assert f"cache object {digest[:12]} is 100 bytes, expected " in again.stderr
+    assert f"cache object {digest[:12]} of entry " in again.stderr
+    assert " is 100 bytes, expected " in again.stderr
     assert runner.submits()[before:] == ["Relight the scene at dusk"]
     assert run_cli("cache", "verify", "--cache-dir", str(runner.cache)).exit_code == 0
 

@@ -139,6 +139,10 @@ def test_the_second_run_collects_what_a_killed_first_run_had_submitted(
     finally:
         first.kill()  # its claims go with it
     assert finish(first)[0] == -signal.SIGKILL
+    # the first run was alive (stopped) when the second started: its tasks were not interrupted
+    (said,) = [line for line in seen if line.startswith("run: 16 steps: ")]
+    assert " being made by another run, " in said
+    assert "interrupted" not in said
 
     rest: list[str] = []
     while (line := lines.get(timeout=TIMEOUT)) is not None:

@@ -38,6 +38,7 @@ def cache() -> None:
 def cache_info(cache_dir: str | None) -> None:
     """Where the cache is, how many entries and objects, how many bytes."""
     store = open_cache(cache_dir)
+    store.check_layout(deep=False)
     stats = store.stats()
     click.echo(f"directory: {store.directory}")
     click.echo(f"entries:   {stats.entries}")
@@ -49,7 +50,9 @@ def cache_info(cache_dir: str | None) -> None:
 def cache_ls(cache_dir: str | None) -> None:
     """List entries: key, provider, model, size, age and prompt."""
     now = time.time()
-    for path, entry in open_cache(cache_dir).entries():
+    store = open_cache(cache_dir)
+    store.check_layout(deep=False)
+    for path, entry in store.entries():
         echo(_listed(path, entry, now))
 
 
@@ -70,8 +73,9 @@ def _listed(path: Path, entry: CacheEntry | None, now: float) -> str:
 @click.option("--fix", is_flag=True, help="Remove what is damaged (it is made again when "
                                           "needed).")
 def cache_verify(cache_dir: str | None, fix: bool) -> None:
-    """Re-hash every object, check every entry, and look for the temporary files of writes
-    interrupted over an hour ago; exit 1 if anything is damaged or left over."""
+    """Re-hash every object, check every entry against its object, and look for the temporary
+    files of writes interrupted over an hour ago and for symbolic links (never followed); exit 1
+    if anything is damaged or left over."""
     problems = open_cache(cache_dir).verify(fix=fix)
     for problem in problems:
         echo(f"{problem}{' (removed)' if fix else ''}")
@@ -107,6 +111,7 @@ def cache_gc(*, recipes: Sequence[str], cache_dir: str | None, variables: dict[s
     if not recipes and older_than is None:
         raise UsageError("cache gc needs RECIPES to keep, --older-than DAYS, or both")
     store = open_cache(cache_dir)
+    store.check_layout(deep=False)  # before anything is asked or listed
     keep: set[str] | None = None
     if recipes:
         specs = load_all(recipes)
@@ -155,6 +160,7 @@ def _temporaries(count: int) -> str:
 def cache_clear(cache_dir: str | None, yes: bool) -> None:
     """Remove every entry and object."""
     store = open_cache(cache_dir)
+    store.check_layout(deep=False)  # before anything is asked
     if not yes:
         click.confirm(f"Remove everything in {store.directory}?", abort=True)
     store.clear()
