@@ -28,7 +28,7 @@ def _kind(path: Path) -> str | None:
     """What ``path`` is when it is not a real folder (None if it is one, or is not there)."""
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not there: the write check says why
         return None
     if stat.S_ISLNK(mode):
         return "a symbolic link"
