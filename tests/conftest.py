@@ -21,6 +21,8 @@ INVALID = Path(__file__).resolve().parent / "recipes" / "invalid"
 
 RunCli = Callable[..., Result]
 WriteRecipe = Callable[..., Path]
+Start = Callable[..., BackgroundServer]
+"""What the ``bfl_server`` fixture gives: start a bundled server with these settings."""
 
 
 def exported_images(out: Path) -> dict[str, bytes]:
@@ -52,7 +54,7 @@ def write_recipe(tmp_path: Path) -> WriteRecipe:
 
 
 @pytest.fixture
-def bfl_server() -> Iterator[Callable[..., BackgroundServer]]:
+def bfl_server() -> Iterator[Start]:
     """Start the bundled BFL-compatible server on a loopback port: ``bfl_server(latency=0.05)``.
     Every server started is stopped after the test."""
     started: list[BackgroundServer] = []

@@ -9,17 +9,13 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kontext_pipeline.cache import Cache
-from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import KEY
-from tests.conftest import RunCli, WriteRecipe
-
-Start = Callable[..., BackgroundServer]
+from tests.conftest import RunCli, Start, WriteRecipe
 
 RECIPE = """
     version: 1

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kontext_pipeline.server.run import BackgroundServer
-from tests.conftest import INVALID, PIPELINES, ROOT
+from tests.conftest import INVALID, PIPELINES, ROOT, Start
 
 WORKFLOW = ROOT / "docs" / "github-actions" / "kontext.yml"
 HOOKS = ROOT / ".pre-commit-hooks.yaml"
@@ -154,7 +153,7 @@ def run_step(script: str, workdir: Path, *, bin_dir: Path | None = None, timeout
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="the workflow's steps are bash")
 def test_the_workflow_steps_work_on_a_pull_request_then_on_main(
-        tmp_path: Path, bfl_server: Callable[..., BackgroundServer]) -> None:
+        tmp_path: Path, bfl_server: Start) -> None:
     (tmp_path / "pipelines").mkdir()
     for recipe in ("text-to-image.yaml", "poster-chain.yaml"):
         shutil.copy(PIPELINES / recipe, tmp_path / "pipelines" / recipe)

@@ -4,7 +4,6 @@ keeps an accepted request exactly as long as its result may still be collected."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,7 @@ from kontext_pipeline.providers.policies import PollPolicy
 from kontext_pipeline.server.run import BackgroundServer
 from kontext_pipeline.spec import load_spec
 from tests.bfl_helpers import provider_for
-from tests.conftest import WriteRecipe
-
-Start = Callable[..., BackgroundServer]
+from tests.conftest import Start, WriteRecipe
 
 
 def run(recipe: Path, server: BackgroundServer, tmp_path: Path, *,

@@ -6,14 +6,10 @@ request twice."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 
-from kontext_pipeline.server.run import BackgroundServer
 from kontext_pipeline.server.state import FaultConfig
 from tests.bfl_helpers import KEY
-from tests.conftest import RunCli, WriteRecipe, exported_images
-
-Start = Callable[..., BackgroundServer]
+from tests.conftest import RunCli, Start, WriteRecipe, exported_images
 
 RECIPE = """
     version: 1

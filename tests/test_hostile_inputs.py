@@ -37,10 +37,10 @@ from kontext_pipeline.providers.bfl import BflProvider, http_client
 from kontext_pipeline.providers.policies import PollPolicy, RetryPolicy
 from kontext_pipeline.runner import run_pipelines
 from kontext_pipeline.server.app import create_app
-from kontext_pipeline.server.run import BackgroundServer
 from kontext_pipeline.server.state import ServerConfig, ServerState
 from kontext_pipeline.spec import load_spec
 from tests.bfl_helpers import KEY
+from tests.conftest import Start
 
 Make = Callable[[Path], None]
 
@@ -870,7 +870,7 @@ def test_out_of_credits_stops_the_run(work: Path, api: Served) -> None:
 
 
 def test_a_submit_answer_without_polling_url_is_polled_the_legacy_way(
-        work: Path, bfl_server: Callable[..., BackgroundServer]) -> None:
+        work: Path, bfl_server: Start) -> None:
     server = bfl_server(return_polling_url=False)
     result = run_against(work, server.url)
     assert result.exit_code == 0

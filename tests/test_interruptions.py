@@ -9,16 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import KEY
-from tests.conftest import RunCli, WriteRecipe, exported_images
-
-Start = Callable[..., BackgroundServer]
+from tests.conftest import RunCli, Start, WriteRecipe, exported_images
 
 RECIPE = """
     version: 1

@@ -16,7 +16,6 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ from kontext_pipeline.server.state import TaskRecord
 from kontext_pipeline.spec import load_spec
 from kontext_pipeline.text import printable, printable_json
 from tests.bfl_helpers import KEY, png, provider_for
+from tests.conftest import Start
 
 HOSTILE = "[/b] [bold red]red \x1b]0;pwned\x07 \x1b[2J \u202e é 日本 🎉"
 SHOWN = "[/b] [bold red]red \\x1b]0;pwned\\x07 \\x1b[2J \\u202e é 日本 🎉"
@@ -262,7 +262,7 @@ DETAIL_SHOWN = SHOWN + "\\nkontext-pipeline: all good"
 
 
 def test_a_hostile_failure_detail_is_shown_escaped_and_the_rest_is_kept(
-        work: Path, bfl_server: Callable[..., BackgroundServer]) -> None:
+        work: Path, bfl_server: Start) -> None:
     server = bfl_server()
     server.state.tasks = FailingWith(DETAIL)
     write_recipe(work, "Make it blue", other="Make it red [[error]]")
@@ -280,7 +280,7 @@ def test_a_hostile_failure_detail_is_shown_escaped_and_the_rest_is_kept(
 
 
 def test_a_hostile_status_word_is_shown_escaped(
-        work: Path, bfl_server: Callable[..., BackgroundServer]) -> None:
+        work: Path, bfl_server: Start) -> None:
     server = bfl_server(unknown_status=HOSTILE)
     write_recipe(work, "Make it blue")
     result = invoke("run", "recipe.yaml", "--api-base", server.url, "--cache-dir", "cache",
@@ -310,7 +310,7 @@ def run_live(work: Path, server: BackgroundServer) -> tuple[list[PipelineReport]
 
 
 def test_the_live_display_shows_hostile_answers_escaped_and_keeps_the_results(
-        work: Path, bfl_server: Callable[..., BackgroundServer]) -> None:
+        work: Path, bfl_server: Start) -> None:
     server = bfl_server(unknown_status=HOSTILE)
     server.state.tasks = FailingWith(DETAIL)
     write_recipe(work, "Make it blue [/b]", other="Make it red [/b] [[error]]")

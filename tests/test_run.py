@@ -4,7 +4,6 @@ failures, budgets and the manifest contract."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,7 @@ from click.testing import Result
 
 from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import KEY
-from tests.conftest import RunCli, WriteRecipe
-
-Start = Callable[..., BackgroundServer]
+from tests.conftest import RunCli, Start, WriteRecipe
 
 CHAIN = """
     version: 1

@@ -5,7 +5,6 @@ API that echoes the key back)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,11 +15,8 @@ from kontext_pipeline.providers.base import EditRequest, ProviderEvent
 from kontext_pipeline.providers.bfl import DEFAULT_API_BASE, BflProvider, http_client
 from kontext_pipeline.providers.bfl.urls import holds_secret
 from kontext_pipeline.providers.policies import PollPolicy, RetryPolicy
-from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import KEY, RecordedSleep, run
-from tests.conftest import RunCli, WriteRecipe
-
-Start = Callable[..., BackgroundServer]
+from tests.conftest import RunCli, Start, WriteRecipe
 
 RECIPE = """
     version: 1

@@ -11,15 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from kontext_pipeline.cache import Cache
 from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import KEY
-from tests.conftest import WriteRecipe, exported_images
+from tests.conftest import Start, WriteRecipe, exported_images
 
-Start = Callable[..., BackgroundServer]
 TIMEOUT = 120  # seconds a run may take on a loaded machine before the test fails
 
 RECIPE = """

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import httpx
@@ -25,7 +25,7 @@ from kontext_pipeline.providers.inbox import Pushed, Webhook
 from kontext_pipeline.server.run import BackgroundServer
 from kontext_pipeline.webhooks import LIMITS, receiving, signature
 from tests.bfl_helpers import KEY
-from tests.conftest import WriteRecipe
+from tests.conftest import Start, WriteRecipe
 from tests.test_webhooks import BODY, SECRET, free_port, pushed
 
 FLOOD = 1100  # idle connections
@@ -181,7 +181,7 @@ def flood(server: BackgroundServer, port: int, stop: threading.Event) -> list[so
 
 
 def test_a_flood_of_idle_connections_does_not_sink_the_run(
-        many_descriptors: None, bfl_server: Callable[..., BackgroundServer],
+        many_descriptors: None, bfl_server: Start,
         write_recipe: WriteRecipe) -> None:
     recipe = write_recipe(RECIPE)
     work = recipe.parent

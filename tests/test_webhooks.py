@@ -8,7 +8,6 @@ import asyncio
 import json
 import socket
 import threading
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -25,9 +24,8 @@ from kontext_pipeline.webhooks import (
     verify,
 )
 from tests.bfl_helpers import KEY
-from tests.conftest import RunCli, WriteRecipe, exported_images
+from tests.conftest import RunCli, Start, WriteRecipe, exported_images
 
-Start = Callable[..., BackgroundServer]
 SECRET = "s3cr3t-of-this-run"  # noqa: S105  (a test value)
 BODY = b'{"id": "t1", "status": "Ready", "result": {"sample": "https://x/y.png"}}'
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import Callable
 
 import pytest
 
@@ -26,10 +25,8 @@ from kontext_pipeline.errors import (
 from kontext_pipeline.images import inspect_bytes
 from kontext_pipeline.providers.base import EditRequest, ProviderEvent
 from kontext_pipeline.providers.policies import PollPolicy
-from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import KEY, RecordedSleep, generate, png, provider_for, run
-
-Start = Callable[..., BackgroundServer]
+from tests.conftest import Start
 
 
 def b64_digest(data: bytes) -> str:

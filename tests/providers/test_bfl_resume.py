@@ -4,15 +4,14 @@ instead of being submitted (and paid for) again."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from kontext_pipeline.images import inspect_bytes
 from kontext_pipeline.providers.base import Accepted, EditRequest, EditResult, ProviderEvent
 from kontext_pipeline.providers.bfl import DEFAULT_API_BASE
 from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import KEY, provider_for, run
+from tests.conftest import Start
 
-Start = Callable[..., BackgroundServer]
 REQUEST = EditRequest("flux-kontext-pro", "Make it blue", 42, label="test/step")
 
 

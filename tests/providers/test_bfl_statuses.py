@@ -7,16 +7,11 @@ asserted, not what the client guesses.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
 from kontext_pipeline.providers.base import EditRequest, ProviderEvent
-from kontext_pipeline.server.run import BackgroundServer
 from tests.bfl_helpers import KEY, generate, provider_for, run
-from tests.conftest import RunCli, WriteRecipe, exported_images
-
-Start = Callable[..., BackgroundServer]
+from tests.conftest import RunCli, Start, WriteRecipe, exported_images
 
 CHAIN = """
     version: 1

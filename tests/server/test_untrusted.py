@@ -8,7 +8,7 @@ import base64
 import json
 import math
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,15 +16,13 @@ import pytest
 
 from kontext_pipeline.server import ServerConfig, ServerState, create_app
 from kontext_pipeline.server.limits import MAX_BODY_BYTES
-from kontext_pipeline.server.run import BackgroundServer
 from kontext_pipeline.server.validation import MAX_IMAGE_BYTES, MAX_PROMPT_CHARS
 from kontext_pipeline.templating import MAX_PROMPT_CHARS as RECIPE_PROMPT_CHARS
 from tests.bfl_helpers import run
+from tests.conftest import Start
 
 KEY = {"x-key": "bfl_anything"}
 BASE = "http://testserver"
-Start = Callable[..., BackgroundServer]
-
 
 def send(state: ServerState, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """One request to a fresh in-process app over ``state`` (the key unless headers say)."""
