@@ -22,6 +22,8 @@ from typing import TypeVar
 
 import h11
 
+from kontext_pipeline.timeouts import within
+
 __all__ = ["Handler", "Limits", "Listener", "Request"]
 
 _ACCEPT_PAUSE = 0.2  # seconds without accepting after the process ran out of descriptors
@@ -151,7 +153,7 @@ async def _within(seconds: float, what: str, step: Awaitable[_T]) -> _T:
     """``step``'s result, or :class:`_SlowError` once ``seconds`` have passed in all (however
     often the client sends a byte meanwhile)."""
     try:
-        return await asyncio.wait_for(step, timeout=seconds)
+        return await within(seconds, step)
     except asyncio.TimeoutError:
         raise _SlowError(f"it did not {what} within {seconds:g} s") from None
 

@@ -16,6 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from kontext_pipeline.timeouts import within
+
 __all__ = ["Inbox", "Pushed", "Webhook"]
 
 
@@ -65,7 +67,7 @@ class Inbox:
             return early
         waiter = self._waiting.setdefault(task_id, asyncio.get_running_loop().create_future())
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout=max(0.0, timeout))
+            return await within(timeout, asyncio.shield(waiter))
         except asyncio.TimeoutError:
             return None
         finally:

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from kontext_pipeline.timeouts import within
+
 __all__ = [
     "DEFAULT_MODEL_LIMITS",
     "DEFAULT_TOTAL_LIMIT",
@@ -203,7 +205,7 @@ class LatencyTracker:
         """Wait up to ``timeout`` seconds; True if a task of ``model`` finished meanwhile."""
         news = self._news.setdefault(model, asyncio.Event())
         try:
-            await asyncio.wait_for(news.wait(), timeout=max(0.0, timeout))
+            await within(timeout, news.wait())
         except asyncio.TimeoutError:
             return False
         return True

@@ -10,12 +10,13 @@ are read raw and inflated here a bounded piece at a time, and every exchange run
 
 from __future__ import annotations
 
-import asyncio
 import zlib
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import httpx
+
+from kontext_pipeline.timeouts import within
 
 __all__ = ["MAX_ANSWER_BYTES", "BodyError", "read_body", "with_body", "within"]
 
@@ -33,10 +34,6 @@ T = TypeVar("T")
 class BodyError(Exception):
     """An answer's body that is not read: too large, or encoded in a way not asked for."""
 
-
-async def within(seconds: float, action: Awaitable[T]) -> T:
-    """``action``, cancelled after ``seconds`` with :class:`asyncio.TimeoutError`."""
-    return await asyncio.wait_for(action, timeout=max(0.0, seconds))
 
 
 async def read_body(response: httpx.Response, limit: int) -> bytes:
