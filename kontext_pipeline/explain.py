@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kontext_pipeline import jsonsafe
 from kontext_pipeline.plan import Task
 from kontext_pipeline.resolution import Resolved
 
@@ -36,7 +37,7 @@ def last_run(out_dir: Path) -> LastRun | None:
     """The run recorded in ``out_dir/manifest.json``; None if there is none that can be read."""
     path = out_dir / "manifest.json"
     try:
-        document = json.loads(path.read_bytes())
+        document = jsonsafe.loads(path.read_bytes())
         steps = {(str(s["variant"]), str(s["step"])): s for s in document["steps"]
                  if isinstance(s, dict)}
         return LastRun(path, str(document["provider"]), steps)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kontext_pipeline import jsonsafe
 from kontext_pipeline.cache import Cache, CacheEntry
 from kontext_pipeline.errors import OutputError
 from kontext_pipeline.executor import StepRecord
@@ -75,7 +76,7 @@ def _inside(root: Path, relative: str) -> Path:
 
 def _load_state(path: Path) -> dict[str, list[Any]]:
     try:
-        state = json.loads(path.read_bytes())
+        state = jsonsafe.loads(path.read_bytes())
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kontext_pipeline import jsonsafe
 from kontext_pipeline.cache_walk import files
 from kontext_pipeline.claims import Claim, held, sweep, try_claim
 from kontext_pipeline.files import read_regular, write_atomic
@@ -114,6 +115,6 @@ def _read(path: Path) -> JournalEntry | None:
     a few kilobytes; None if there is none, or a damaged one (its step is then submitted and
     journalled afresh)."""
     try:
-        return JournalEntry.from_json(json.loads(read_regular(path, _MAX_ENTRY_BYTES)))
+        return JournalEntry.from_json(jsonsafe.loads(read_regular(path, _MAX_ENTRY_BYTES)))
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kontext_pipeline import jsonsafe
 from kontext_pipeline.errors import UsageError
 
 __all__ = ["MAX_MANIFEST_BYTES", "Manifest", "SourceImage", "StepResult", "Totals",
@@ -110,7 +111,7 @@ def read_manifest(path: Path) -> Manifest:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        document = json.loads(raw)
+        document = jsonsafe.loads(raw)
     except UnicodeDecodeError:
         raise UsageError(f"{path} is damaged (not UTF-8 text); run the recipe again to "
                          "rewrite it") from None

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from kontext_pipeline.errors import RequestRejectedError, TaskFailedError
+from kontext_pipeline.errors import AmbiguousSubmitError, RequestRejectedError, TaskFailedError
 from kontext_pipeline.providers.base import EditRequest, EditResult, ProviderEvent
 from kontext_pipeline.providers.bfl import DEFAULT_API_BASE, BflProvider
 from kontext_pipeline.providers.policies import PollPolicy, RetryPolicy
@@ -145,6 +145,47 @@ def test_a_poll_answer_without_a_status_is_retried() -> None:
     (retry,) = [e.message or "" for e in events if e.kind == "retrying"]
     assert retry.startswith("poll: the answer has no status; retrying in ")
 
+
+DEEP = "[" * 5000  # 5 KB: json.loads raises RecursionError, not a ValueError, for it
+
+
+def test_a_poll_answer_nested_too_deeply_is_retried() -> None:
+    api = Api([httpx.Response(200, content=DEEP), httpx.Response(200, json=READY)])
+    events: list[ProviderEvent] = []
+    (result,) = generate(provider(api), events, "Make it blue")
+    assert result.request_id == "abc"
+    (retry,) = [e.message or "" for e in events if e.kind == "retrying"]
+    assert retry.startswith("poll: the answer is not JSON; retrying in ")
+
+
+def test_a_submit_answer_nested_too_deeply_is_not_retried() -> None:
+    seen: list[str] = []
+
+    def submit(request: httpx.Request) -> Answer:
+        seen.append(request.method)
+        return httpx.Response(200, content=DEEP)
+
+    with pytest.raises(AmbiguousSubmitError) as caught:
+        generate(provider(submit), [], "Make it blue")
+    assert str(caught.value) == ("t: the API's answer to the submit is not JSON; it may have "
+                                 "accepted and billed it, so it is not retried")
+    assert seen == ["POST"]
+
+
+def test_a_refusal_nested_too_deeply_shows_the_start_of_its_body() -> None:
+    api = Api([httpx.Response(422, content=DEEP)])  # not a task result: a rejection
+    with pytest.raises(RequestRejectedError) as caught:
+        generate(provider(api), [], "Make it blue")
+    assert str(caught.value) == ("t: the API rejected the request (HTTP 422) (" + "[" * 200
+                                 + ")")
+
+    def refuse(request: httpx.Request) -> Answer:
+        return httpx.Response(400, content=DEEP)
+
+    with pytest.raises(RequestRejectedError) as caught:
+        generate(provider(refuse), [], "Make it blue")
+    assert str(caught.value) == ("t: the API rejected the request (HTTP 400) (" + "[" * 200
+                                 + ")")
 
 @pytest.mark.parametrize("refusal", [503, 429])
 def test_a_download_honours_retry_after(refusal: int) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from kontext_pipeline import jsonsafe
 from kontext_pipeline.errors import (
     AuthenticationError,
     ModerationError,
@@ -57,7 +58,7 @@ def describe(exc: BaseException) -> str:
 def detail(response: httpx.Response) -> str:
     """BFL's ``detail``: FastAPI's list of ``{loc, msg}``, or a string."""
     try:
-        found = response.json().get("detail")
+        found = jsonsafe.loads(response.content).get("detail")
     except (ValueError, AttributeError):
         return response.text[:200].strip() or f"HTTP {response.status_code}"
     if isinstance(found, list):
@@ -90,7 +91,7 @@ def task_result(response: httpx.Response) -> dict[str, Any] | None:
     """The task result a poll's answer carries (a JSON object with ``id`` and ``status``: the
     API may send one with HTTP 422), or None."""
     try:
-        body = response.json()
+        body = jsonsafe.loads(response.content)
     except ValueError:
         return None
     return body if isinstance(body, dict) and "id" in body and "status" in body else None

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from kontext_pipeline import jsonsafe
 from kontext_pipeline.errors import (
     AmbiguousSubmitError,
     InvalidResultError,
@@ -179,7 +180,7 @@ class Exchanges:
 
     def _accept(self, task: TaskState, response: httpx.Response, api_base: str) -> None:
         try:
-            answer = response.json()
+            answer = jsonsafe.loads(response.content)
         except ValueError as exc:  # an answer too large to read raised in _post
             raise AmbiguousSubmitError(f"{task.label}: the API's answer to the submit is not "
                                        "JSON; it may have accepted and billed it, so it is not "
@@ -354,7 +355,7 @@ def _lost_answer(task: TaskState, why: str) -> AmbiguousSubmitError:
 def _status_answer(response: httpx.Response, retry_after: float | None) -> PollAnswer:
     """A poll's 200 answer: a task's status, or why it is none (and when to ask again)."""
     try:
-        body = response.json()
+        body = jsonsafe.loads(response.content)
     except ValueError:
         return None, "the answer is not JSON", retry_after
     if not isinstance(body, dict):
