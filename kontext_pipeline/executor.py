@@ -7,8 +7,9 @@ then, so an interrupted run resumes where it stopped and pays for no step twice.
 the very same request (the same cache key) share one, and so do runs sharing the cache: each
 key's request is made under its claim (see :mod:`kontext_pipeline.claims`), and a run that finds
 a key claimed waits for the claim (holding no active-task slot), then takes the result from the
-cache, or collects the journalled task of a run that died. The executor emits events and never
-prints.
+cache, or collects the journalled task of a run that died. A claim is an open file, so a run
+holds only a few more at once than the provider has active-task slots (see :func:`claim_bound`):
+the other ready tasks wait, holding none. The executor emits events and never prints.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from kontext_pipeline.errors import ProviderError, TaskFailedError
 from kontext_pipeline.journal import Journal, JournalEntry
 from kontext_pipeline.plan import Plan, Task
 from kontext_pipeline.providers.base import Accepted, EditRequest, Provider, ProviderEvent
+from kontext_pipeline.providers.policies import DEFAULT_TOTAL_LIMIT
 
-__all__ = ["RunEvent", "RunEventSink", "StepRecord", "StoredSink", "execute"]
+__all__ = ["RunEvent", "RunEventSink", "StepRecord", "StoredSink", "claim_bound", "execute"]
 
 Status = Literal["done", "failed", "skipped", "missing"]
 
@@ -75,6 +77,18 @@ _LONGEST_WAIT = 1.0  # …up to this
 StoredSink = Callable[[CacheEntry, bytes], None]
 """Told of each new result once it is in the cache (with its bytes, still in memory)."""
 
+CLAIM_MARGIN = 8
+"""Claims a run holds beyond the provider's active-task slots: for steps that have given back
+their slot and are downloading or storing their result (they keep their claim until stored)."""
+
+
+def claim_bound(provider: Provider | None) -> int:
+    """How many claims (open files) a run holds at most at once: the provider's active-task
+    limit (its limiter's ``total``, where it has one; else the API's default) plus a margin."""
+    total = getattr(getattr(provider, "limiter", None), "total", None)
+    slots = total if isinstance(total, int) and total > 0 else DEFAULT_TOTAL_LIMIT
+    return slots + CLAIM_MARGIN
+
 
 class _Run:
     def __init__(self, *, cache: Cache, provider: Provider | None, on_event: RunEventSink,
@@ -89,6 +103,10 @@ class _Run:
         self.results: dict[tuple[str, str, str], asyncio.Future[StepRecord]] = {}
         self.requests: dict[str, asyncio.Future[StepRecord]] = {}  # by key, while in flight
         self.unlocked = False  # warned already that claims are not exclusive here
+        # Each step holds one of these from before it claims its key until it lets the claim
+        # go; it never waits for one while holding a claim, and holds one claim at a time (so
+        # no two steps, of one run or of two, ever wait on each other).
+        self.claims = asyncio.Semaphore(claim_bound(provider))
 
     def future(self, task: Task, step: str) -> asyncio.Future[StepRecord]:
         return self.results[(task.pipeline, task.variant, step)]
@@ -150,16 +168,19 @@ class _Run:
         its result since the lookup (it held the claim until then)."""
         if self.journal is None:  # no journal, no claims: a run of its own
             return await self.call(provider, task, key, paths, hashes)
-        claim = await self.claim(self.journal, task, key)
-        try:
-            # its problem, if any, was reported a moment ago
-            lookup = self.cache.lookup(key, task.params.output_format)
-            if lookup.entry is not None:
-                self.emit(RunEvent("cached", task))
-                return StepRecord(task, "done", "hit", key, hashes, lookup.entry)
-            return await self.call(provider, task, key, paths, hashes)
-        finally:
-            claim.release()
+        if self.claims.locked():  # as many claims held as there are slots, and a few more
+            self.emit(RunEvent("queued", task))
+        async with self.claims:
+            claim = await self.claim(self.journal, task, key)
+            try:
+                # its problem, if any, was reported a moment ago
+                lookup = self.cache.lookup(key, task.params.output_format)
+                if lookup.entry is not None:
+                    self.emit(RunEvent("cached", task))
+                    return StepRecord(task, "done", "hit", key, hashes, lookup.entry)
+                return await self.call(provider, task, key, paths, hashes)
+            finally:
+                claim.release()
 
     async def claim(self, journal: Journal, task: Task, key: str) -> Claim:
         """The claim of ``key``, once no other run holds it (polled: a blocking lock would hold

@@ -15,7 +15,9 @@ forty times, or two nested loops over ``range(100000)`` would take gigabytes or 
   (:mod:`kontext_pipeline.sandbox_budget`);
 * nothing is evaluated while a template compiles (Jinja would fold ``{{ 'x' | center(99999) }}``
   into the compiled code, outside every budget): filters are context filters, every binary
-  operator is intercepted and the optimizer is off.
+  operator is intercepted and the optimizer is off;
+* what prompts never need is refused outright: bytes (``encode``, every method and operator of
+  bytes) and format specs taking part of themselves from another field (``'{0:{1}}'``).
 
 Every refusal is a :class:`jinja2.exceptions.SecurityError`, which the renderer reports as
 "refused by the template sandbox".
@@ -44,6 +46,7 @@ from kontext_pipeline.sandbox_sizes import (
     format_size,
     measure,
     measure_text,
+    nested_spec,
     printf_size,
     size,
 )
@@ -93,6 +96,12 @@ _WRITE = "_kontext_write"
 def _too_big(what: str, amount: int) -> SecurityError:
     return SecurityError(f"{what} would make a value of {amount} characters or items; at most "
                          f"{MAX_VALUE} are allowed")
+
+
+_BYTES = (bytes, bytearray)
+_NO_BYTES = "{} is not available in templates: prompts are text, never bytes"
+_NESTED_SPEC = ("a format spec cannot take part of itself from another field (as in "
+                "'{0:>{1}}'); write the width as a number (as in '{0:>20}')")
 
 
 def _refuse_over(what: str, amount: int) -> None:
@@ -231,6 +240,8 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any,
                    right: Any) -> Any:
+        if isinstance(left, _BYTES) or isinstance(right, _BYTES):
+            raise SecurityError(_NO_BYTES.format(f"'{operator}' on bytes"))
         if operator == "**":
             _check_power(left, right)
         elif operator == "*":
@@ -253,8 +264,14 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(__obj, type):  # namespace(…), dict(…), cycler(…)
             name = name.lower()
         charge(VALUE_COST + size(owner) + sum(size(a) for a in args))
+        if isinstance(owner, _BYTES) or (isinstance(owner, type) and issubclass(owner, _BYTES)):
+            raise SecurityError(_NO_BYTES.format(f"'{name}' of bytes"))
         if isinstance(owner, str):
+            if name == "encode":
+                raise SecurityError(_NO_BYTES.format("'encode'"))
             if name in ("format", "format_map"):
+                if nested_spec(owner):
+                    raise SecurityError(_NESTED_SPEC)
                 values = [*args, *kwargs.values()]
                 if name == "format_map" and args and isinstance(args[0], dict):
                     values = list(args[0].values())

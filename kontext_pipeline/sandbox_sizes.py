@@ -19,8 +19,8 @@ from typing import Any
 
 from jinja2.utils import Namespace
 
-__all__ = ["FILTER_SIZES", "MAX_VALUE", "METHOD_SIZES", "deep_size",
-           "estimate", "format_size", "measure", "measure_text", "printf_size", "size",
+__all__ = ["FILTER_SIZES", "MAX_VALUE", "METHOD_SIZES", "deep_size", "estimate",
+           "format_size", "measure", "measure_text", "nested_spec", "printf_size", "size",
            "text_size", "walk"]
 
 MAX_VALUE = 100_000
@@ -173,16 +173,22 @@ def printf_size(template: str, args: Sequence[Any]) -> int:
     return total + sum(text_size(a) for a in args)
 
 
+def nested_spec(template: str) -> bool:
+    """Whether a field of ``template.format`` takes part of its spec from another field
+    (``'{0:{1}}'``): its width could then be any number, anywhere in the arguments."""
+    with contextlib.suppress(ValueError):
+        return any(spec and "{" in spec for _, _, spec, _ in string.Formatter().parse(template))
+    return False  # not a format template: the call itself says so
+
+
 def format_size(template: str, args: Sequence[Any]) -> int:
-    """An upper bound of what ``template.format(*args)`` makes."""
+    """An upper bound of what ``template.format(*args)`` makes, ``template`` holding no nested
+    field (see :func:`nested_spec`)."""
     total = len(template) + sum(text_size(a) for a in args)
     with contextlib.suppress(ValueError):
         for _text, _field, spec, _conversion in string.Formatter().parse(template):
-            if not spec:
-                continue
-            total += sum(int(n) for n in _NUMBER.findall(spec))
-            if "{" in spec:  # a nested width comes from the arguments
-                total += _largest_int(args)
+            if spec:
+                total += sum(int(n) for n in _NUMBER.findall(spec))
     return total
 
 
@@ -286,7 +292,6 @@ METHOD_SIZES: Mapping[str, Callable[..., int]] = {
         (text_size(v) for v in table.values()), default=1) if isinstance(table, dict) else len(s),
     "upper": _cased_size, "lower": _cased_size, "title": _cased_size,
     "capitalize": _cased_size, "swapcase": _cased_size, "casefold": _cased_size,
-    "encode": lambda s, *_, **__: 4 * len(s),
     "split": _split_size, "rsplit": _split_size,
     "splitlines": lambda s, *_: 2 * len(s) + 1,
 }

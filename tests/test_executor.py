@@ -9,10 +9,18 @@ from pathlib import Path
 import pytest
 
 from kontext_pipeline.cache import Cache, CacheEntry
-from kontext_pipeline.executor import RunEvent, StepRecord, execute
+from kontext_pipeline.claims import Claim
+from kontext_pipeline.executor import RunEvent, StepRecord, claim_bound, execute
 from kontext_pipeline.journal import Journal
 from kontext_pipeline.plan import build_plan
-from kontext_pipeline.providers.policies import PollPolicy
+from kontext_pipeline.providers.base import (
+    AcceptedSink,
+    EditRequest,
+    EditResult,
+    EventSink,
+    ProviderEvent,
+)
+from kontext_pipeline.providers.policies import ActiveTaskLimiter, PollPolicy
 from kontext_pipeline.server.run import BackgroundServer
 from kontext_pipeline.spec import load_spec
 from tests.bfl_helpers import provider_for
@@ -183,3 +191,86 @@ def test_a_run_cancelled_as_a_step_finishes_ends_cancelled(
     assert len(stored) == 1  # the first step's; the second never started
     assert cache.lookup(stored[0]).entry is not None
     assert sum(server.state.submits.values()) == 1
+
+
+class CountingJournal(Journal):
+    """A journal that counts the claims (open lock files) held at once."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.held_now = 0
+        self.peak = 0
+        self.taken = 0
+
+    def claim(self, key: str) -> Claim | None:
+        claim = super().claim(key)
+        if claim is None:
+            return None
+        self.taken += 1
+        self.held_now += 1
+        self.peak = max(self.peak, self.held_now)
+        release = claim.release
+
+        def counted() -> None:
+            self.held_now -= 1
+            release()
+
+        claim.release = counted  # type: ignore[method-assign]
+        return claim
+
+
+class SlotProvider:
+    """Makes a tiny image per request, each under a slot of its active-task limiter."""
+
+    name = "fake"
+
+    def __init__(self, total: int) -> None:
+        self.limiter = ActiveTaskLimiter(total, {})
+
+    async def generate(self, request: EditRequest, on_event: EventSink | None = None, *,
+                       resume: object = None, on_accepted: AcceptedSink | None = None,
+                       ) -> EditResult:
+        if on_event is not None:
+            on_event(ProviderEvent(request.label, "queued"))
+        async with self.limiter.slot(request.model):
+            for _ in range(3):
+                await asyncio.sleep(0)
+        image = request.prompt.encode()
+        return EditResult(image=image, image_format="png", width=1, height=1,
+                          request_id=request.label, seed=request.seed, cost=1, polls=1,
+                          submitted_at=0.0, finished_at=0.0)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_run_holds_no_more_claims_than_its_slots_and_a_margin(
+        write_recipe: WriteRecipe, tmp_path: Path) -> None:
+    """100 independent ready steps, 4 active-task slots: each claim is an open file, so only a
+    few more steps than there are slots hold one; before, all 100 did at once (and a large
+    matrix ran out of file handles)."""
+    numbers = ", ".join(str(n) for n in range(100))
+    recipe = write_recipe(f"""
+        version: 1
+        name: many
+        matrix:
+          n: [{numbers}]
+        steps:
+          - {{id: base, prompt: "A lighthouse number {{{{ n }}}}"}}
+    """)
+    plan = build_plan(load_spec(recipe), provider="bfl")
+    provider = SlotProvider(total=4)
+    journal = CountingJournal(tmp_path / "journal")
+    records = asyncio.run(execute([plan], cache=Cache(tmp_path / "cache"),
+                                  provider=provider, journal=journal))
+    assert [r.status for r in records] == ["done"] * 100
+    assert journal.taken == 100
+    assert journal.held_now == 0
+    assert claim_bound(provider) == 4 + 8
+    assert journal.peak <= claim_bound(provider)
+    assert provider.limiter.peak <= 4
+
+
+def test_the_claim_bound_follows_the_provider_limit() -> None:
+    assert claim_bound(SlotProvider(total=30)) == 38
+    assert claim_bound(None) == 24 + 8  # no limiter known: the API's default limit

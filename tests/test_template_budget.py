@@ -37,6 +37,8 @@ WORK = ("the template does more than 10000000 units of work (characters and item
         "or written, and template code run); keep prompt templates simple")
 RECIPE_WORK = ("the recipe's templates do more than 500000000 units of work in all (every step of "
                "every variant); use fewer variants or simpler templates")
+NESTED = ("a format spec cannot take part of itself from another field (as in '{0:>{1}}'); "
+          "write the width as a number (as in '{0:>20}')")
 MATRIX = ("matrix:\n  a: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\n"
           "  b: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\n")
 
@@ -88,6 +90,21 @@ HEAVY = [
                         "{% set t = s | urlize %}{% endfor %}x"),
                  "5:13: steps[0] (id: s0): prompt: " + SANDBOX + WORK,
                  id="urlize-in-a-loop"),  # once: 20 minutes a render
+    *(pytest.param(recipe(f"{{{{ {expression} | length }}}}"),
+                   "5:13: steps[0] (id: s0): prompt: " + SANDBOX + "'encode' is not available "
+                   "in templates: prompts are text, never bytes", id=f"bytes-{name}")
+      for name, expression in [  # each once built a gigabyte before it was measured
+          ("repeated", "'x'.encode() * 9999"),
+          ("centered", "'x'.encode().center(999999999)"),
+          ("left-justified", "'x'.encode().ljust(999999999)"),
+          ("zero-filled", "'x'.encode().zfill(999999999)"),
+          ("printf-formatted", "'%999999999s'.encode() % 'x'.encode()")]),
+    *(pytest.param(recipe(f"{{{{ {expression} | length }}}}"),
+                   "5:13: steps[0] (id: s0): prompt: " + SANDBOX + NESTED, id=f"nested-{name}")
+      for name, expression in [  # widths taken from the arguments, once left unbounded
+          ("widths-repeated", "'{0:{1}{1}{1}}'.format('x', 999)"),
+          ("width-in-a-list", "'{0[0]:>{0[1]}}'.format(['x', 999999999])"),
+          ("width-by-name", "'{a:>{w}}'.format_map({'a': 'x', 'w': 999999999})")]),
 ]
 
 

@@ -81,6 +81,29 @@ def test_huge_repetition_is_refused_both_ways() -> None:
             "(at most 10000)")
 
 
+@pytest.mark.parametrize(("source", "what"), [
+    ("{{ text.encode() }}", "'encode'"),
+    ("{{ data * 3 }}", "'*' on bytes"),
+    ("{{ 3 * data }}", "'*' on bytes"),
+    ("{{ data % data }}", "'%' on bytes"),
+    ("{{ data ~ '' ~ (data + data) }}", "'+' on bytes"),
+    ("{{ data.center(9) }}", "'center' of bytes"),
+    ("{{ data.fromhex('00') }}", "'fromhex' of bytes"),
+])
+def test_bytes_are_refused_outright(source: str, what: str) -> None:
+    """Prompts are text: bytes (which only ``encode`` could make) have no bounds of their own."""
+    assert render_error(source, text="x", data=b"x").message == (
+        f"refused by the template sandbox: {what} is not available in templates: prompts are "
+        "text, never bytes")
+
+
+def test_format_fields_nested_in_a_spec_are_refused_and_plain_widths_work() -> None:
+    assert render_error("{{ '{0:>{1}}'.format('x', 3) }}").message == (
+        "refused by the template sandbox: a format spec cannot take part of itself from another "
+        "field (as in '{0:>{1}}'); write the width as a number (as in '{0:>20}')")
+    assert render("{{ '[{0:>3}|{1:*^5}]'.format('x', 'y') }}") == "[  x|**y**]"
+
+
 def test_small_arithmetic_still_works() -> None:
     assert render("{{ 2 ** 10 }} {{ 'ab' * 3 }} {{ 6 * 7 }}") == "1024 ababab 42"
 
