@@ -40,6 +40,7 @@ from typing import Any
 from kontext_pipeline.cache_checks import (
     FORMATS,
     MAX_ENTRY_BYTES,
+    MAX_OBJECT_BYTES,
     DamagedObjectError,
     check_object,
     read_json,
@@ -108,7 +109,8 @@ class CacheEntry:
     @classmethod
     def from_json(cls, data: Any) -> CacheEntry:
         """The entry in ``data`` (read from a file: ValueError, KeyError or TypeError unless
-        each field has its type)."""
+        each field has its type; :class:`ImplausibleSizeError` unless its size is 1 to
+        :data:`~kontext_pipeline.cache_checks.MAX_OBJECT_BYTES`)."""
         if not isinstance(data, dict) or data.get("layout") != CACHE_LAYOUT:
             raise ValueError("not an entry of this cache layout")
         fields = {k: data[k] for k in cls.__dataclass_fields__}
@@ -116,7 +118,14 @@ class CacheEntry:
             kinds = _FIELD_TYPES.get(name, (str,))
             if type(value) not in kinds:
                 raise TypeError(f"{name} is {type(value).__name__}")
+        if not 0 < fields["size"] <= MAX_OBJECT_BYTES:
+            raise ImplausibleSizeError("no object is that size")
         return cls(**fields)
+
+
+class ImplausibleSizeError(ValueError):
+    """An entry claiming an object of a size no result has (a hostile one: a sparse terabyte
+    file that reading would try to hold in memory)."""
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -203,15 +212,8 @@ class Cache:
             entry = CacheEntry.from_json(read_json(self.entry_path(key)))
         except FileNotFoundError:
             return None, None
-        except IrregularFileError:
-            return None, (f"cache entry {key[:12]} is not a regular file (a symbolic link?); "
-                          "the step runs again")
-        except TooLargeError:
-            return None, (f"cache entry {key[:12]} is larger than an entry can be "
-                          f"({MAX_ENTRY_BYTES} bytes); the step runs again")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return None, (f"cache entry {key[:12]} is damaged ({type(exc).__name__}); the step "
-                          "runs again")
+            return None, f"cache entry {key[:12]} {_damage(exc)}; the step runs again"
         if entry.key != key or not _is_digest(entry.object):
             return None, f"cache entry {key[:12]} does not match its name; the step runs again"
         return entry, None
@@ -243,14 +245,23 @@ class Cache:
         return entry
 
     def entries(self) -> Iterator[tuple[Path, CacheEntry | None]]:
-        """Every entry file, parsed (None where it is damaged); links are listed, never
-        followed."""
+        """Every entry file, parsed (None where it is damaged: not a regular file, or not an
+        entry); links are listed, never followed. An entry that cannot be read (EIO, EMFILE,
+        EACCES) is not called damaged, since what is damaged is removed: CacheError."""
         for path in files(self.root / "entries"):
             if path.suffix == ".json":
                 try:
-                    yield path, CacheEntry.from_json(read_json(path))
-                except (OSError, ValueError, KeyError, TypeError):
-                    yield path, None
+                    entry: CacheEntry | None = CacheEntry.from_json(read_json(path))
+                except FileNotFoundError:  # removed meanwhile (gc in another process)
+                    continue
+                except (IrregularFileError, ValueError, KeyError, TypeError):
+                    entry = None
+                except OSError as exc:
+                    raise CacheError(
+                        f"cannot read the cache entry {path} ({exc.strerror or exc}); it is "
+                        "left as it is: check the disk and the permissions there, then try "
+                        "again") from exc
+                yield path, entry
 
     def objects(self) -> Iterator[Path]:
         """Every object file (a link among them too: listed, never followed)."""
@@ -332,6 +343,17 @@ class Cache:
         followed)."""
         self.check_layout(deep=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _damage(exc: Exception) -> str:
+    """How an entry that could not be read is damaged, as a lookup warns of it."""
+    if isinstance(exc, IrregularFileError):
+        return "is not a regular file (a symbolic link?)"
+    if isinstance(exc, TooLargeError):
+        return f"is larger than an entry can be ({MAX_ENTRY_BYTES} bytes)"
+    if isinstance(exc, ImplausibleSizeError):
+        return f"claims an object of a size no result has (1 to {MAX_OBJECT_BYTES} bytes)"
+    return f"is damaged ({type(exc).__name__})"
 
 
 def _age(path: Path, now: float) -> float:

@@ -12,21 +12,26 @@ lookup reads and hashes the object once; an export checks the very bytes it writ
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from kontext_pipeline import jsonsafe
 from kontext_pipeline.files import IrregularFileError, open_regular, read_regular
 
-__all__ = ["FORMATS", "MAX_ENTRY_BYTES", "DamagedObjectError", "check_head", "check_object",
-           "format_of", "hash_file", "named", "read_json", "read_object"]
+__all__ = ["FORMATS", "MAX_ENTRY_BYTES", "MAX_OBJECT_BYTES", "DamagedObjectError", "check_head",
+           "check_object", "format_of", "hash_file", "named", "read_json", "read_object"]
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WebP"}
 """The formats a cached image may have, and how they are named in messages."""
 
 MAX_ENTRY_BYTES = 1_000_000
 """An entry is a few kilobytes (its request document, a prompt); a larger file is not read."""
+
+MAX_OBJECT_BYTES = 50_000_000
+"""The largest object an entry may claim: the largest result the bfl provider downloads (its
+``MAX_RESULT_BYTES``, not imported here: the cache does not load the HTTP client). An entry
+claiming a size outside 1 to this is damaged: a hostile one names a sparse terabyte file."""
 
 _CHUNK = 1 << 20
 
@@ -54,7 +59,7 @@ def named(fmt: str) -> str:
 def read_json(path: Path, limit: int = MAX_ENTRY_BYTES) -> Any:
     """The JSON document in the regular file at ``path``, of at most ``limit`` bytes (raises
     OSError, :class:`~kontext_pipeline.files.IrregularFileError` or ValueError)."""
-    return json.loads(read_regular(path, limit))
+    return jsonsafe.loads(read_regular(path, limit))
 
 
 def read_object(path: Path, digest: str, size: int, fmt: str) -> bytes:
@@ -111,9 +116,10 @@ def _open(path: Path) -> int:
 
 
 def _read_all(handle: int, limit: int) -> bytes:
-    """Up to ``limit`` bytes of the file open as ``handle``."""
+    """Up to ``limit`` bytes of the file open as ``handle``, read in chunks (``os.read``
+    allocates what it is asked for before it reads)."""
     chunks: list[bytes] = []
-    while limit > 0 and (chunk := os.read(handle, limit)):
+    while limit > 0 and (chunk := os.read(handle, min(limit, _CHUNK))):
         chunks.append(chunk)
         limit -= len(chunk)
     return b"".join(chunks)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kontext_pipeline import jsonsafe
 from kontext_pipeline.files import write_atomic
+from kontext_pipeline.images import INPUT_FORMATS
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -82,7 +84,8 @@ def make_thumbnail(data: bytes, side: int = THUMBNAIL_SIDE) -> Thumbnail:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            # only the formats Pillow decodes itself (an EPS would run Ghostscript)
+            with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as image:
                 if image.width * image.height > MAX_SOURCE_PIXELS:
                     raise ThumbnailError(f"is {image.width}×{image.height} pixels, too large "
                                          "to show")
@@ -123,7 +126,7 @@ class ThumbnailStore:
         """The stored thumbnail of ``digest``; None (it is made again) if there is none that can
         be read: not a regular file, too large, damaged, or not a WebP/JPEG thumbnail."""
         try:
-            kept = json.loads(_read_record(self.path(digest)))
+            kept = jsonsafe.loads(_read_record(self.path(digest)))
             return Thumbnail(base64.b64decode(kept["data"], validate=True), kept["mime"],
                              kept["width"], kept["height"])
         except (OSError, ValueError, KeyError, TypeError):

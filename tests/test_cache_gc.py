@@ -4,6 +4,7 @@ under every provider, lists what it would remove with --dry-run, and asks before
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kontext_pipeline import files
 from kontext_pipeline.cache import Cache
 from tests.bfl_helpers import KEY
 from tests.conftest import RunCli, Start, WriteRecipe
@@ -69,6 +71,32 @@ def test_gc_keeps_what_the_recipe_reaches_under_every_provider(both_providers: P
     old = run_cli("cache", "gc", str(both_providers), "--provider", "preview", "--cache-dir",
                   str(cache))
     assert (old.exit_code, old.stdout, old.stderr) == (0, "removed 0 entries\n", DEPRECATED)
+    assert providers(cache) == ["bfl", "bfl", "preview", "preview"]
+
+
+def test_gc_refuses_and_removes_nothing_when_a_paid_entry_cannot_be_read(
+        both_providers: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry that fails to read (EIO here; EMFILE, EACCES alike) is not a damaged one:
+    before, gc called it damaged, left it out of the paid count and removed a paid result
+    without asking."""
+    cache = both_providers.parent / "cache"
+    (unreadable,) = [path for path, entry in Cache(cache).entries()
+                     if entry is not None and entry.provider == "bfl"
+                     and entry.request["prompt"] == "Paint the door blue"]
+    open_regular = files.open_regular
+
+    def failing(path: Path) -> int:
+        if Path(path) == unreadable:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+        return open_regular(path)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(files, "open_regular", failing)
+        refused = run_cli("cache", "gc", str(both_providers), "--cache-dir", str(cache))
+    assert (refused.exit_code, refused.stdout) == (1, "")
+    assert refused.stderr == (
+        f"kontext-pipeline: cannot read the cache entry {unreadable} (Input/output error); it is "
+        "left as it is: check the disk and the permissions there, then try again\n")
     assert providers(cache) == ["bfl", "bfl", "preview", "preview"]
 
 

@@ -11,15 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from kontext_pipeline.cache import Cache, CacheEntry
+from kontext_pipeline.cache_checks import MAX_OBJECT_BYTES
 from kontext_pipeline.errors import CacheError, OutputError
 from kontext_pipeline.plan import build_plan
 from kontext_pipeline.providers.base import Provider
+from kontext_pipeline.providers.bfl import MAX_RESULT_BYTES
 from kontext_pipeline.runner import RunStart, run_pipelines
 from kontext_pipeline.spec import load_spec
 from tests.conftest import RunCli, WriteRecipe
@@ -118,6 +122,48 @@ def test_a_linked_object_is_not_followed_even_when_it_holds_the_right_bytes(
     assert not os.path.lexists(cache.object_path(entry.object))
 
 
+ADDRESS_SPACE = 1 << 30  # 1 GiB: a regression fails the test, not the machine
+LIMITED = ("import os, resource, sys; "
+           "resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1]))); "
+           "os.execv(sys.executable, [sys.executable, '-m', 'kontext_pipeline', *sys.argv[2:]])")
+
+
+def implausible(key: str) -> str:
+    return (f"cache entry {key[:12]} claims an object of a size no result has (1 to 50000000 "
+            "bytes); the step runs again")
+
+
+def test_an_entry_claiming_a_sparse_terabyte_object_is_a_miss_not_a_memory_error(
+        run_cli: RunCli, write_recipe: WriteRecipe) -> None:
+    """Its object a sparse file of the size the entry claims: before, the lookup asked for a
+    terabyte at once (MemoryError, a traceback)."""
+    pytest.importorskip("resource")  # the address-space limit is POSIX
+    work, args, cache = filled(run_cli, write_recipe)
+    entry = only_entry(cache)
+    digest = hashlib.sha256(b"sparse").hexdigest()
+    target = cache.object_path(digest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(png(b""))  # a PNG by its first bytes, then a terabyte of holes
+    os.truncate(target, 1 << 40)
+    edit(cache, entry, object=digest, size=1 << 40)
+    done = subprocess.run([sys.executable, "-c", LIMITED, str(ADDRESS_SPACE), *args], cwd=work,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"poster/default/paint: warning: {implausible(entry.key)}\n" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("size", [0, -1, MAX_OBJECT_BYTES + 1, 10**1000],
+                         ids=["empty", "negative", "over", "a thousand digits"])
+def test_an_entry_whose_size_no_result_has_is_damaged(tmp_path: Path, size: int) -> None:
+    assert MAX_OBJECT_BYTES == MAX_RESULT_BYTES  # the largest result the provider downloads
+    cache = Cache(tmp_path)
+    entry = cache.store(png(b"x"), entry_for(png(b"x")))
+    edit(cache, entry, size=size)
+    assert cache.lookup(entry.key).problem == implausible(entry.key)
+    assert list(cache.entries()) == [(cache.entry_path(entry.key), None)]
+
+
 def test_a_pipe_for_an_object_is_a_miss_not_a_hang(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
     entry = cache.store(png(b"x"), entry_for(png(b"x")))
@@ -206,6 +252,15 @@ def test_entries_are_read_bounded_and_typed(tmp_path: Path) -> None:
         f"cache entry {entry.key[:12]} is not a regular file (a symbolic link?); the step runs "
         "again")
 
+
+
+def test_an_entry_nested_too_deeply_is_a_miss_with_a_warning(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    entry = cache.store(png(b"x"), entry_for(png(b"x")))
+    cache.entry_path(entry.key).write_text("[" * 5000)  # 5 KB: RecursionError in json.loads
+    assert cache.lookup(entry.key).problem == (
+        f"cache entry {entry.key[:12]} is damaged (JSONDecodeError); the step runs again")
+    assert [found for _, found in cache.entries()] == [None]
 
 # --- maintenance never leaves the cache -----------------------------------------------------
 

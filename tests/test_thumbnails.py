@@ -55,6 +55,9 @@ def test_transparency_is_kept() -> None:
 
 @pytest.mark.parametrize(("data", "message"), [
     (b"not an image", "is not an image that can be decoded"),
+    # Pillow would open it (and, where Ghostscript is installed, run it to show it)
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n%%EOF\n",
+     "is not an image that can be decoded"),
 ])
 def test_what_is_not_an_image(data: bytes, message: str) -> None:
     with pytest.raises(ThumbnailError) as raised:

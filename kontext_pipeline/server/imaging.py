@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from kontext_pipeline.images import INPUT_FORMATS
+
 __all__ = ["OUTPUT_SIZES", "RenderSpec", "output_size", "render"]
 
 OUTPUT_SIZES: tuple[tuple[int, int], ...] = (
@@ -106,7 +108,7 @@ def _named_color(prompt: str) -> tuple[int, int, int] | None:
 def render(spec: RenderSpec) -> bytes:
     """The result image's bytes, in ``spec.output_format``; same spec, same bytes."""
     rng = random.Random(spec.digest())
-    images = [Image.open(io.BytesIO(data)) for data in spec.images]
+    images = [Image.open(io.BytesIO(data), formats=INPUT_FORMATS) for data in spec.images]
     first = images[0].convert("RGB") if images else None
     size = output_size(spec.aspect_ratio, first.size if first else None)
     width, height = size

@@ -11,7 +11,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from kontext_pipeline.images import INPUT_FORMATS
 
 __all__ = [
     "MAX_IMAGE_BYTES",
@@ -55,6 +57,10 @@ def _error(kind: str, field_name: str, msg: str, value: Any) -> dict[str, Any]:
     return {"type": kind, "loc": ["body", field_name], "msg": msg, "input": shown}
 
 
+_NOT_AN_INPUT = f"not a {', '.join(INPUT_FORMATS[:-1])} or {INPUT_FORMATS[-1]} image"
+"""Why an image of another format (or none) is refused."""
+
+
 def _decode_image(value: Any, name: str,
                   errors: list[dict[str, Any]]) -> tuple[bytes, int] | None:
     if not isinstance(value, str):
@@ -76,13 +82,16 @@ def _decode_image(value: Any, name: str,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            # only the formats Pillow decodes itself: an EPS would run Ghostscript
+            with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as image:
                 if image.width * image.height > MAX_IMAGE_PIXELS:
                     raise ValueError("more than 20 megapixels")
                 pixels = image.width * image.height
                 image.verify()  # structure and checksums, without decoding every pixel
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        errors.append(_error("value_error", name, f"Value error, not a usable image: {exc}", ""))
+        why = (_NOT_AN_INPUT if isinstance(exc, UnidentifiedImageError)  # names an address
+               else str(exc))
+        errors.append(_error("value_error", name, f"Value error, not a usable image: {why}", ""))
         return None
     return data, pixels
 

@@ -231,6 +231,20 @@ def test_public_stats_answer_without_a_key() -> None:
     assert (answer.status_code, answer.json()["polls"]) == (200, 0)
 
 
+def test_an_eps_is_refused_in_bfls_shape_never_handed_to_ghostscript() -> None:
+    """Pillow opens an EPS (and, where Ghostscript is installed, runs it to decode it): the
+    server takes only the formats Pillow decodes itself."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n%%EOF\n"
+    state = ServerState(ServerConfig(latency=10))
+    answer = send(state, "POST", "/v1/flux-kontext-pro",
+                  json={"prompt": "x", "input_image": base64.b64encode(eps).decode()})
+    assert (answer.status_code, answer.json()) == (422, {"detail": [{
+        "type": "value_error", "loc": ["body", "input_image"],
+        "msg": "Value error, not a usable image: not a PNG, JPEG, WEBP, GIF, BMP or TIFF image",
+        "input": ""}]})
+    assert state.tasks == {}
+
+
 def test_an_image_at_the_limit_fits_in_a_body() -> None:
     """The 413 never refuses what the API takes: a body of the largest image is read whole."""
     big = base64.b64encode(b"\0" * (MAX_IMAGE_BYTES + 1)).decode()
