@@ -269,10 +269,10 @@ class Cache:
 
     def leftovers(self, older_than: float = STALE_TEMPORARY_S) -> list[Path]:
         """Temporary files of interrupted writes, last written more than ``older_than``
-        seconds ago."""
+        seconds ago, sorted by path."""
         now = time.time()
-        return [path for name in LAYOUT_FOLDERS for path in files(self.root / name)
-                if path.name.startswith(TEMPORARY_PREFIX) and _age(path, now) > older_than]
+        return sorted(path for name in LAYOUT_FOLDERS for path in files(self.root / name)
+                      if path.name.startswith(TEMPORARY_PREFIX) and _age(path, now) > older_than)
 
     def remove_leftovers(self, older_than: float = STALE_TEMPORARY_S) -> int:
         """Remove the temporary files of interrupted writes (see :meth:`leftovers`); returns

@@ -249,7 +249,9 @@ TEMPLATES = [
     pytest.param("{{ '{:>1000000000}'.format(1) | length }}",
                  SANDBOX + "'format' " + TOO_BIG.format(1000000016), id="format-width"),
     pytest.param("{{ '{:{}}'.format(1, 1000000000) | length }}",
-                 SANDBOX + "'format' " + TOO_BIG.format(1000000018), id="nested-format-width"),
+                 SANDBOX + "a format spec cannot take part of itself from another field (as in "
+                 "'{0:>{1}}'); write the width as a number (as in '{0:>20}')",
+                 id="nested-format-width"),
     pytest.param("{{ ('x' * 10000) | replace('', 'y' * 10000) | length }}",
                  SANDBOX + "the filter 'replace' " + TOO_BIG.format(100020000),
                  id="replace-between-every-character"),

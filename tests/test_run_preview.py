@@ -23,6 +23,15 @@ def cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+# A shell starts a background job with SIGINT ignored, and a child inherits that: were the suite
+# itself started so (`pytest &` in a script), a run would rightly ignore the Ctrl-C this test
+# sends. The run is started as from a terminal, with Python's own SIGINT handler.
+_AS_FROM_A_TERMINAL = ("import runpy, signal, sys; "
+                       "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                       "sys.argv[0] = 'kontext-pipeline'; "
+                       "runpy.run_module('kontext_pipeline', run_name='__main__')")
+
+
 def test_every_bundled_recipe_runs_with_the_preview_provider(run_cli: RunCli,
                                                               tmp_path: Path) -> None:
     for recipe in sorted(PIPELINES.glob("*.yaml")):
@@ -65,14 +74,21 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_finished(tmp_path: Path) -> None:
         "version: 1\nname: slow\nmatrix:\n  n: [1, 2, 3]\nsteps:\n"
         "  - {id: quick, prompt: 'Quick {{ n }}'}\n"
         "  - {id: stuck, prompt: 'Never ends {{ n }} [[never]]'}\n")
-    process = cli("run", str(recipe), "--provider", "preview", "--cache-dir",
-                  str(tmp_path / "cache"), cwd=tmp_path)
-    deadline = time.monotonic() + 30
-    objects = tmp_path / "cache" / "v1" / "entries"
-    while len(list(objects.glob("*/*.json"))) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=30)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _AS_FROM_A_TERMINAL, "run", str(recipe), "--provider", "preview",
+         "--cache-dir", str(tmp_path / "cache")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        objects = tmp_path / "cache" / "v1" / "entries"
+        while len(list(objects.glob("*/*.json"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:  # a run that did not stop is not left behind to trouble the tests after this one
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
     assert process.returncode == 130
     assert stderr.splitlines()[-1] == "kontext-pipeline: interrupted"
     assert "Traceback" not in stderr
