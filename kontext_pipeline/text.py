@@ -16,9 +16,11 @@ __all__ = ["printable", "printable_json"]
 
 _OTHERS = (
     "\x7f-\x9f"  # DEL, C1 controls
+    "\xad\u061c\u180e"  # soft hyphen, Arabic letter mark (a bidi mark), Mongolian vowel sep.
     "\u200b-\u200f"  # zero-width space, joiners, left-to-right and right-to-left marks
     "\u2028\u2029"  # line and paragraph separators
     "\u202a-\u202e"  # bidi embeddings and overrides
+    "\u2060-\u2064"  # word joiner, invisible operators
     "\u2066-\u2069"  # bidi isolates
     "\ufeff"  # zero-width no-break space (byte order mark)
     "\ud800-\udfff"  # lone surrogates (undecodable bytes of a file name): unprintable

@@ -83,6 +83,8 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ("zero\u200bwidth\u200d rtl\u200f iso\u2066\u2069 bom\ufeff ls\u2028",
      "zero\\u200bwidth\\u200d rtl\\u200f iso\\u2066\\u2069 bom\\ufeff ls\\u2028"),
     ("undecodable \udcff name", "undecodable \\udcff name"),
+    ("soft\xadhyphen alm\u061c mvs\u180e wj\u2060 op\u2064",
+     "soft\\xadhyphen alm\\u061c mvs\\u180e wj\\u2060 op\\u2064"),
     ("café 日本語 🎉 «guillemets» — ü", "café 日本語 🎉 «guillemets» — ü"),
 ])
 def test_control_and_invisible_characters_are_shown_as_escapes(text: str, shown: str) -> None:
