@@ -340,20 +340,13 @@ class _Guard(NodeTransformer):
         node.body = _charged(node.body, node.lineno)
         return node
 
-    def visit_Macro(self, node: nodes.Macro) -> nodes.Node:  # noqa: N802
+    def _visit_body(self, node: nodes.Macro | nodes.CallBlock | nodes.Block) -> nodes.Node:
+        """A macro's, a call block's or a block's body: charged on every run of it."""
         self.generic_visit(node)
         node.body = _charged(node.body, node.lineno)
         return node
 
-    def visit_CallBlock(self, node: nodes.CallBlock) -> nodes.Node:  # noqa: N802
-        self.generic_visit(node)
-        node.body = _charged(node.body, node.lineno)
-        return node
-
-    def visit_Block(self, node: nodes.Block) -> nodes.Node:  # noqa: N802
-        self.generic_visit(node)
-        node.body = _charged(node.body, node.lineno)
-        return node
+    visit_Macro = visit_CallBlock = visit_Block = _visit_body  # noqa: N815  (Jinja's names)
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:  # noqa: N802
         self.generic_visit(node)

@@ -16,17 +16,10 @@ from kontext_pipeline.journal import Journal
 from kontext_pipeline.jsonsafe import loads
 from kontext_pipeline.thumbnails import ThumbnailStore
 from tests.conftest import RunCli, WriteRecipe
+from tests.test_cache_hostile import RECIPE
 from tests.test_journal import KEY, entry
 
 DEEP = "[" * 5000
-RECIPE = """
-    version: 1
-    name: poster
-    steps:
-      - {id: paint, prompt: "A lighthouse at dawn"}
-    outputs:
-      poster: paint
-"""
 
 
 @pytest.mark.parametrize("data", [DEEP, DEEP.encode(), "[" * 5000 + "]" * 5000])
