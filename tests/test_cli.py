@@ -81,7 +81,10 @@ def test_warnings_pass_unless_strict(run_cli: RunCli, write_recipe: WriteRecipe)
 
 
 def test_plan_text(run_cli: RunCli, tmp_path: Path) -> None:
-    result = run_cli("plan", "pipelines/poster-chain.yaml", "--cache-dir", str(tmp_path))
+    # --out of its own: README command 1 leaves a manifest in the checkout's out/, and plan
+    # would explain every step against it
+    result = run_cli("plan", "pipelines/poster-chain.yaml", "--cache-dir", str(tmp_path),
+                     "--out", str(tmp_path / "out"))
     assert result.exit_code == 0
     assert result.stdout == textwrap.dedent("""\
         poster-chain (pipelines/poster-chain.yaml)
