@@ -18,7 +18,7 @@ from pathlib import Path
 from _harness import CLI, ROOT, manifest, median_wall, table, workdir, write
 
 from kontext_pipeline import Cache, build_plan, load_spec, run_plans
-from kontext_pipeline.providers.preview import preview_provider
+from kontext_pipeline.server._preview import preview_provider
 
 VARIANTS, STEPS, REPEAT = 100, 5, 5
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from _harness import table
 
-from kontext_pipeline.cache import Cache, CacheEntry, default_cache_dir
-from kontext_pipeline.files import write_atomic
+from kontext_pipeline._support.files import write_atomic
+from kontext_pipeline.store._cache import Cache, CacheEntry, default_cache_dir
 
 SIZE = 1_500_000
 SEQUENTIAL, CONCURRENT = 40, 96

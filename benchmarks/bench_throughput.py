@@ -26,7 +26,7 @@ from pathlib import Path
 from _harness import KEY, manifest, run_cli, server, table, workdir, write
 
 from kontext_pipeline import Cache, build_plan, load_spec, open_provider
-from kontext_pipeline.executor import execute
+from kontext_pipeline.run._executor import execute
 
 
 def recipe(variants: int, steps: int, model: str) -> str:

@@ -17,13 +17,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kontext_pipeline.cache import Cache
-    from kontext_pipeline.diagnostics import Problem
+    from kontext_pipeline._support.diagnostics import Problem
     from kontext_pipeline.errors import KontextError, SpecError, TemplateError, UsageError
-    from kontext_pipeline.plan import Plan, Task, build_plan
-    from kontext_pipeline.providers import open_provider
-    from kontext_pipeline.runner import PipelineReport, run_pipelines, run_plans
-    from kontext_pipeline.spec import Spec, Step, load_spec
+    from kontext_pipeline.plan._plan import Plan, Task, build_plan
+    from kontext_pipeline.recipe._spec import Spec, Step, load_spec
+    from kontext_pipeline.run._providers import open_provider
+    from kontext_pipeline.run._runner import PipelineReport, run_pipelines, run_plans
+    from kontext_pipeline.store._cache import Cache
 
 __all__ = [
     "Cache",
@@ -45,22 +45,22 @@ __all__ = [
 ]
 
 _HOMES = {
-    "Cache": "cache",
-    "Problem": "diagnostics",
+    "Cache": "store._cache",
+    "Problem": "_support.diagnostics",
     "KontextError": "errors",
     "SpecError": "errors",
     "TemplateError": "errors",
     "UsageError": "errors",
-    "Plan": "plan",
-    "Task": "plan",
-    "build_plan": "plan",
-    "open_provider": "providers",
-    "PipelineReport": "runner",
-    "run_pipelines": "runner",
-    "run_plans": "runner",
-    "Spec": "spec",
-    "Step": "spec",
-    "load_spec": "spec",
+    "Plan": "plan._plan",
+    "Task": "plan._plan",
+    "build_plan": "plan._plan",
+    "open_provider": "run._providers",
+    "PipelineReport": "run._runner",
+    "run_pipelines": "run._runner",
+    "run_plans": "run._runner",
+    "Spec": "recipe._spec",
+    "Step": "recipe._spec",
+    "load_spec": "recipe._spec",
 }
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kontext_pipeline.text import printable
+from kontext_pipeline._support.text import printable
 
 if TYPE_CHECKING:
-    from kontext_pipeline.diagnostics import Problem
+    from kontext_pipeline._support.diagnostics import Problem
 
 __all__ = [
     "AmbiguousSubmitError",

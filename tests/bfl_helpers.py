@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from kontext_pipeline.providers.base import EditRequest, ProviderEvent
+from kontext_pipeline.providers._base import EditRequest, ProviderEvent
+from kontext_pipeline.providers._policies import ActiveTaskLimiter, PollPolicy, RetryPolicy
 from kontext_pipeline.providers.bfl import BflProvider, http_client
-from kontext_pipeline.providers.policies import ActiveTaskLimiter, PollPolicy, RetryPolicy
-from kontext_pipeline.server.run import BackgroundServer
+from kontext_pipeline.server._run import BackgroundServer
 
 KEY = "bfl_test_key_do_not_print_0123456789"
 T = TypeVar("T")

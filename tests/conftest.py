@@ -12,8 +12,8 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from kontext_pipeline.cli import cli
-from kontext_pipeline.server.run import BackgroundServer
-from kontext_pipeline.server.state import FaultConfig, ServerConfig
+from kontext_pipeline.server._run import BackgroundServer
+from kontext_pipeline.server._state import FaultConfig, ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "pipelines"

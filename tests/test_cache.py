@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from kontext_pipeline import files
-from kontext_pipeline.cache import (
+from kontext_pipeline._support import files
+from kontext_pipeline.errors import CacheError
+from kontext_pipeline.store._cache import (
     STALE_TEMPORARY_S,
     Cache,
     CacheEntry,
     CacheStats,
     default_cache_dir,
 )
-from kontext_pipeline.errors import CacheError
 
 PNG = b"\x89PNG\r\n\x1a\n"  # what a PNG image begins with (what an object is checked for)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kontext_pipeline import files
-from kontext_pipeline.cache import Cache
+from kontext_pipeline._support import files
+from kontext_pipeline.store._cache import Cache
 from tests.bfl_helpers import KEY
 from tests.conftest import RunCli, Start, WriteRecipe
 

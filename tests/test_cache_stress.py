@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from kontext_pipeline.cache import STALE_TEMPORARY_S, Cache
-from kontext_pipeline.provenance import read_provenance
+from kontext_pipeline.outputs._provenance import read_provenance
+from kontext_pipeline.store._cache import STALE_TEMPORARY_S, Cache
 from tests.conftest import RunCli
 
 TIMEOUT = 120  # seconds any one command may take on a loaded machine before the test fails
@@ -166,7 +166,7 @@ def test_concurrent_runs_of_overlapping_recipes_share_one_cache(count: int, run_
 WRITER = """
 import hashlib, sys, time
 from pathlib import Path
-from kontext_pipeline.cache import Cache, CacheEntry
+from kontext_pipeline.store._cache import Cache, CacheEntry
 
 cache, round_, size = Cache(Path(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3])
 png = b"\\x89PNG\\r\\n\\x1a\\n"  # they begin as PNG images do (what a lookup checks)

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from kontext_pipeline import errors
-from kontext_pipeline.cli.base import EXIT_CODES, EXIT_INTERRUPTED, exit_code
-from kontext_pipeline.schema import load_schema
+from kontext_pipeline.cli._base import EXIT_CODES, EXIT_INTERRUPTED, exit_code
+from kontext_pipeline.recipe._schema import load_schema
 from tests.conftest import PIPELINES, ROOT, RunCli
 
 DOCS = ROOT / "docs"

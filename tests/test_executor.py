@@ -8,21 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from kontext_pipeline.cache import Cache, CacheEntry
-from kontext_pipeline.claims import Claim
-from kontext_pipeline.executor import RunEvent, StepRecord, claim_bound, execute
-from kontext_pipeline.journal import Journal
-from kontext_pipeline.plan import build_plan
-from kontext_pipeline.providers.base import (
+from kontext_pipeline.outputs._records import StepRecord
+from kontext_pipeline.plan._plan import build_plan
+from kontext_pipeline.providers._base import (
     AcceptedSink,
     EditRequest,
     EditResult,
     EventSink,
     ProviderEvent,
 )
-from kontext_pipeline.providers.policies import ActiveTaskLimiter, PollPolicy
-from kontext_pipeline.server.run import BackgroundServer
-from kontext_pipeline.spec import load_spec
+from kontext_pipeline.providers._policies import ActiveTaskLimiter, PollPolicy
+from kontext_pipeline.recipe._spec import load_spec
+from kontext_pipeline.run._executor import RunEvent, claim_bound, execute
+from kontext_pipeline.run._journal import Journal
+from kontext_pipeline.server._run import BackgroundServer
+from kontext_pipeline.store._cache import Cache, CacheEntry
+from kontext_pipeline.store._claims import Claim
 from tests.bfl_helpers import provider_for
 from tests.conftest import Start, WriteRecipe
 

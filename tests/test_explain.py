@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kontext_pipeline.explain import word_diff
+from kontext_pipeline.plan._explain import word_diff
 from tests.conftest import RunCli, WriteRecipe
 
 RECIPE = """

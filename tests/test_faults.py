@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from kontext_pipeline.server.state import FaultConfig
+from kontext_pipeline.server._state import FaultConfig
 from tests.bfl_helpers import KEY
 from tests.conftest import RunCli, Start, WriteRecipe, exported_images
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageStat
 
-from kontext_pipeline.cache import Cache
-from kontext_pipeline.gallery import render_report
-from kontext_pipeline.manifests import parse_manifest
-from kontext_pipeline.thumbnails import THUMBNAIL_SIDE, THUMBNAILS
+from kontext_pipeline.outputs._gallery import render_report
+from kontext_pipeline.outputs._manifests import parse_manifest
+from kontext_pipeline.outputs._thumbnails import THUMBNAIL_SIDE, THUMBNAILS
+from kontext_pipeline.store._cache import Cache
 from tests.report_helpers import (
     HOSTILE,
     PHOTO_COLOR,

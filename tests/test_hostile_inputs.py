@@ -29,16 +29,16 @@ from PIL import Image
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from kontext_pipeline.cache import Cache
 from kontext_pipeline.cli import cli, exit_code
 from kontext_pipeline.errors import StepsFailedError
-from kontext_pipeline.plan import build_plan
+from kontext_pipeline.plan._plan import build_plan
+from kontext_pipeline.providers._policies import PollPolicy, RetryPolicy
 from kontext_pipeline.providers.bfl import BflProvider, http_client
-from kontext_pipeline.providers.policies import PollPolicy, RetryPolicy
-from kontext_pipeline.runner import run_pipelines
-from kontext_pipeline.server.app import create_app
-from kontext_pipeline.server.state import ServerConfig, ServerState
-from kontext_pipeline.spec import load_spec
+from kontext_pipeline.recipe._spec import load_spec
+from kontext_pipeline.run._runner import run_pipelines
+from kontext_pipeline.server._app import create_app
+from kontext_pipeline.server._state import ServerConfig, ServerState
+from kontext_pipeline.store._cache import Cache
 from tests.bfl_helpers import KEY
 from tests.conftest import Start
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kontext_pipeline.images import (
+from kontext_pipeline._support.images import (
     MAX_INPUT_BYTES,
     ImageCheckError,
     ImageInfo,

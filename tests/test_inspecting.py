@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 
-from kontext_pipeline.provenance import insert_provenance
+from kontext_pipeline.outputs._provenance import insert_provenance
 from tests.conftest import RunCli, WriteRecipe
 from tests.test_provenance import Run, jpeg, laughs, xmp_segment
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from kontext_pipeline.journal import Journal
-from kontext_pipeline.jsonsafe import loads
-from kontext_pipeline.thumbnails import ThumbnailStore
+from kontext_pipeline._support.jsonsafe import loads
+from kontext_pipeline.outputs._thumbnails import ThumbnailStore
+from kontext_pipeline.run._journal import Journal
 from tests.conftest import RunCli, WriteRecipe
 from tests.test_cache_hostile import RECIPE
 from tests.test_journal import KEY, entry

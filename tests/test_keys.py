@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from kontext_pipeline import keys
-from kontext_pipeline.keys import (
+from kontext_pipeline.recipe import _keys as keys
+from kontext_pipeline.recipe._keys import (
     KEY_SCHEMA,
     MAX_SEED,
     cache_key,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kontext_pipeline.manifests import SourceImage, Totals, parse_manifest
+from kontext_pipeline.outputs._manifests import SourceImage, Totals, parse_manifest
 from tests.conftest import RunCli, WriteRecipe
 
 RECIPE = """

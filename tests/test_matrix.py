@@ -6,9 +6,9 @@ import itertools
 import random
 from typing import Any
 
-from kontext_pipeline.findings import Findings
-from kontext_pipeline.matrix import DEFAULT_VARIANT, Variant, expand_matrix, format_value
-from kontext_pipeline.yamlsource import Document
+from kontext_pipeline.recipe._findings import Findings
+from kontext_pipeline.recipe._matrix import DEFAULT_VARIANT, Variant, expand_matrix, format_value
+from kontext_pipeline.recipe._yamlsource import Document
 
 
 def expand(matrix: dict[str, Any] | None) -> tuple[list[dict[str, Any]], list[str]]:

@@ -23,16 +23,16 @@ from click.testing import CliRunner, Result
 from PIL import Image
 from rich.console import Console
 
-from kontext_pipeline.cache import Cache
+from kontext_pipeline._support.text import printable, printable_json
 from kontext_pipeline.cli import cli
-from kontext_pipeline.plan import build_plan
-from kontext_pipeline.progress import LiveProgress
-from kontext_pipeline.provenance import Provenance, encode_provenance, insert_provenance
-from kontext_pipeline.runner import PipelineReport, run_pipelines
-from kontext_pipeline.server.run import BackgroundServer
-from kontext_pipeline.server.state import TaskRecord
-from kontext_pipeline.spec import load_spec
-from kontext_pipeline.text import printable, printable_json
+from kontext_pipeline.cli._progress import LiveProgress
+from kontext_pipeline.outputs._provenance import Provenance, encode_provenance, insert_provenance
+from kontext_pipeline.plan._plan import build_plan
+from kontext_pipeline.recipe._spec import load_spec
+from kontext_pipeline.run._runner import PipelineReport, run_pipelines
+from kontext_pipeline.server._run import BackgroundServer
+from kontext_pipeline.server._state import TaskRecord
+from kontext_pipeline.store._cache import Cache
 from tests.bfl_helpers import KEY, png, provider_for
 from tests.conftest import Start
 

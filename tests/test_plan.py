@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from kontext_pipeline import Plan, TemplateError, UsageError, build_plan, load_spec
-from kontext_pipeline.keys import KEY_SCHEMA, cache_key
+from kontext_pipeline.recipe._keys import KEY_SCHEMA, cache_key
 from tests.conftest import PIPELINES, WriteRecipe
 
 CHAIN = """

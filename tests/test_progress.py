@@ -9,11 +9,12 @@ import pytest
 from rich.console import Console
 
 from kontext_pipeline import build_plan, load_spec
-from kontext_pipeline.executor import RunEvent, StepRecord
-from kontext_pipeline.plan import Task
-from kontext_pipeline.progress import LiveProgress, PlainProgress, summary
-from kontext_pipeline.report import cost
-from kontext_pipeline.runner import PipelineReport, RunStart
+from kontext_pipeline.cli._progress import LiveProgress, PlainProgress, summary
+from kontext_pipeline.outputs._records import StepRecord
+from kontext_pipeline.outputs._report import cost
+from kontext_pipeline.plan._plan import Task
+from kontext_pipeline.run._executor import RunEvent
+from kontext_pipeline.run._runner import PipelineReport, RunStart
 from tests.conftest import PIPELINES
 
 

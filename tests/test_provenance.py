@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from PIL import Image, PngImagePlugin
 
-from kontext_pipeline.cache import Cache
-from kontext_pipeline.export import EXPORT_STATE
-from kontext_pipeline.provenance import (
+from kontext_pipeline.outputs._export import EXPORT_STATE
+from kontext_pipeline.outputs._provenance import (
     Found,
     Provenance,
     encode_provenance,
     insert_provenance,
     read_provenance,
 )
+from kontext_pipeline.store._cache import Cache
 from tests.conftest import RunCli, WriteRecipe
 
 PROMPT = "Paint the car “blue” & write 'Grüße' <here> \"now\" — 日本語 🚗"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from click.testing import Result
 
-from kontext_pipeline.server.run import BackgroundServer
+from kontext_pipeline.server._run import BackgroundServer
 from tests.bfl_helpers import KEY
 from tests.conftest import RunCli, Start, WriteRecipe
 

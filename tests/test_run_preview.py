@@ -14,7 +14,7 @@ from typing import Any
 
 from click.testing import Result
 
-from kontext_pipeline.runner import RunStart
+from kontext_pipeline.run._runner import RunStart
 from tests.conftest import PIPELINES, RunCli
 
 

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from kontext_pipeline.errors import UsageError
-from kontext_pipeline.scaffold import (
+from kontext_pipeline.recipe._scaffold import (
     IMAGE_FILE,
     RECIPE_FILE,
     SCHEMA_FILE,
@@ -21,7 +21,7 @@ from kontext_pipeline.scaffold import (
     recipe_text,
     write_scaffold,
 )
-from kontext_pipeline.schema import load_schema, schema_text
+from kontext_pipeline.recipe._schema import load_schema, schema_text
 from tests.conftest import RunCli
 from tests.test_cli import imported_after
 

@@ -8,8 +8,8 @@ import json
 import pytest
 from jsonschema import Draft202012Validator
 
-from kontext_pipeline.schema import load_schema, schema_text
-from kontext_pipeline.spec import Params
+from kontext_pipeline.recipe._schema import load_schema, schema_text
+from kontext_pipeline.recipe._spec import Params
 from tests.conftest import PIPELINES, ROOT, RunCli
 
 

@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from kontext_pipeline.errors import ProviderError, UsageError
-from kontext_pipeline.providers.base import EditRequest, ProviderEvent
+from kontext_pipeline.providers._base import EditRequest, ProviderEvent
+from kontext_pipeline.providers._policies import PollPolicy, RetryPolicy
 from kontext_pipeline.providers.bfl import DEFAULT_API_BASE, BflProvider, http_client
-from kontext_pipeline.providers.bfl.urls import holds_secret
-from kontext_pipeline.providers.policies import PollPolicy, RetryPolicy
+from kontext_pipeline.providers.bfl._urls import holds_secret
 from tests.bfl_helpers import KEY, RecordedSleep, run
 from tests.conftest import RunCli, Start, WriteRecipe
 

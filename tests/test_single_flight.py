@@ -13,8 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from kontext_pipeline.cache import Cache
-from kontext_pipeline.server.run import BackgroundServer
+from kontext_pipeline.server._run import BackgroundServer
+from kontext_pipeline.store._cache import Cache
 from tests.bfl_helpers import KEY
 from tests.conftest import Start, WriteRecipe, exported_images
 
@@ -36,8 +36,8 @@ RECIPE = """
 AT_THE_SIGNAL = """
 import sys, time
 from pathlib import Path
-import kontext_pipeline.executor, kontext_pipeline.plan, kontext_pipeline.progress
-import kontext_pipeline.providers.bfl, kontext_pipeline.runner, kontext_pipeline.spec
+import kontext_pipeline.run._executor, kontext_pipeline.plan._plan, kontext_pipeline.cli._progress
+import kontext_pipeline.providers.bfl, kontext_pipeline.run._runner, kontext_pipeline.recipe._spec
 from kontext_pipeline.cli import cli
 signal = Path(sys.argv[1])
 while not signal.exists():

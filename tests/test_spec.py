@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from kontext_pipeline import SpecError, load_spec
-from kontext_pipeline.keys import derive_seed
-from kontext_pipeline.spec import DEFAULT_PARAMS, Params
+from kontext_pipeline.recipe._keys import derive_seed
+from kontext_pipeline.recipe._spec import DEFAULT_PARAMS, Params
 from tests.conftest import PIPELINES, WriteRecipe
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from kontext_pipeline.sandbox_budget import RecipeBudget
-from kontext_pipeline.templating import (
+from kontext_pipeline.recipe._sandbox_budget import RecipeBudget
+from kontext_pipeline.recipe._templating import (
     Prompt,
     RenderError,
     StepTemplate,

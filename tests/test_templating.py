@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kontext_pipeline.templating import (
+from kontext_pipeline.recipe._templating import (
     MAX_PROMPT_CHARS,
     Prompt,
     RenderError,

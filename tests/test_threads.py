@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from kontext_pipeline.threads import QuietWorker
+from kontext_pipeline._support.threads import QuietWorker
 
 
 def test_jobs_run_once_they_stop_coming_in_the_order_given() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kontext_pipeline.thumbnails import (
+from kontext_pipeline.outputs._thumbnails import (
     THUMBNAIL_SIDE,
     THUMBNAILS,
     Thumbnail,

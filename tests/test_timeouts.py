@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from kontext_pipeline.timeouts import within
+from kontext_pipeline._support.timeouts import within
 
 
 def test_the_result_comes_within_the_deadline() -> None:

@@ -20,10 +20,11 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from kontext_pipeline.listener import Listener
-from kontext_pipeline.providers.inbox import Pushed, Webhook
-from kontext_pipeline.server.run import BackgroundServer
-from kontext_pipeline.webhooks import LIMITS, receiving, signature
+from kontext_pipeline.providers._inbox import Pushed, Webhook
+from kontext_pipeline.providers.bfl._signing import signature
+from kontext_pipeline.run._listener import Listener
+from kontext_pipeline.run._webhooks import LIMITS, receiving
+from kontext_pipeline.server._run import BackgroundServer
 from tests.bfl_helpers import KEY
 from tests.conftest import Start, WriteRecipe
 from tests.test_webhooks import BODY, SECRET, free_port, pushed

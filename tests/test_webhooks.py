@@ -13,16 +13,15 @@ import httpx
 import pytest
 
 from kontext_pipeline.errors import UsageError
-from kontext_pipeline.providers.inbox import Inbox, Pushed, Webhook
-from kontext_pipeline.server.run import BackgroundServer
-from kontext_pipeline.webhooks import (
+from kontext_pipeline.providers._inbox import Inbox, Pushed, Webhook
+from kontext_pipeline.providers.bfl._signing import signature, verify
+from kontext_pipeline.run._webhooks import (
     MAX_NOTIFICATION_BYTES,
     Warnings,
     parse_listen,
     receiving,
-    signature,
-    verify,
 )
+from kontext_pipeline.server._run import BackgroundServer
 from tests.bfl_helpers import KEY
 from tests.conftest import RunCli, Start, WriteRecipe, exported_images
 

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from kontext_pipeline.yamlsource import MAX_SOURCE_BYTES, Position, parse_yaml
+from kontext_pipeline.recipe._yamlsource import MAX_SOURCE_BYTES, Position, parse_yaml
 
 
 def parse(text: str) -> tuple[object, list[str]]:

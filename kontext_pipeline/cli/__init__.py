@@ -1,13 +1,20 @@
 """The ``kontext-pipeline`` command: parse options, call the library, render, map errors to exit
 codes. No logic lives here."""
 
-from kontext_pipeline.cli import inspecting, maintenance, recipes, reporting, running, scaffolding
-from kontext_pipeline.cli.base import EXIT_CODES, cli, exit_code
+from kontext_pipeline.cli import (
+    _inspecting,
+    _maintenance,
+    _recipes,
+    _reporting,
+    _running,
+    _scaffolding,
+)
+from kontext_pipeline.cli._base import EXIT_CODES, cli, exit_code
 
 __all__ = ["EXIT_CODES", "cli", "exit_code", "main"]
 
-_COMMANDS = (inspecting, maintenance, recipes, reporting, running,
-             scaffolding)  # imported for the commands they register
+_COMMANDS = (_inspecting, _maintenance, _recipes, _reporting, _running,
+             _scaffolding)  # imported for the commands they register
 
 
 def main() -> None:

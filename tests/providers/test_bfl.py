@@ -12,6 +12,7 @@ import hashlib
 
 import pytest
 
+from kontext_pipeline._support.images import inspect_bytes
 from kontext_pipeline.errors import (
     AmbiguousSubmitError,
     AuthenticationError,
@@ -22,9 +23,8 @@ from kontext_pipeline.errors import (
     RequestRejectedError,
     TaskFailedError,
 )
-from kontext_pipeline.images import inspect_bytes
-from kontext_pipeline.providers.base import EditRequest, ProviderEvent
-from kontext_pipeline.providers.policies import PollPolicy
+from kontext_pipeline.providers._base import EditRequest, ProviderEvent
+from kontext_pipeline.providers._policies import PollPolicy
 from tests.bfl_helpers import KEY, RecordedSleep, generate, png, provider_for, run
 from tests.conftest import Start
 

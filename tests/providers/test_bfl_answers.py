@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from kontext_pipeline.errors import AmbiguousSubmitError, RequestRejectedError, TaskFailedError
-from kontext_pipeline.providers.base import EditRequest, EditResult, ProviderEvent
+from kontext_pipeline.providers._base import EditRequest, EditResult, ProviderEvent
+from kontext_pipeline.providers._policies import PollPolicy, RetryPolicy
 from kontext_pipeline.providers.bfl import DEFAULT_API_BASE, BflProvider
-from kontext_pipeline.providers.policies import PollPolicy, RetryPolicy
 from tests.bfl_helpers import KEY, RecordedSleep, png, run
 
 Answer = httpx.Response

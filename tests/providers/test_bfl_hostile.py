@@ -24,9 +24,9 @@ from kontext_pipeline.errors import (
     ProviderError,
     ProviderTimeoutError,
 )
-from kontext_pipeline.providers.base import EditRequest
+from kontext_pipeline.providers._base import EditRequest
+from kontext_pipeline.providers._policies import PollPolicy, RetryPolicy
 from kontext_pipeline.providers.bfl import BflProvider, http_client
-from kontext_pipeline.providers.policies import PollPolicy, RetryPolicy
 from tests.bfl_helpers import KEY, RecordedSleep, png
 from tests.conftest import RunCli
 from tests.providers.hostile import HostileServer

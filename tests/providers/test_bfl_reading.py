@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from kontext_pipeline.providers.bfl.reading import BodyError, read_body
+from kontext_pipeline.providers.bfl._reading import BodyError, read_body
 from tests.bfl_helpers import run
 
 

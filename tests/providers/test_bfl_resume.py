@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from kontext_pipeline.images import inspect_bytes
-from kontext_pipeline.providers.base import Accepted, EditRequest, EditResult, ProviderEvent
+from kontext_pipeline._support.images import inspect_bytes
+from kontext_pipeline.providers._base import Accepted, EditRequest, EditResult, ProviderEvent
 from kontext_pipeline.providers.bfl import DEFAULT_API_BASE
-from kontext_pipeline.server.run import BackgroundServer
+from kontext_pipeline.server._run import BackgroundServer
 from tests.bfl_helpers import KEY, provider_for, run
 from tests.conftest import Start
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from kontext_pipeline.providers.base import EditRequest, ProviderEvent
+from kontext_pipeline.providers._base import EditRequest, ProviderEvent
 from tests.bfl_helpers import KEY, generate, provider_for, run
 from tests.conftest import RunCli, Start, WriteRecipe, exported_images
 

@@ -20,10 +20,10 @@ from kontext_pipeline.errors import (
     ProviderUnavailableError,
     RequestRejectedError,
 )
-from kontext_pipeline.providers.base import EditRequest, ProviderEvent
+from kontext_pipeline.providers._base import EditRequest, ProviderEvent
+from kontext_pipeline.providers._policies import PollPolicy, RetryPolicy
 from kontext_pipeline.providers.bfl import DEFAULT_API_BASE, BflProvider
-from kontext_pipeline.providers.bfl.body import request_body
-from kontext_pipeline.providers.policies import PollPolicy, RetryPolicy
+from kontext_pipeline.providers.bfl._body import request_body
 from tests.bfl_helpers import KEY, RecordedSleep, png, run
 
 Handler = Callable[[httpx.Request], httpx.Response]

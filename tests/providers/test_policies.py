@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from kontext_pipeline.providers.policies import (
+from kontext_pipeline.providers._policies import (
     ActiveTaskLimiter,
     LatencyTracker,
     PollPolicy,

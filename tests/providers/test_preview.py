@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from kontext_pipeline._support.images import inspect_bytes
 from kontext_pipeline.errors import ModerationError, UsageError
-from kontext_pipeline.images import inspect_bytes
-from kontext_pipeline.providers import open_provider
-from kontext_pipeline.providers.base import EditRequest
+from kontext_pipeline.providers._base import EditRequest
+from kontext_pipeline.providers._inbox import Webhook
 from kontext_pipeline.providers.bfl import BflProvider
-from kontext_pipeline.providers.inbox import Webhook
-from kontext_pipeline.providers.preview import PREVIEW_BASE, preview_config, preview_provider
+from kontext_pipeline.run._providers import open_provider
+from kontext_pipeline.server._preview import PREVIEW_BASE, preview_config, preview_provider
 from tests.bfl_helpers import generate, png, run
 
 

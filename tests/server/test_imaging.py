@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image, ImageStat
 
-from kontext_pipeline.server.imaging import OUTPUT_SIZES, RenderSpec, output_size, render
+from kontext_pipeline.server._imaging import OUTPUT_SIZES, RenderSpec, output_size, render
 from tests.bfl_helpers import png
 
 

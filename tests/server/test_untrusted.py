@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+from kontext_pipeline.recipe._templating import MAX_PROMPT_CHARS as RECIPE_PROMPT_CHARS
 from kontext_pipeline.server import ServerConfig, ServerState, create_app
-from kontext_pipeline.server.limits import MAX_BODY_BYTES
-from kontext_pipeline.server.validation import MAX_IMAGE_BYTES, MAX_PROMPT_CHARS
-from kontext_pipeline.templating import MAX_PROMPT_CHARS as RECIPE_PROMPT_CHARS
+from kontext_pipeline.server._limits import MAX_BODY_BYTES
+from kontext_pipeline.server._validation import MAX_IMAGE_BYTES, MAX_PROMPT_CHARS
 from tests.bfl_helpers import run
 from tests.conftest import Start
 

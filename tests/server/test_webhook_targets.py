@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from kontext_pipeline.server import ServerConfig, ServerState, create_app
-from kontext_pipeline.server.targets import Resolver, allowed_host
+from kontext_pipeline.server._targets import Resolver, allowed_host
 from tests.bfl_helpers import run
 from tests.conftest import RunCli
 

@@ -24,13 +24,14 @@ Every answer is input: bodies are read within bounds (1 MB of JSON, ``max_result
 image, counted after decompression), each exchange within a deadline, a result must be the
 format the step asked for, and no URL holding the key is requested.
 
-Modules: :mod:`.provider` (one request, start to finish), :mod:`.exchanges` (the HTTP requests
-and their retries), :mod:`.reading` (bodies and deadlines bounded), :mod:`.answers` (what
-answers mean), :mod:`.urls` (URLs that may hold a secret), :mod:`.body` (the submit's JSON),
-:mod:`.task` (a request's state), :mod:`.clients` (the HTTP clients).
+Modules: :mod:`._provider` (one request, start to finish), :mod:`._exchanges` (the HTTP
+requests and their retries), :mod:`._reading` (bodies and deadlines bounded), :mod:`._answers`
+(what answers mean), :mod:`._urls` (URLs that may hold a secret), :mod:`._body` (the submit's
+JSON), :mod:`._task` (a request's state), :mod:`._clients` (the HTTP clients), :mod:`._signing`
+(how webhooks are signed).
 """
 
-from kontext_pipeline.providers.bfl.clients import asgi_client, http_client
-from kontext_pipeline.providers.bfl.provider import DEFAULT_API_BASE, MAX_RESULT_BYTES, BflProvider
+from kontext_pipeline.providers.bfl._clients import asgi_client, http_client
+from kontext_pipeline.providers.bfl._provider import DEFAULT_API_BASE, MAX_RESULT_BYTES, BflProvider
 
 __all__ = ["DEFAULT_API_BASE", "MAX_RESULT_BYTES", "BflProvider", "asgi_client", "http_client"]

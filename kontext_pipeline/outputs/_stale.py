@@ -1,0 +1,149 @@
+"""Removing what the last run exported into ``--out`` and this run no longer does: the other
+variants' files after ``--var color=teal``, an output renamed or removed from the recipe.
+
+Only a file still exactly as the last run exported it is removed (its sha256 is the one recorded);
+a file edited, replaced or added since is kept, with a warning that names it. A folder left empty
+goes too. Nothing is removed when the last manifest is missing, unreadable or another recipe's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kontext_pipeline.errors import UsageError
+from kontext_pipeline.outputs._manifests import read_manifest
+from kontext_pipeline.outputs._provenance import read_provenance
+
+__all__ = ["Recorded", "last_exports", "remove_stale"]
+
+MAX_CHECKED_BYTES = 256 * 1024 * 1024
+"""A larger file is no image this tool exported: it is kept unread."""
+
+_NEVER = frozenset({"manifest.json", "report.html", ".kontext-export.json"})
+_NAMED_PER_FOLDER = 5  # files named in a kept folder before a count of the rest
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the last run recorded of a file it exported."""
+
+    file_sha256: str | None = None  # the file as written (``output_file_sha256``)
+    output_sha256: str | None = None  # the image as generated: all older manifests have
+
+
+def last_exports(out_dir: Path, pipeline: str,
+                 also: Mapping[str, Recorded]) -> dict[str, Recorded]:
+    """The files the last run of ``pipeline`` into ``out_dir`` exported, by path relative to it:
+    the outputs its ``manifest.json`` lists, and ``also`` (the export state, which lists an
+    image exported under several names too)."""
+    try:
+        manifest = read_manifest(out_dir / "manifest.json")
+    except UsageError:
+        return {}
+    if manifest.pipeline != pipeline:
+        return {}
+    recorded = dict(also)
+    for step in manifest.steps:
+        if step.output is not None:
+            known = recorded.get(step.output, Recorded())
+            recorded[step.output] = Recorded(step.output_file_sha256 or known.file_sha256,
+                                             step.output_sha256)
+    return recorded
+
+
+def remove_stale(out_dir: Path, before: Mapping[str, Recorded], *, keep: Collection[str],
+                 on_warning: Callable[[str], None]) -> None:
+    """Remove each file of ``before`` that is not in ``keep`` and is still as recorded, then
+    the folders of those files that are left empty and hold nothing of ``keep``."""
+    root = out_dir.resolve()
+    kept: set[str] = set()
+    folders: set[str] = set()
+    for relative in sorted(set(before) - set(keep)):
+        path = _inside(root, relative)
+        if path is None:
+            continue
+        folder = relative.rpartition("/")[0]
+        folders.add(folder)
+        try:
+            info = path.lstat()
+        except OSError:  # gone already
+            continue
+        shown = out_dir / relative
+        try:
+            same = stat.S_ISREG(info.st_mode) and _as_exported(path, info.st_size,
+                                                                before[relative])
+            if same:
+                path.unlink()
+        except OSError as exc:
+            on_warning(f"kept {shown}: cannot remove it ({exc.strerror or exc})")
+            kept.add(relative)
+            continue
+        if not same:
+            on_warning(f"kept {shown}: it is not as the last run exported it, and this run no "
+                       "longer exports it")
+            kept.add(relative)
+    in_use = {relative.rpartition("/")[0] for relative in keep}
+    for folder in sorted(folders - in_use - {""}):
+        _remove_folder(out_dir, root, folder, kept, on_warning)
+
+
+def _inside(root: Path, relative: str) -> Path | None:
+    """``root / relative`` if it is a plain path inside ``root`` through no link (a manifest
+    edited by hand could name anything), else None."""
+    parts = relative.split("/")
+    if ("\\" in relative or relative.startswith("/") or any(p in ("", ".", "..") for p in parts)
+            or (len(parts) == 1 and relative in _NEVER)):
+        return None
+    path = root.joinpath(*parts)
+    try:
+        if path.parent.resolve() != path.parent:
+            return None
+    except OSError:
+        return None
+    return path
+
+
+def _as_exported(path: Path, size: int, recorded: Recorded) -> bool:
+    """Whether the file at ``path`` is the very file the last run exported there."""
+    if size > MAX_CHECKED_BYTES:
+        return False
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if recorded.file_sha256 is not None:
+        return digest == recorded.file_sha256
+    if recorded.output_sha256 is None:
+        return False
+    if digest == recorded.output_sha256:  # exported without provenance
+        return True
+    # a manifest from before output_file_sha256: the file must be the generated image with
+    # exactly the provenance this tool inserts
+    try:
+        found = read_provenance(data)
+    except ValueError:
+        return False
+    return found is not None and found.output_sha256 == recorded.output_sha256
+
+
+def _remove_folder(out_dir: Path, root: Path, folder: str, kept: set[str],
+                   on_warning: Callable[[str], None]) -> None:
+    directory = root / folder
+    try:
+        if directory.is_symlink() or not directory.is_dir():
+            return
+        left = sorted(entry.name for entry in directory.iterdir())
+        if not left:
+            directory.rmdir()
+            return
+    except OSError:
+        return
+    others = [name for name in left if f"{folder}/{name}" not in kept]
+    for name in others[:_NAMED_PER_FOLDER]:
+        on_warning(f"kept {out_dir / folder / name}: the last run did not export it, and this "
+                   "run exports nothing to its folder")
+    if len(others) > _NAMED_PER_FOLDER:
+        on_warning(f"kept {len(others) - _NAMED_PER_FOLDER} more files in {out_dir / folder} "
+                   "that the last run did not export")
