@@ -99,4 +99,5 @@ def thumbnails(html: str) -> dict[str, tuple[str, bytes]]:
 
 def open_thumbnail(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
+        converted: Image.Image = image.convert("RGB")
+    return converted

@@ -283,7 +283,8 @@ class Reference:
     def size(self, step: str, variant: str = "color=red") -> int:
         record = next(s for s in self.manifest["steps"]
                       if (s["variant"], s["step"]) == (variant, step))
-        return (self.out / record["output"]).stat().st_size
+        output: str = record["output"]
+        return (self.out / output).stat().st_size
 
 
 @pytest.fixture(scope="module")

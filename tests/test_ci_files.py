@@ -43,7 +43,8 @@ def load_workflow() -> dict[Any, Any]:
 
 def triggers(workflow: dict[Any, Any]) -> dict[str, Any]:
     # PyYAML reads YAML 1.1, where a bare `on` is the boolean true; GitHub reads it as "on"
-    found: dict[str, Any] = workflow.get("on", workflow.get(True))
+    found = workflow.get("on", workflow.get(True))
+    assert isinstance(found, dict), found
     return found
 
 

@@ -353,7 +353,8 @@ def screenshot(browser: str, page: Path, tmp_path: Path) -> Image.Image:
     chromium(browser, page, tmp_path / "profile", f"--screenshot={shot}")
     with Image.open(shot) as image:
         assert image.size == WINDOW
-        return image.convert("RGB")
+        converted: Image.Image = image.convert("RGB")
+    return converted
 
 
 def boxes(browser: str, html: str, tmp_path: Path) -> list[tuple[str, tuple[int, int, int, int]]]:

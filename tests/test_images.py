@@ -121,7 +121,7 @@ def test_a_result_is_checked_against_the_formats_asked_for() -> None:
         inspect_bytes(png_header(5000, 4001), ("PNG",))
     assert str(caught.value) == ("is 5000×4001 pixels (20.0 megapixels); at most 20 megapixels "
                                  "are accepted")
-    with pytest.raises(ImageCheckError) as caught:
+    with pytest.raises(ImageCheckError) as damaged:
         inspect_bytes(b"<html>not an image</html>", ("PNG",))
-    assert str(caught.value) == "is not an image file that can be decoded"
-    assert not isinstance(caught.value, ImageRefusedError)  # a damaged download is retried
+    assert str(damaged.value) == "is not an image file that can be decoded"
+    assert not isinstance(damaged.value, ImageRefusedError)  # a damaged download is retried

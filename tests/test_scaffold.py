@@ -135,7 +135,9 @@ def test_the_example_image_is_a_small_real_picture_with_the_same_bytes_every_tim
 def test_every_field_of_the_recipe_has_a_comment_on_its_line() -> None:
     text = recipe_text("my-recipe")
     lines = text.splitlines()
-    keys = _key_nodes(yaml.compose(text))
+    document = yaml.compose(text)
+    assert document is not None
+    keys = _key_nodes(document)
     assert len(keys) == 22
     uncommented = [lines[k.start_mark.line] for k in keys
                    if " # " not in lines[k.start_mark.line]]

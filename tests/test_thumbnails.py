@@ -32,7 +32,8 @@ def encoded(image: Image.Image, format_: str) -> bytes:
 def opened(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as image:
         image.load()
-        return image
+        loaded: Image.Image = image
+    return loaded
 
 
 @pytest.mark.parametrize(("size", "shape"), [((1248, 832), (320, 213)),

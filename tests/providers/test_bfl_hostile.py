@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from PIL import Image
@@ -65,7 +66,15 @@ def run_limited(tmp_path: Path, server: HostileServer) -> subprocess.CompletedPr
         env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
-MEMORY_CASES = {
+class Modes(TypedDict, total=False):
+    """How each of the hostile server's endpoints misbehaves (see :class:`HostileServer`)."""
+
+    submit: str
+    poll: str
+    result: str
+
+
+MEMORY_CASES: dict[str, tuple[Modes, str]] = {
     "gzip-bombed poll": ({"poll": "gzip-bomb"},
                          "polling failed 10 times in a row; last: the answer is over 1 MB "
                          "(task t1)"),
@@ -85,7 +94,7 @@ MEMORY_CASES = {
 
 @pytest.mark.parametrize("case", MEMORY_CASES.values(), ids=MEMORY_CASES.keys())
 def test_an_endless_body_ends_in_a_clean_step_failure(
-        case: tuple[dict[str, str], str], tmp_path: Path) -> None:
+        case: tuple[Modes, str], tmp_path: Path) -> None:
     modes, message = case
     with HostileServer(image=png(), **modes) as server:
         result = run_limited(tmp_path, server)

@@ -41,9 +41,10 @@ def provider(handler: Handler, *, max_result_bytes: int = 10_000_000,
                        sleep=RecordedSleep(cap=0.0), max_result_bytes=max_result_bytes)
 
 
-def generate(handler: Handler, **options: int) -> tuple[object, list[ProviderEvent]]:
+def generate(handler: Handler, *,
+             max_result_bytes: int = 10_000_000) -> tuple[object, list[ProviderEvent]]:
     events: list[ProviderEvent] = []
-    bfl = provider(handler, **options)
+    bfl = provider(handler, max_result_bytes=max_result_bytes)
 
     async def go() -> object:
         try:
@@ -154,7 +155,11 @@ def test_a_refusal_whose_body_is_cut_short_still_counts_by_its_status() -> None:
     api = FakeBfl()
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return next(answers) if request.method == "POST" else api(request)
+        if request.method != "POST":
+            return api(request)
+        answer = next(answers)
+        assert isinstance(answer, httpx.Response)
+        return answer
 
     _, events = generate(handler)
     retries = [e.message or "" for e in events if e.kind == "retrying"]
