@@ -11,6 +11,7 @@ from PIL import Image
 
 from kontext_pipeline import Plan, TemplateError, UsageError, build_plan, load_spec
 from kontext_pipeline.recipe._keys import KEY_SCHEMA, cache_key
+from kontext_pipeline.recipe._templating import compilations
 from tests.conftest import PIPELINES, WriteRecipe
 
 CHAIN = """
@@ -208,3 +209,62 @@ def test_the_plan_renders_within_a_budget_of_its_own_and_stops_where_it_runs_out
         "heavy.yaml:11:13: steps[1] (id: s1): prompt: refused by the template sandbox: the "
         "recipe's templates do more than 500000000 units of work in all (every step of every "
         "variant); use fewer variants or simpler templates (variant a=0,b=3)"]
+
+
+def test_each_template_is_compiled_once_by_validation_and_the_plan_renders_those(
+    write_recipe: WriteRecipe,
+) -> None:
+    """Three steps, two of them written alike, four variants: validation compiles two templates
+    (and renders all twelve prompts), the spec keeps them, and planning (twice) compiles none."""
+    path = write_recipe("""
+        version: 1
+        name: once
+        matrix: {color: [red, blue], size: [small, large]}
+        steps:
+          - {id: a, prompt: "Paint it {{ color }}"}
+          - {id: b, prompt: "Make it {{ size }}"}
+          - {id: c, prompt: "Paint it {{ color }}"}
+    """)
+    before = compilations()
+    spec = load_spec(path)
+    assert compilations() - before == 2
+    assert spec.steps[0].prompt is spec.steps[2].prompt
+    compiled = [step.prompt for step in spec.steps]
+    plans = [build_plan(spec), build_plan(spec, overrides={"color": "blue"})]
+    assert compilations() - before == 2
+    assert [step.prompt for step in spec.steps] == compiled
+    assert [(t.variant, t.step, t.prompt) for t in plans[1].tasks] == [
+        ("color=blue,size=small", "a", "Paint it blue"),
+        ("color=blue,size=small", "b", "Make it small"),
+        ("color=blue,size=small", "c", "Paint it blue"),
+        ("color=blue,size=large", "a", "Paint it blue"),
+        ("color=blue,size=large", "b", "Make it large"),
+        ("color=blue,size=large", "c", "Paint it blue")]
+    assert len(plans[0].tasks) == 12
+
+
+def test_validation_and_the_plan_resolve_models_and_seeds_alike(
+    write_recipe: WriteRecipe,
+) -> None:
+    """What a later prompt reads of an earlier step (rendered by validation and by the plan)
+    is the step's model and seed in the spec and in its task."""
+    path = write_recipe("""
+        version: 1
+        name: alike
+        model: flux-kontext-max
+        seed: 5
+        steps:
+          - {id: a, prompt: "First"}
+          - {id: b, prompt: "Second", model: flux-kontext-pro, seed: 9}
+          - id: c
+            prompt: >-
+              {{ steps.a.model }} {{ steps.a.seed }} {{ steps.b.model }} {{ steps.b.seed }}
+              {{ pipeline.model }} {{ pipeline.seed }}
+    """)
+    spec = load_spec(path)
+    a, b, _ = spec.steps
+    tasks = build_plan(spec).tasks
+    assert [(t.model, t.seed) for t in tasks[:2]] == [(a.model, a.seed), (b.model, b.seed)]
+    assert (a.model, a.seed != 5, b.model, b.seed) == ("flux-kontext-max", True,
+                                                       "flux-kontext-pro", 9)
+    assert tasks[2].prompt == f"{a.model} {a.seed} {b.model} {b.seed} flux-kontext-max 5"

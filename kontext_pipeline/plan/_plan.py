@@ -18,17 +18,14 @@ from kontext_pipeline.errors import TemplateError, UsageError
 from kontext_pipeline.recipe._findings import did_you_mean
 from kontext_pipeline.recipe._keys import CREDITS, cache_key, request_document
 from kontext_pipeline.recipe._matrix import Variant, format_value
-from kontext_pipeline.recipe._prompts import template_position, variant_list
-from kontext_pipeline.recipe._spec import Params, Spec
-from kontext_pipeline.recipe._templating import (
-    RecipeBudget,
-    RenderError,
-    StepTemplate,
-    VariantContext,
-    base_context,
-    render_steps,
-    template_environ,
+from kontext_pipeline.recipe._prompts import (
+    Failure,
+    render_variants,
+    template_position,
+    variant_list,
 )
+from kontext_pipeline.recipe._spec import Params, Spec
+from kontext_pipeline.recipe._templating import template_environ
 
 __all__ = ["ImageSource", "Plan", "Task", "build_plan"]
 
@@ -129,33 +126,22 @@ def build_plan(
     variants = _select(spec, overrides)
     hashes = {name: sha256_file(image.path) for name, image in spec.inputs.items()
               if any(name in step.image for step in spec.steps)}
-    templates = [StepTemplate(s.id, s.prompt, s.seed, s.model) for s in spec.steps]
-    pipeline = {"name": spec.name, "description": spec.description, "model": spec.model,
-                "seed": spec.seed}
+    renders = render_variants(  # the templates validation compiled, rendered as it did
+        spec.steps, variants, variables=variables,
+        pipeline={"name": spec.name, "description": spec.description, "model": spec.model,
+                  "seed": spec.seed},
+        inputs={n: i.source for n, i in spec.inputs.items()},
+        env=template_environ(env or {}, spec.env_names))
+    if renders.failures:
+        raise TemplateError(_failure_problems(spec, renders.failures, len(variants)))
     tasks: list[Task] = []
-    failures: dict[tuple[int, str, int | None], list[str]] = {}
-    recipe = RecipeBudget()  # shared by every render of the plan
     for variant in variants:
-        if recipe.spent is not None:
-            break  # reported once, at the step where it ran out
-        context = base_context(variables=variables,
-                               variant=VariantContext(variant.id, variant.values),
-                               pipeline=pipeline,
-                               inputs={n: i.source for n, i in spec.inputs.items()},
-                               env=template_environ(env or {}, spec.env_names))
-        for step, prompt in zip(spec.steps, render_steps(templates, context, recipe),
-                                strict=False):
-            if isinstance(prompt, RenderError):
-                failures.setdefault((step.index, prompt.message, prompt.line), []).append(
-                    variant.id)
-                continue
+        for step, prompt in zip(spec.steps, renders.prompts[variant.id], strict=True):
             images = tuple(
                 ImageSource(name, spec.inputs[name].path, hashes[name]) if name in spec.inputs
                 else ImageSource(name) for name in step.image)
             tasks.append(Task(spec.name, variant.id, step.id, step.index, provider, step.model,
                               prompt, step.seed, step.params, images))
-    if failures:
-        raise TemplateError(_failure_problems(spec, failures, len(variants)))
     return Plan(spec, provider, variables, tuple(variants), tuple(tasks))
 
 
@@ -188,13 +174,14 @@ def _select(spec: Spec, overrides: Mapping[str, str]) -> list[Variant]:
     return variants
 
 
-def _failure_problems(spec: Spec, failures: Mapping[tuple[int, str, int | None], list[str]],
+def _failure_problems(spec: Spec, failures: Mapping[Failure, Sequence[str]],
                       total: int) -> list[Problem]:
     lines = spec.lines
     problems = []
-    for (index, message, line), ids in failures.items():
-        step = spec.steps[index]
-        position = template_position(step.prompt_position, line, lines)
+    for failure, ids in failures.items():
+        step = spec.steps[failure.step]
+        position = template_position(step.prompt_position, failure.line, lines)
         problems.append(Problem(spec.file, position.line, position.column,
-                                f"{step.label}: prompt: {message}{variant_list(ids, total)}"))
+                                f"{step.label}: prompt: {failure.message}"
+                                f"{variant_list(ids, total)}"))
     return sorted(problems)

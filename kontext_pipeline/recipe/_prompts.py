@@ -1,5 +1,9 @@
 """Prompt templates in a recipe: compile them, check the names they read, render every variant.
 
+Validation and the plan render through :func:`render_variants`, and resolve a step's model and
+seed through :func:`step_model_and_seed`; each distinct template of a recipe is compiled once,
+by validation, and the :class:`~kontext_pipeline.recipe._spec.Spec` keeps what it compiled.
+
 Problems are placed at the template's own line in the recipe file where that can be known
 exactly (a one-line scalar, or a ``|`` block), else at the start of the prompt.
 """
@@ -18,8 +22,8 @@ from kontext_pipeline.recipe._templating import (
     ENV_PREFIX,
     Prompt,
     RecipeBudget,
+    Renderable,
     RenderError,
-    StepTemplate,
     VariantContext,
     base_context,
     env_visible,
@@ -29,13 +33,35 @@ from kontext_pipeline.recipe._templating import (
 )
 from kontext_pipeline.recipe._yamlsource import Position
 
-__all__ = ["DEFAULT_MODEL", "PIPELINE_FIELDS", "check_prompts", "env_names",
+__all__ = ["DEFAULT_MODEL", "PIPELINE_FIELDS", "Failure", "Renders", "check_prompts",
+           "env_names", "recipe_model", "recipe_seed", "render_variants", "step_model_and_seed",
            "template_position", "variant_list"]
 
 DEFAULT_MODEL = "flux-kontext-pro"
 PIPELINE_FIELDS = ("name", "description", "model", "seed")
 _VARIANT_FIELDS = ("id", "values")
 _SHOWN_VARIANTS = 3
+
+
+def recipe_model(data: Mapping[str, Any]) -> str:
+    """The recipe's ``model`` (:data:`DEFAULT_MODEL` when it has none, or not as text)."""
+    model = data.get("model")
+    return model if isinstance(model, str) else DEFAULT_MODEL
+
+
+def recipe_seed(data: Mapping[str, Any]) -> int:
+    """The recipe's ``seed`` (0 when it has none, or not as an integer)."""
+    seed = data.get("seed")
+    return seed if isinstance(seed, int) else 0
+
+
+def step_model_and_seed(data: Mapping[str, Any], step: Mapping[str, Any]) -> tuple[str, int]:
+    """A step's model and seed: its own, else the recipe's model and a seed derived from the
+    recipe's seed and the step's id. A value of the wrong type (which the schema reports)
+    counts as none."""
+    model, seed = step.get("model"), step.get("seed")
+    return (model if isinstance(model, str) else recipe_model(data),
+            seed if isinstance(seed, int) else derive_seed(recipe_seed(data), str(step["id"])))
 
 
 def template_position(start: Position, line: int | None, lines: Sequence[str]) -> Position:
@@ -66,6 +92,57 @@ def variant_list(ids: Sequence[str], total: int) -> str:
     return f" (variant{'s' if len(ids) > 1 else ''} {shown}{more})"
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A step's prompt failing one way: ``step`` is its place among the steps rendered, ``line``
+    the template's line; ``exhausted``: the recipe's render budget ran out there."""
+
+    step: int
+    message: str
+    line: int | None
+    exhausted: bool
+
+
+@dataclass(frozen=True)
+class Renders:
+    """What rendering steps for variants gave: the prompts of each variant whose every step
+    rendered, in the order of the steps, and each failure with the variants it happened to."""
+
+    prompts: Mapping[str, tuple[str, ...]]
+    failures: Mapping[Failure, tuple[str, ...]]
+
+
+def render_variants(
+    steps: Sequence[Renderable],
+    variants: Sequence[Variant],
+    *,
+    variables: Mapping[str, Any],
+    pipeline: Mapping[str, Any],
+    inputs: Mapping[str, str],
+    env: Mapping[str, str],
+) -> Renders:
+    """Render ``steps`` for each variant in turn, every render counted against one budget (the
+    variants after the one where it runs out are not rendered)."""
+    recipe = RecipeBudget()
+    prompts: dict[str, tuple[str, ...]] = {}
+    failures: dict[Failure, list[str]] = {}
+    for variant in variants:
+        if recipe.spent is not None:
+            break  # reported once, at the step where it ran out
+        context = base_context(variables=variables,
+                               variant=VariantContext(variant.id, variant.values),
+                               pipeline=pipeline, inputs=inputs, env=env)
+        results = render_steps(steps, context, recipe)
+        texts = tuple(r for r in results if isinstance(r, str))
+        if len(texts) == len(steps):
+            prompts[variant.id] = texts
+        for number, result in enumerate(results):
+            if isinstance(result, RenderError):
+                failure = Failure(number, result.message, result.line, result.exhausted)
+                failures.setdefault(failure, []).append(variant.id)
+    return Renders(prompts, {failure: tuple(ids) for failure, ids in failures.items()})
+
+
 @dataclass
 class _StepInfo:
     index: int
@@ -82,10 +159,11 @@ def check_prompts(
     env: Mapping[str, str],
     findings: Findings,
     lines: Sequence[str],
-) -> None:
+) -> dict[int, Prompt]:
     """Compile every prompt, check the names it reads, and render it for every variant
     (when ``variants`` is known), every render counted against one budget. ``env`` is what
-    templates see as ``env``."""
+    templates see as ``env``. Returns the compiled prompts by step index (one object for
+    prompts written alike)."""
     checker = _Checker(data, variants or (), env, findings, lines)
     steps = _compile(data, findings, lines)
     for number, info in enumerate(steps):
@@ -95,6 +173,7 @@ def check_prompts(
             checker.check_names(info, earlier, later)
     if variants is not None:
         checker.render_all(variants, steps)
+    return {info.index: info.prompt for info in steps if info is not None}
 
 
 class _Checker:
@@ -144,27 +223,17 @@ class _Checker:
 
     def render_all(self, variants: Sequence[Variant], steps: Sequence[_StepInfo | None]) -> None:
         chain = [s for s in steps if s is not None]
-        templates = [StepTemplate(s.id, s.prompt, s.seed, s.model) for s in chain]
         data = self.data
         pipeline = {"name": data.get("name"), "description": data.get("description", ""),
-                    "model": data.get("model", DEFAULT_MODEL), "seed": data.get("seed", 0)}
-        inputs = {k: str(v) for k, v in self.inputs.items()}
-        failures: dict[tuple[int, str, int | None], list[str]] = {}
-        recipe = RecipeBudget()
-        for variant in variants:
-            context = base_context(variables=self.variables,
-                                   variant=VariantContext(variant.id, variant.values),
-                                   pipeline=pipeline, inputs=inputs, env=self.env)
-            results = render_steps(templates, context, recipe)
-            for info, result in zip(chain, results, strict=False):
-                if isinstance(result, RenderError) and (info.usable or result.exhausted):
-                    key = (info.index, result.message, result.line)
-                    failures.setdefault(key, []).append(variant.id)
-            if recipe.spent is not None:
-                break  # reported once, at the step where it ran out
-        for (index, message, line), ids in failures.items():
-            _add(self.findings, self.lines, ("steps", index, "prompt"),
-                 message + variant_list(ids, len(variants)), line)
+                    "model": recipe_model(data), "seed": recipe_seed(data)}
+        renders = render_variants(chain, variants, variables=self.variables, pipeline=pipeline,
+                                  inputs={k: str(v) for k, v in self.inputs.items()},
+                                  env=self.env)
+        for failure, ids in renders.failures.items():
+            info = chain[failure.step]
+            if info.usable or failure.exhausted:  # else its own problems are reported
+                _add(self.findings, self.lines, ("steps", info.index, "prompt"),
+                     failure.message + variant_list(ids, len(variants)), failure.line)
 
 
 def _env_message(name: str, allowed: Sequence[str]) -> str:
@@ -180,27 +249,28 @@ def _compile(data: Mapping[str, Any], findings: Findings,
              lines: Sequence[str]) -> list[_StepInfo | None]:
     raw_steps = data.get("steps")
     raw_steps = raw_steps if isinstance(raw_steps, list) else []
-    base_seed = data.get("seed")
-    base_seed = base_seed if isinstance(base_seed, int) else 0
-    default_model = data.get("model") if isinstance(data.get("model"), str) else DEFAULT_MODEL
+    compiled: dict[str, Prompt | RenderError] = {}  # each distinct template, once
     steps: list[_StepInfo | None] = []
     for index, step in enumerate(raw_steps):
         if not isinstance(step, dict) or not isinstance(step.get("id"), str):
             steps.append(None)
             continue
         source = step.get("prompt")
-        try:
-            prompt = Prompt(source if isinstance(source, str) else "-")
-        except RenderError as failure:
-            _add(findings, lines, ("steps", index, "prompt"), failure.message, failure.line)
+        text = source if isinstance(source, str) else "-"
+        if text not in compiled:
+            try:
+                compiled[text] = Prompt(text)
+            except RenderError as failure:
+                compiled[text] = failure
+        prompt = compiled[text]
+        if isinstance(prompt, RenderError):
+            _add(findings, lines, ("steps", index, "prompt"), prompt.message, prompt.line)
             steps.append(None)
             continue
-        seed = step.get("seed")
-        seed = seed if isinstance(seed, int) else derive_seed(base_seed, step["id"])
-        model = step.get("model") if isinstance(step.get("model"), str) else default_model
+        model, seed = step_model_and_seed(data, step)
         usable = isinstance(source, str) and not findings.has_errors_under(
             ("steps", index, "prompt"))
-        steps.append(_StepInfo(index, step["id"], prompt, seed, str(model), usable=usable))
+        steps.append(_StepInfo(index, step["id"], prompt, seed, model, usable=usable))
     return steps
 
 

@@ -17,14 +17,44 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jinja2.utils import Namespace
+from jinja2.utils import Namespace as JinjaNamespace
 
-__all__ = ["FILTER_SIZES", "MAX_VALUE", "METHOD_SIZES", "deep_size", "estimate",
+__all__ = ["FILTER_SIZES", "MAX_VALUE", "METHOD_SIZES", "Namespace", "deep_size", "estimate",
            "format_size", "measure", "measure_text", "nested_spec", "printf_size", "size",
            "text_size", "walk"]
 
 MAX_VALUE = 100_000
 """Characters (or items) in any value a template builds, and in what one render writes."""
+
+
+class Namespace(JinjaNamespace):
+    """What ``namespace(…)`` makes in a template: Jinja's namespace (``{% set ns.a = … %}``
+    accepts only those), keeping its values where measuring can read them, never in Jinja's
+    own private attribute."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:
+        self, args = args[0], args[1:]  # no parameter named self: namespace(self=1) is a value
+        object.__setattr__(self, "_kontext_values", dict(*args, **kwargs))
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "__class__":
+            return object.__getattribute__(self, name)
+        try:
+            return values_of(self)[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        values_of(self)[name] = value
+
+    def __repr__(self) -> str:
+        return f"<Namespace {values_of(self)!r}>"
+
+
+def values_of(namespace: Namespace) -> dict[str, Any]:
+    """The values a template set on ``namespace``."""
+    values: dict[str, Any] = object.__getattribute__(namespace, "_kontext_values")
+    return values
 
 _VIEWS: tuple[type[Any], ...] = (type({}.keys()), type({}.values()), type({}.items()))
 _SIZED: tuple[type[Any], ...] = (str, bytes, list, tuple, dict, set, frozenset, range, *_VIEWS)
@@ -59,7 +89,7 @@ def _children(value: Any, room: int) -> Any:
     if issubclass(kind, _ITERATED):
         return itertools.islice(value, room)
     if issubclass(kind, Namespace):
-        return (object.__getattribute__(value, "_Namespace__attrs"),)
+        return (values_of(value),)
     return ()
 
 
@@ -220,58 +250,10 @@ def _lines(text: Any) -> int:
     return str(text).count("\n") + 1 if isinstance(text, str) else text_size(text) + 1
 
 
-def _escaped_size(text: Any) -> int:
-    """``&``, ``<``, ``>``, ``"`` and ``'`` become entities of at most 5 characters."""
-    if not isinstance(text, str):
-        return 5 * text_size(text)
-    return len(text) + 4 * sum(text.count(c) for c in "&<>\"'")
-
-
 def _cased_size(text: Any) -> int:
     """Upper-casing can lengthen text: ``'ß'.upper()`` is ``'SS'``, ``'ﬃ'`` is ``'FFI'``."""
     length = text_size(text)
     return length if isinstance(text, str) and text.isascii() else 3 * length
-
-
-def _depth(value: Any, limit: int = MAX_VALUE) -> int:
-    deepest, pending, seen = 0, [(value, 0)], 0
-    while pending and seen <= limit:
-        item, depth = pending.pop()
-        seen += 1
-        deepest = max(deepest, depth)
-        pending.extend((child, depth + 1) for child in _children(item, max(0, limit - seen + 1)))
-    return deepest
-
-
-def _json_item_size(value: Any) -> int:
-    """An upper bound of the JSON ``value`` adds, leaving out what it holds: the sandbox's
-    ``tojson`` writes ``<``, ``>``, ``&`` and ``'`` as ``\\u003c``…, and anything beyond
-    printable ASCII as ``\\uXXXX`` (twice for a character beyond the BMP)."""
-    if isinstance(value, str):
-        if value.isascii() and value.isprintable():
-            return len(value) + 2 + 5 * sum(value.count(c) for c in "<>&'\"\\")
-        return 12 * len(value) + 2
-    if isinstance(value, dict):
-        return 2 + 4 * len(value)
-    return _repr_size(value)
-
-
-def _json_size(value: Any, indent: Any = None, *_: Any, **__: Any) -> int:
-    """Then, with ``indent``, each item on a line of its own, indented by its depth."""
-    text = _walk(value, MAX_VALUE, _json_item_size)
-    spaces = _width(indent) if indent is not None else 0
-    if not spaces:
-        return text
-    return text + deep_size(value) * (1 + spaces * (_depth(value) + 1))
-
-
-def _urlize_size(text: Any, trim_url_limit: Any = None, nofollow: Any = False,
-                 target: Any = None, rel: Any = None, *_: Any, **__: Any) -> int:
-    length = text_size(text)
-    extra = 80 + len(str(target or "")) + len(str(rel or ""))
-    links = sum(text.count(c) for c in ".@:") + 1 if isinstance(text, str) else length
-    return 3 * length + links * extra  # every link has a '.', an '@' or a scheme's ':'
-
 
 
 def _split_size(text: str, separator: Any = None, *_: Any, **__: Any) -> int:
@@ -312,23 +294,16 @@ FILTER_SIZES: Mapping[str, Callable[..., int]] = {
     "replace": lambda s, old="", new="", count=None, *_: _replace_size(
         s, old, new, -1 if count is None else count),
     "join": lambda items, d="", *_, **__: _join_size(d, items),
-    "batch": lambda items, linecount=0, *_: size(items) + _width(linecount),
-    "slice": lambda items, slices=0, *_: size(items) + _width(slices),
-    "tojson": _json_size,
     "string": lambda value, *_: text_size(value),
-    "pprint": lambda value, *_: text_size(value) * (deep_size(value) + 2),
     "list": lambda value, *_: size(value),
-    "e": _escaped_size, "escape": _escaped_size, "forceescape": _escaped_size,
-    "xmlattr": lambda value, *_: 6 * text_size(value),
-    "urlencode": lambda value, *_: 12 * text_size(value),
-    "urlize": _urlize_size,
     "upper": _cased_size, "lower": _cased_size, "title": _cased_size,
     "capitalize": _cased_size,
-    **{name: _stringified(lambda *_, **__: 0) for name in (
-        "trim", "striptags", "safe", "truncate", "wordcount")},
+    **{name: _stringified(lambda *_, **__: 0) for name in ("trim", "truncate", "wordcount")},
 }
 """Bounds of what filters make, for those whose result can outgrow their input, or that turn
-their input into text."""
+their input into text. The other filters of :data:`._sandbox_names.FILTERS` make no more than they
+are given (a number, an item, the items in another order, or fewer of them), and what every
+filter makes is measured after too."""
 
 
 def estimate(estimates: Mapping[str, Callable[..., int]], name: str, args: Sequence[Any],

@@ -20,9 +20,14 @@ from kontext_pipeline.recipe._checks import (
     image_refs,
 )
 from kontext_pipeline.recipe._findings import Findings
-from kontext_pipeline.recipe._keys import derive_seed
 from kontext_pipeline.recipe._matrix import Variant, expand_matrix
-from kontext_pipeline.recipe._prompts import DEFAULT_MODEL, check_prompts, env_names
+from kontext_pipeline.recipe._prompts import (
+    check_prompts,
+    env_names,
+    recipe_model,
+    recipe_seed,
+    step_model_and_seed,
+)
 from kontext_pipeline.recipe._schema import check_schema
 from kontext_pipeline.recipe._templating import Prompt, template_environ
 from kontext_pipeline.recipe._yamlsource import MAX_SOURCE_BYTES, Document, Position, parse_yaml
@@ -63,7 +68,8 @@ class InputImage:
 @dataclass(frozen=True)
 class Step:
     """One step of a recipe. ``image`` holds the names it reads, the default filled in: the
-    previous step's id, or nothing for a text-to-image first step."""
+    previous step's id, or nothing for a text-to-image first step. ``prompt`` is the template
+    validation compiled (and rendered for every variant)."""
 
     index: int
     id: str
@@ -147,12 +153,13 @@ def load_spec(
     check_params(data, findings)
     check_env(data, findings)
     lines = text.splitlines()
-    check_prompts(data, variants, template_environ(env or {}, env_names(data)), findings, lines)
+    prompts = check_prompts(data, variants, template_environ(env or {}, env_names(data)),
+                            findings, lines)
     problems = findings.sorted()
     if findings.has_errors:
         raise SpecError(problems)
     return _freeze(recipe, file=file, text=text, document=document, variants=variants or [],
-                   warnings=problems)
+                   prompts=prompts, warnings=problems)
 
 
 def _read(recipe: Path, file: str) -> str:
@@ -190,11 +197,10 @@ def _variants(data: Any, findings: Findings) -> list[Variant] | None:
 
 
 def _freeze(recipe: Path, *, file: str, text: str, document: Document,
-            variants: list[Variant], warnings: list[Problem]) -> Spec:
+            variants: list[Variant], prompts: Mapping[int, Prompt],
+            warnings: list[Problem]) -> Spec:
     data = document.data
     defaults = Params(**data.get("defaults", {}))
-    model = data.get("model", DEFAULT_MODEL)
-    base_seed = data.get("seed", 0)
     root = recipe.parent
     inputs = {name: InputImage(name, source, Path(os.path.realpath(root / source)))
               for name, source in data.get("inputs", {}).items()}
@@ -204,17 +210,18 @@ def _freeze(recipe: Path, *, file: str, text: str, document: Document,
         params = Params(**{**defaults.as_dict(), **given})
         previous = (steps[-1].id,) if steps else ()
         image = tuple(image_refs(raw)) if "image" in raw else previous
+        model, seed = step_model_and_seed(data, raw)
         steps.append(Step(
             index=index,
             id=raw["id"],
             prompt_source=raw["prompt"],
             image=image,
-            seed=raw["seed"] if "seed" in raw else derive_seed(base_seed, raw["id"]),
+            seed=seed,
             seed_explicit="seed" in raw,
-            model=raw.get("model", model),
+            model=model,
             params=params,
             prompt_position=document.value_position(("steps", index, "prompt")),
-            prompt=Prompt(raw["prompt"]),
+            prompt=prompts[index],
         ))
     last = steps[-1].id
     outputs = data.get("outputs") or {last: last}
@@ -225,8 +232,8 @@ def _freeze(recipe: Path, *, file: str, text: str, document: Document,
         text=text,
         name=data["name"],
         description=data.get("description", ""),
-        model=model,
-        seed=base_seed,
+        model=recipe_model(data),
+        seed=recipe_seed(data),
         variables=dict(data.get("vars", {})),
         inputs=inputs,
         matrix_keys=matrix_keys,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 import traceback
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 from jinja2 import meta, nodes
@@ -21,6 +22,8 @@ from jinja2.exceptions import SecurityError
 from kontext_pipeline.recipe._findings import did_you_mean
 from kontext_pipeline.recipe._sandbox import SandboxEnvironment, guard_template, weight
 from kontext_pipeline.recipe._sandbox_budget import BudgetExhaustedError, RecipeBudget, budget
+from kontext_pipeline.recipe._sandbox_names import FILTERS, TESTS
+from kontext_pipeline.recipe._sandbox_sizes import Namespace
 
 __all__ = [
     "CONTEXT_NAMES",
@@ -29,9 +32,11 @@ __all__ = [
     "Prompt",
     "RecipeBudget",
     "RenderError",
+    "Renderable",
     "StepTemplate",
     "VariantContext",
     "base_context",
+    "compilations",
     "env_visible",
     "global_names",
     "is_secret_name",
@@ -113,14 +118,36 @@ class Name:
     line: int
 
 
+class _Compilations:
+    """How many templates this process compiled (a diagnostic: see :func:`compilations`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+_COMPILATIONS = _Compilations()
+
+
+def compilations() -> int:
+    """How many prompt templates this process has compiled: validation compiles each distinct
+    prompt of a recipe once, and the :class:`Spec` and the plan use what it compiled."""
+    return _COMPILATIONS.count
+
+
 class Prompt:
-    """A compiled prompt template."""
+    """A compiled prompt template. It holds no state of a render: one may be shared."""
 
     def __init__(self, source: str) -> None:
         env = _environment()
         self.source = source
         try:
             self._ast = env.parse(source)
+            _check_available(self._ast)
             self._template = env.from_string(guard_template(self._ast))
             self._weight = weight(self._ast)
         except jinja2.TemplateSyntaxError as exc:
@@ -130,6 +157,7 @@ class Prompt:
         except RecursionError as exc:  # Jinja's parser and compiler recurse per nesting level
             raise RenderError("the template nests too deeply; keep prompt templates simple"
                               ) from exc
+        _COMPILATIONS.add()
 
     def names(self) -> list[Name]:
         """Top-level names the template reads but does not set itself, in source order."""
@@ -192,9 +220,25 @@ def global_names() -> frozenset[str]:
     return frozenset(_environment().globals)
 
 
+class Renderable(Protocol):
+    """A step as the renderer sees it (a :class:`StepTemplate`, or a recipe's ``Step``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def prompt(self) -> Prompt: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def model(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class StepTemplate:
-    """A step as the renderer sees it."""
+    """A step as the renderer sees it, and no more."""
 
     id: str
     prompt: Prompt
@@ -225,7 +269,7 @@ def base_context(
 
 
 def render_steps(
-    steps: Sequence[StepTemplate], context: Mapping[str, Any], recipe: RecipeBudget | None = None
+    steps: Sequence[Renderable], context: Mapping[str, Any], recipe: RecipeBudget | None = None
 ) -> list[str | RenderError]:
     """Render each step's prompt in order; ``steps.<id>`` shows the earlier steps' results.
     ``recipe`` is the budget shared by every render of the recipe (by default, one for these).
@@ -253,7 +297,8 @@ def render_steps(
 _UNDEFINED_NAME = re.compile(r"^'(?P<name>[^']+)' is undefined$")
 _MISSING_ATTRIBUTE = re.compile(r"^'(?P<owner>[^']+)' has no attribute '(?P<name>[^']+)'$")
 _OWNERS = {"dict object": "a mapping", "str object": "text", "list object": "a list",
-           "int object": "a number", "float object": "a number"}
+           "int object": "a number", "float object": "a number",
+           f"{Namespace.__module__}.{Namespace.__qualname__} object": "a namespace"}
 
 
 def _undefined_message(message: str) -> str:
@@ -270,14 +315,29 @@ _UNKNOWN_NAME = re.compile(r"^No (?P<kind>filter|test) named '(?P<name>[^']*)'(?
 
 
 def _unknown_name(message: str) -> str | None:
-    """``unknown filter 'uppr' (did you mean 'upper'?)`` for Jinja's "No filter named …"."""
+    """:func:`_unavailable` of the name in Jinja's "No filter named …"."""
     match = _UNKNOWN_NAME.match(message)
-    if match is None:
-        return None
+    return None if match is None else _unavailable(match["kind"], match["name"])
+
+
+def _check_available(template: nodes.Template) -> None:
+    """Refuse the first filter or test the template names that prompts may not use (Jinja would
+    let one inside an ``if`` pass until a render reaches it)."""
+    for node in template.find_all((nodes.Filter, nodes.Test)):
+        kind = "filter" if isinstance(node, nodes.Filter) else "test"
+        if node.name not in (FILTERS if kind == "filter" else TESTS):
+            raise RenderError(_unavailable(kind, node.name), node.lineno)
+
+
+def _unavailable(kind: str, name: str) -> str:
+    """``unknown filter 'uppr' (did you mean 'upper'?)``; else what can be used instead."""
     env = _environment()
-    known = env.filters if match["kind"] == "filter" else env.tests
-    names = [n for n in known if not n.startswith("_")]
-    return f"unknown {match['kind']} '{match['name']}'{did_you_mean(match['name'], names)}"
+    allowed = sorted(FILTERS if kind == "filter" else TESTS)
+    listed = f"use one of: {', '.join(allowed)}"
+    if name in (env.jinja_filters if kind == "filter" else env.jinja_tests):
+        return f"the {kind} '{name}' is not available in prompt templates; {listed}"
+    hint = did_you_mean(name, allowed)
+    return f"unknown {kind} '{name}'{hint}" if hint else f"unknown {kind} '{name}'; {listed}"
 
 
 def _template_line(exc: BaseException) -> int | None:

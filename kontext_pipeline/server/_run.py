@@ -28,7 +28,12 @@ class _FaultyH11Protocol(H11Protocol):
     :class:`ConnectionDropped`, the connection is closed there and then, with no answer (or the
     rest of one) and no error logged, as a network fault would do it. (Without this, uvicorn
     answers an exception with a 500.) A request HTTP itself cannot take (a request line or
-    headers too long, malformed) is answered 400 in BFL's shape, not uvicorn's plain text."""
+    headers too long, malformed) is answered 400 in BFL's shape, not uvicorn's plain text.
+
+    Neither can be done through uvicorn's public API (ASGI has no way to close a connection
+    unanswered), so this subclass reads ``app``, ``transport`` and ``conn`` and overrides
+    ``send_400_response``: pyproject.toml pins uvicorn to the versions tested, and
+    tests/server/test_uvicorn_surface.py says what changed when a new one moves them."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
