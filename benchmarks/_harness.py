@@ -3,7 +3,6 @@ timing. Each benchmark prints one table of figures and ratios against their limi
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import statistics
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from kontext_pipeline.outputs._manifest import MANIFEST, Manifest, read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bfl_benchmark"
@@ -114,6 +115,6 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def manifest(out: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((out / "manifest.json").read_text())
-    return data
+def manifest(out: Path) -> Manifest:
+    """The manifest a run wrote into ``out``, read with the package's own model."""
+    return read_manifest(out / MANIFEST)

@@ -50,8 +50,8 @@ def main() -> None:
                "--out", str(out)]
         validate = median_wall([*CLI, "validate", str(path)], REPEAT)
         cached = median_wall(run, REPEAT)
-        totals = manifest(out)["totals"]
-        assert totals["cache_hits"] == VARIANTS * STEPS, totals
+        totals = manifest(out).totals
+        assert totals.cache_hits == VARIANTS * STEPS, totals
         table(f"cached re-run of {VARIANTS} variants x {STEPS} steps (cache filled in "
               f"{filled:.1f} s; medians of {REPEAT}; limit: ratio <= 2)",
               ["command", "wall s", "ratio to validate"],

@@ -76,7 +76,7 @@ def main() -> None:
         if result.returncode != 0:
             raise RuntimeError(result.stderr)
         peak_mb = int(result.stderr.strip().splitlines()[-1]) / 1024
-        tasks = manifest(work / "out")["totals"]["calls"]
+        tasks = manifest(work / "out").totals.calls
         stats = bfl.stats()
         table("peak memory of the runner (limit: < 300 MB)",
               ["tasks", "input MB each (avg)", "wall s", "peak active", "peak RSS MB"],

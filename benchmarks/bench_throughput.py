@@ -26,7 +26,7 @@ from pathlib import Path
 from _harness import KEY, manifest, run_cli, server, table, workdir, write
 
 from kontext_pipeline import Cache, build_plan, load_spec, open_provider
-from kontext_pipeline.run._executor import execute
+from kontext_pipeline.runner._executor import execute
 
 
 def recipe(variants: int, steps: int, model: str) -> str:
@@ -74,7 +74,7 @@ def scenario(name: str, *, variants: int, steps: int, latency: float, limit: int
                                str(work / "cache"), "--out", str(work / "out"),
                                "--concurrency", str(limit)], env={"BFL_API_KEY": KEY})
             stats = bfl.stats()
-            assert manifest(work / "out")["totals"]["calls"] == tasks
+            assert manifest(work / "out").totals.calls == tasks
             rows.append([f"{name} (whole process)", tasks, limit, latency, ideal, wall,
                          wall / ideal, stats["polls"] / tasks, stats["peak_active"]])
     return rows

@@ -1,11 +1,17 @@
-"""kontext-pipeline: declarative, cached, reproducible FLUX.1 Kontext edit recipes.
+"""kontext-pipeline: declarative, cached, reproducible image-edit recipes for Black Forest Labs'
+FLUX.1 Kontext and FLUX.2 API.
 
 The library behind the ``kontext-pipeline`` command::
 
-    from kontext_pipeline import build_plan, load_spec
+    import kontext_pipeline as kp
 
-    spec = load_spec("pipelines/poster-chain.yaml")
-    plan = build_plan(spec, overrides={"color": "green"}, provider="preview")
+    result = kp.run("pipelines/poster-chain.yaml", out="out/poster", provider="preview")
+    print(result.ok, result.outputs, result.manifest.steps[0].cache)
+
+``await kp.arun(...)`` is the same inside a running event loop. Lower down, :func:`load_recipe`
+reads and validates a recipe, :func:`build_plan` turns it into tasks, :func:`run_plans` runs
+plans against a provider and a :class:`Cache`. Every error raised on purpose is a
+:class:`KontextError`.
 
 Names are imported on first use, so that ``import kontext_pipeline`` (and the command line's
 ``--help``) stays fast.
@@ -16,62 +22,129 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+__version__ = "0.1.0"
+
 if TYPE_CHECKING:
     from kontext_pipeline._support.diagnostics import Problem
-    from kontext_pipeline.errors import KontextError, SpecError, TemplateError, UsageError
+    from kontext_pipeline.errors import (
+        AmbiguousSubmitError,
+        AuthenticationError,
+        BudgetExceededError,
+        CacheError,
+        FrozenCacheMissError,
+        InvalidResultError,
+        KontextError,
+        ModerationError,
+        OutOfCreditsError,
+        OutputError,
+        ProvenanceError,
+        ProviderError,
+        ProviderTimeoutError,
+        ProviderUnavailableError,
+        RefusedToSpendError,
+        RequestRejectedError,
+        SpecError,
+        StepsFailedError,
+        TaskFailedError,
+        TemplateError,
+        UsageError,
+    )
+    from kontext_pipeline.outputs._manifest import Manifest
     from kontext_pipeline.plan._plan import Plan, Task, build_plan
+    from kontext_pipeline.providers import Provider
     from kontext_pipeline.recipe._spec import Spec, Step, load_spec
-    from kontext_pipeline.run._providers import open_provider
-    from kontext_pipeline.run._runner import PipelineReport, run_pipelines, run_plans
+    from kontext_pipeline.recipe._spec import load_spec as load_recipe
+    from kontext_pipeline.runner._api import Failure, RunResult, arun, run
+    from kontext_pipeline.runner._pipelines import PipelineReport, run_pipelines, run_plans
+    from kontext_pipeline.runner._providers import open_provider
     from kontext_pipeline.store._cache import Cache
 
+_ERRORS = (
+    "AmbiguousSubmitError", "AuthenticationError", "BudgetExceededError", "CacheError",
+    "FrozenCacheMissError", "InvalidResultError", "KontextError", "ModerationError",
+    "OutOfCreditsError", "OutputError", "ProvenanceError", "ProviderError",
+    "ProviderTimeoutError", "ProviderUnavailableError", "RefusedToSpendError",
+    "RequestRejectedError", "SpecError", "StepsFailedError", "TaskFailedError", "TemplateError",
+    "UsageError",
+)
+
+_HOMES: dict[str, tuple[str, str]] = {
+    "run": ("runner._api", "run"),
+    "arun": ("runner._api", "arun"),
+    "RunResult": ("runner._api", "RunResult"),
+    "Failure": ("runner._api", "Failure"),
+    "Manifest": ("outputs._manifest", "Manifest"),
+    "load_recipe": ("recipe._spec", "load_spec"),
+    "load_spec": ("recipe._spec", "load_spec"),
+    "Spec": ("recipe._spec", "Spec"),
+    "Step": ("recipe._spec", "Step"),
+    "build_plan": ("plan._plan", "build_plan"),
+    "Plan": ("plan._plan", "Plan"),
+    "Task": ("plan._plan", "Task"),
+    "Cache": ("store._cache", "Cache"),
+    "Provider": ("providers", "Provider"),
+    "open_provider": ("runner._providers", "open_provider"),
+    "run_plans": ("runner._pipelines", "run_plans"),
+    "run_pipelines": ("runner._pipelines", "run_pipelines"),
+    "PipelineReport": ("runner._pipelines", "PipelineReport"),
+    "Problem": ("_support.diagnostics", "Problem"),
+    **{name: ("errors", name) for name in _ERRORS},
+}
+
 __all__ = [
+    "AmbiguousSubmitError",
+    "AuthenticationError",
+    "BudgetExceededError",
     "Cache",
+    "CacheError",
+    "Failure",
+    "FrozenCacheMissError",
+    "InvalidResultError",
     "KontextError",
+    "Manifest",
+    "ModerationError",
+    "OutOfCreditsError",
+    "OutputError",
     "PipelineReport",
     "Plan",
     "Problem",
+    "ProvenanceError",
+    "Provider",
+    "ProviderError",
+    "ProviderTimeoutError",
+    "ProviderUnavailableError",
+    "RefusedToSpendError",
+    "RequestRejectedError",
+    "RunResult",
     "Spec",
     "SpecError",
     "Step",
+    "StepsFailedError",
     "Task",
+    "TaskFailedError",
     "TemplateError",
     "UsageError",
+    "__version__",
+    "arun",
     "build_plan",
+    "load_recipe",
     "load_spec",
     "open_provider",
+    "run",
     "run_pipelines",
     "run_plans",
 ]
-
-_HOMES = {
-    "Cache": "store._cache",
-    "Problem": "_support.diagnostics",
-    "KontextError": "errors",
-    "SpecError": "errors",
-    "TemplateError": "errors",
-    "UsageError": "errors",
-    "Plan": "plan._plan",
-    "Task": "plan._plan",
-    "build_plan": "plan._plan",
-    "open_provider": "run._providers",
-    "PipelineReport": "run._runner",
-    "run_pipelines": "run._runner",
-    "run_plans": "run._runner",
-    "Spec": "recipe._spec",
-    "Step": "recipe._spec",
-    "load_spec": "recipe._spec",
-}
 
 
 def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'kontext_pipeline' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"kontext_pipeline.{home}"), name)
+    module, attribute = home
+    value = getattr(importlib.import_module(f"kontext_pipeline.{module}"), attribute)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    return sorted({*globals(), *__all__})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,9 +11,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from jsonschema import Draft202012Validator
 from PIL import Image
 
+from kontext_pipeline._support import jsonsafe
 from kontext_pipeline.cli import cli
+from kontext_pipeline.outputs._manifest import MANIFEST, manifest_schema_text
 from kontext_pipeline.server._run import BackgroundServer
 from kontext_pipeline.server._state import FaultConfig, ServerConfig
 
@@ -28,6 +33,45 @@ Start = Callable[..., BackgroundServer]
 def exported_images(out: Path) -> dict[str, bytes]:
     """Every PNG under ``out``, by its path relative to ``out``: what two runs compare."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "invalid_manifests: the test writes manifest.json files "
+                            "that do not follow the manifest's schema on purpose")
+
+
+@functools.cache
+def _manifest_validator() -> Draft202012Validator:
+    return Draft202012Validator(json.loads(manifest_schema_text()))
+
+
+def schema_errors(path: Path) -> list[str]:
+    """Where the manifest at ``path`` departs from the shipped schema (nothing if it follows
+    it)."""
+    try:
+        document = jsonsafe.loads(path.read_bytes())
+    except ValueError as exc:
+        return [f"not JSON ({exc})"]
+    return [f"{error.json_path}: {error.message}"
+            for error in _manifest_validator().iter_errors(document)]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """After a test that passed, every manifest.json under its tmp_path must follow the
+    shipped schema (``kontext-pipeline schema --manifest``): what the runs wrote is checked
+    against the contract, test by test."""
+    outcome = yield
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    tmp_path = funcargs.get("tmp_path")
+    if isinstance(tmp_path, Path) and item.get_closest_marker("invalid_manifests") is None:
+        for path in sorted(tmp_path.rglob(MANIFEST)):
+            if path.is_file() and not path.is_symlink():
+                errors = schema_errors(path)
+                if errors:
+                    pytest.fail(f"{path} does not follow the manifest's schema: "
+                                + "; ".join(errors[:5]), pytrace=False)
+    return outcome
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from kontext_pipeline.plan._plan import build_plan
 from kontext_pipeline.providers._base import Provider
 from kontext_pipeline.providers.bfl import MAX_RESULT_BYTES
 from kontext_pipeline.recipe._spec import load_spec
-from kontext_pipeline.run._runner import RunStart, run_pipelines
+from kontext_pipeline.runner._pipelines import RunStart, run_pipelines
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._cache_checks import MAX_OBJECT_BYTES
 from tests.conftest import RunCli, WriteRecipe

@@ -19,8 +19,8 @@ from kontext_pipeline.providers._base import (
 )
 from kontext_pipeline.providers._policies import ActiveTaskLimiter, PollPolicy
 from kontext_pipeline.recipe._spec import load_spec
-from kontext_pipeline.run._executor import RunEvent, claim_bound, execute
-from kontext_pipeline.run._journal import Journal
+from kontext_pipeline.runner._executor import RunEvent, claim_bound, execute
+from kontext_pipeline.runner._journal import Journal
 from kontext_pipeline.server._run import BackgroundServer
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._claims import Claim

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from kontext_pipeline.outputs._manifest import last_run, read_manifest
 from kontext_pipeline.plan._explain import word_diff
 from tests.conftest import RunCli, WriteRecipe
 
@@ -115,3 +116,36 @@ def test_other_reasons(run_cli: RunCli, write_recipe: WriteRecipe) -> None:
                      str(recipe.parent / "cache"), "--out", str(recipe.parent / "out"), "--json")
     assert {t["why"] for t in json.loads(result.stdout)["tasks"]} == {
         "the provider changed: preview -> bfl"}
+
+
+def test_the_last_run_is_read_with_the_manifest_model(run_cli: RunCli,
+                                                      write_recipe: WriteRecipe) -> None:
+    recipe = write_recipe(RECIPE)
+    run(run_cli, recipe)
+    manifest = recipe.parent / "out" / "manifest.json"
+    last = last_run(recipe.parent / "out")
+    assert last is not None
+    assert (last.manifest, last.provider) == (manifest, "preview")
+    assert last.steps[("default", "sign")] == read_manifest(manifest).steps[1]
+    recipe.write_text(recipe.read_text().replace("golden hour", "blue hour"))
+    assert plan(run_cli, recipe)["relight"] == "prompt: … the scene as [-golden-]{+blue+} hour"
+
+
+@pytest.mark.invalid_manifests
+def test_an_older_manifest_explains_one_not_ours_explains_nothing(
+        run_cli: RunCli, write_recipe: WriteRecipe) -> None:
+    recipe = write_recipe(RECIPE)
+    run(run_cli, recipe)
+    manifest = recipe.parent / "out" / "manifest.json"
+    document = json.loads(manifest.read_text())
+    for step in document["steps"]:  # as a version before step images wrote it
+        del step["image"], step["images"], step["output_file_sha256"]
+    manifest.write_text(json.dumps(document))
+    recipe.write_text(recipe.read_text().replace("golden hour", "blue hour"))
+    assert plan(run_cli, recipe)["relight"] == "prompt: … the scene as [-golden-]{+blue+} hour"
+    document["steps"][2]["seed"] = "190133108"  # a manifest edited by hand: not one we wrote
+    manifest.write_text(json.dumps(document))
+    assert last_run(recipe.parent / "out") is None
+    assert plan(run_cli, recipe) == {"recolor": None, "sign": None, "relight": None}
+    manifest.write_text("{")
+    assert plan(run_cli, recipe) == {"recolor": None, "sign": None, "relight": None}

@@ -13,8 +13,8 @@ from kontext_pipeline.plan._plan import build_plan
 from kontext_pipeline.plan._resolution import resolve
 from kontext_pipeline.providers._base import Accepted, Provider
 from kontext_pipeline.recipe._spec import load_spec
-from kontext_pipeline.run._journal import Journal, JournalEntry
-from kontext_pipeline.run._runner import RunStart, run_pipelines
+from kontext_pipeline.runner._journal import Journal, JournalEntry
+from kontext_pipeline.runner._pipelines import RunStart, run_pipelines
 from kontext_pipeline.store._cache import Cache
 from kontext_pipeline.store._claims import LOCKS
 from tests.conftest import WriteRecipe
@@ -67,7 +67,7 @@ def test_another_providers_or_a_damaged_entry_is_not_used(tmp_path: Path) -> Non
 HOLDER = """
 import sys, time
 from pathlib import Path
-from kontext_pipeline.run._journal import Journal
+from kontext_pipeline.runner._journal import Journal
 claim = Journal(Path(sys.argv[1])).claim(sys.argv[2])
 print("held" if claim is not None and claim.exclusive else "not held", flush=True)
 time.sleep(120)

@@ -14,7 +14,7 @@ import pytest
 
 from kontext_pipeline._support.jsonsafe import loads
 from kontext_pipeline.outputs._thumbnails import ThumbnailStore
-from kontext_pipeline.run._journal import Journal
+from kontext_pipeline.runner._journal import Journal
 from tests.conftest import RunCli, WriteRecipe
 from tests.test_cache_hostile import RECIPE
 from tests.test_journal import KEY, entry
@@ -70,6 +70,7 @@ def test_a_manifest_and_export_state_nested_too_deeply_do_not_end_a_run(
     assert isinstance(json.loads((out / ".kontext-export.json").read_bytes()), dict)
 
 
+@pytest.mark.invalid_manifests
 def test_report_names_a_manifest_nested_too_deeply(run_cli: RunCli, tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(DEEP)
     result = run_cli("report", str(tmp_path), "--cache-dir", str(tmp_path / "cache"))

@@ -29,7 +29,7 @@ from kontext_pipeline.cli._progress import LiveProgress
 from kontext_pipeline.outputs._provenance import Provenance, encode_provenance, insert_provenance
 from kontext_pipeline.plan._plan import build_plan
 from kontext_pipeline.recipe._spec import load_spec
-from kontext_pipeline.run._runner import PipelineReport, run_pipelines
+from kontext_pipeline.runner._pipelines import PipelineReport, run_pipelines
 from kontext_pipeline.server._run import BackgroundServer
 from kontext_pipeline.server._state import TaskRecord
 from kontext_pipeline.store._cache import Cache

@@ -10,11 +10,12 @@ from rich.console import Console
 
 from kontext_pipeline import build_plan, load_spec
 from kontext_pipeline.cli._progress import LiveProgress, PlainProgress, summary
+from kontext_pipeline.outputs._manifest import build_manifest
+from kontext_pipeline.outputs._plan_views import cost
 from kontext_pipeline.outputs._records import StepRecord
-from kontext_pipeline.outputs._report import cost
 from kontext_pipeline.plan._plan import Task
-from kontext_pipeline.run._executor import RunEvent
-from kontext_pipeline.run._runner import PipelineReport, RunStart
+from kontext_pipeline.runner._executor import RunEvent
+from kontext_pipeline.runner._pipelines import PipelineReport, RunStart
 from tests.conftest import PIPELINES
 
 
@@ -144,10 +145,10 @@ def test_the_summary_counts_only_finished_steps_as_made(provider: str, price: st
                StepRecord(second, "failed", "miss", error="Content Moderated"),
                StepRecord(third, "skipped", "miss", error="skipped"))
     out = Path("out") / "poster"
-    assert summary(PipelineReport(plan, records, out, {})) == (
+    assert summary(PipelineReport(plan, records, out, build_manifest(plan, records, {}))) == (
         f"poster-chain: 3 steps, 0 cached, 1 made, 1 failed, 1 skipped, {price} -> "
         f"{out / 'manifest.json'}, {out / 'report.html'}")
     cached = tuple(StepRecord(task, "done", "hit") for task in plan.tasks)
-    assert summary(PipelineReport(plan, cached, out, {})).startswith(
+    assert summary(PipelineReport(plan, cached, out, build_manifest(plan, cached, {}))).startswith(
         f"poster-chain: 3 steps, 3 cached, 0 made, {'0 credits' if provider == 'bfl' else 'free'}"
         " -> ")

@@ -47,17 +47,21 @@ def test_report_reads_the_cache_from_the_environment(run_cli: RunCli, copy: Prev
 def test_images_gone_from_the_cache_are_placeholders_with_a_warning(
         run_cli: RunCli, copy: PreviewRun, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
+    for exported in copy.out.rglob("*.png"):  # else the report shows them (test_report_fallback)
+        exported.unlink()
     result = run_cli("report", str(copy.out), "--cache-dir", str(elsewhere))
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{copy.out / 'report.html'}: 2 variants, 1 image, 6 not shown\n"
     steps = json.loads((copy.out / "manifest.json").read_text())["steps"]
     assert result.stderr.splitlines() == [
         *(f"warning: the image of {s['variant']} / {s['step']} is not in the cache (object "
-          f"{s['output_sha256'][:12]})" for s in steps),
+          f"{s['output_sha256'][:12]}), and its exported file {s['image']} is missing"
+          for s in steps),
         f"warning: the cache in {elsewhere} lacks some of this run's images (removed by "
-        "`cache gc` or `cache clear`, or the run used another --cache-dir); the report shows "
+        "`cache gc` or `cache clear`, or the run used another --cache-dir), and "
+        f"{copy.out} has no exported file of them as the run wrote it; the report shows "
         "placeholders for them"]
-    assert copy.html.count('<div class="pic none"') == 8  # six steps, two outputs
+    assert copy.html.count('<div class="pic none"') == 14  # six steps, two outputs, six cells
 
 
 def test_many_missing_images_are_counted_not_listed(run_cli: RunCli, copy: PreviewRun,
@@ -74,6 +78,7 @@ def test_many_missing_images_are_counted_not_listed(run_cli: RunCli, copy: Previ
     assert lines[10] == "warning: … and 2 more images that cannot be shown"
 
 
+@pytest.mark.invalid_manifests
 def test_names_in_a_tampered_manifest_are_shown_escaped(run_cli: RunCli, copy: PreviewRun,
                                                         tmp_path: Path) -> None:
     manifest = copy.out / "manifest.json"
@@ -81,12 +86,13 @@ def test_names_in_a_tampered_manifest_are_shown_escaped(run_cli: RunCli, copy: P
     document["steps"] = [{**step, "variant": "v\x1b]0;pwned\x07", "step": "[/b]\u202e"}
                          for step in document["steps"][:1]]
     manifest.write_text(json.dumps(document))
+    (copy.out / document["steps"][0]["image"]).unlink()
     result = run_cli("report", str(copy.out), "--cache-dir", str(tmp_path / "elsewhere"))
     assert result.exit_code == 0, result.output
     sha = document["steps"][0]["output_sha256"]
     assert result.stderr.splitlines()[0] == (
         "warning: the image of v\\x1b]0;pwned\\x07 / [/b]\\u202e is not in the cache (object "
-        f"{sha[:12]})")
+        f"{sha[:12]}), and its exported file {document['steps'][0]['image']} is missing")
     assert "\x1b" not in result.output
     assert "\u202e" not in result.output
 
@@ -114,6 +120,7 @@ def test_a_folder_without_a_manifest(run_cli: RunCli, tmp_path: Path) -> None:
                              "first\n")
 
 
+@pytest.mark.invalid_manifests
 def test_the_folder_of_a_run_of_several_recipes(run_cli: RunCli, tmp_path: Path) -> None:
     for name in ("poster", "matrix"):
         (tmp_path / name).mkdir()
@@ -125,6 +132,7 @@ def test_the_folder_of_a_run_of_several_recipes(run_cli: RunCli, tmp_path: Path)
                              "report each of them\n")
 
 
+@pytest.mark.invalid_manifests
 def test_a_manifest_that_is_not_json(run_cli: RunCli, copy: PreviewRun) -> None:
     (copy.out / "manifest.json").write_text('{"pipeline": \n')
     result = run_cli("report", str(copy.out), "--cache-dir", str(copy.cache))
@@ -134,6 +142,7 @@ def test_a_manifest_that_is_not_json(run_cli: RunCli, copy: PreviewRun) -> None:
                              "to rewrite it\n")
 
 
+@pytest.mark.invalid_manifests
 def test_a_manifest_of_the_wrong_shape(run_cli: RunCli, copy: PreviewRun) -> None:
     manifest = copy.out / "manifest.json"
     document = json.loads(manifest.read_text())

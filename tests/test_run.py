@@ -139,7 +139,7 @@ def test_variants_run_concurrently(run_cli: RunCli, bfl_server: Start, tmp_path:
     assert len(runner.manifest()["steps"]) == 12
     assert sorted(p.name for p in runner.out.iterdir()) == [
         ".kontext-export.json", "color=blue", "color=gold", "color=green", "color=red",
-        "manifest.json", "report.html"]
+        "manifest.json", "report.html", "steps"]
     assert (runner.out / "color=red" / "three.png").is_file()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from click.testing import Result
 
-from kontext_pipeline.run._runner import RunStart
+from kontext_pipeline.runner._pipelines import RunStart
 from tests.conftest import PIPELINES, RunCli
 
 
@@ -180,7 +180,8 @@ def test_a_run_of_fewer_variants_removes_the_others_exports(run_cli: RunCli,
     narrowed = tint("--var", "color=gold")
     assert "warning" not in narrowed.stderr
     assert tint.files() == [".kontext-export.json", "color=gold", "color=gold/poster.jpg",
-                            "manifest.json", "report.html"]
+                            "manifest.json", "report.html", "steps", "steps/color=gold",
+                            "steps/color=gold/paint.png"]
     assert [s["output"] for s in tint.manifest()["steps"]] == [None, "color=gold/poster.jpg"]
     widened = tint()  # and back: the others are exported again, from the cache
     assert widened.stdout.startswith("tint: 6 steps, 6 cached, 0 made, free -> ")
@@ -203,7 +204,8 @@ def test_an_edited_or_added_file_is_kept_with_a_warning(run_cli: RunCli,
         "exports nothing to its folder"]
     assert tint.files() == [".kontext-export.json", "color=blue", "color=blue/notes.txt",
                             "color=gold", "color=gold/poster.jpg", "color=red",
-                            "color=red/poster.jpg", "manifest.json", "report.html"]
+                            "color=red/poster.jpg", "manifest.json", "report.html", "steps",
+                            "steps/color=gold", "steps/color=gold/paint.png"]
     assert (red / "poster.jpg").read_bytes().endswith(b"touched up")
     assert "warning" not in tint("--var", "color=gold").stderr  # said once
 

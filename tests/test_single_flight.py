@@ -36,8 +36,9 @@ RECIPE = """
 AT_THE_SIGNAL = """
 import sys, time
 from pathlib import Path
-import kontext_pipeline.run._executor, kontext_pipeline.plan._plan, kontext_pipeline.cli._progress
-import kontext_pipeline.providers.bfl, kontext_pipeline.run._runner, kontext_pipeline.recipe._spec
+import kontext_pipeline.runner._executor, kontext_pipeline.plan._plan
+import kontext_pipeline.cli._progress, kontext_pipeline.providers.bfl
+import kontext_pipeline.runner._pipelines, kontext_pipeline.recipe._spec
 from kontext_pipeline.cli import cli
 signal = Path(sys.argv[1])
 while not signal.exists():

@@ -22,8 +22,8 @@ import pytest
 
 from kontext_pipeline.providers._inbox import Pushed, Webhook
 from kontext_pipeline.providers.bfl._signing import signature
-from kontext_pipeline.run._listener import Listener
-from kontext_pipeline.run._webhooks import LIMITS, receiving
+from kontext_pipeline.runner._listener import Listener
+from kontext_pipeline.runner._webhooks import LIMITS, receiving
 from kontext_pipeline.server._run import BackgroundServer
 from tests.bfl_helpers import KEY
 from tests.conftest import Start, WriteRecipe

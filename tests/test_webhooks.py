@@ -15,7 +15,7 @@ import pytest
 from kontext_pipeline.errors import UsageError
 from kontext_pipeline.providers._inbox import Inbox, Pushed, Webhook
 from kontext_pipeline.providers.bfl._signing import signature, verify
-from kontext_pipeline.run._webhooks import (
+from kontext_pipeline.runner._webhooks import (
     MAX_NOTIFICATION_BYTES,
     Warnings,
     parse_listen,

@@ -102,8 +102,8 @@ def cache_gc(*, recipes: Sequence[str], cache_dir: str | None, variables: dict[s
     paid (bfl) results asks first, unless --yes."""
     from kontext_pipeline.plan._plan import build_plan  # noqa: PLC0415
     from kontext_pipeline.plan._resolution import resolve  # noqa: PLC0415
-    from kontext_pipeline.run._journal import Journal  # noqa: PLC0415
-    from kontext_pipeline.run._providers import PROVIDERS  # noqa: PLC0415
+    from kontext_pipeline.runner._journal import Journal  # noqa: PLC0415
+    from kontext_pipeline.runner._providers import PROVIDERS  # noqa: PLC0415
 
     if provider is not None:
         click.echo("kontext-pipeline: note: cache gc ignores --provider (deprecated): it keeps "

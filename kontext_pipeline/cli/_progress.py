@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kontext_pipeline._support.text import printable
-from kontext_pipeline.outputs._report import cost
-from kontext_pipeline.run._executor import RunEvent
-from kontext_pipeline.run._runner import MANIFEST, REPORT, PipelineReport, RunStart
+from kontext_pipeline.outputs._plan_views import cost
+from kontext_pipeline.runner._executor import RunEvent
+from kontext_pipeline.runner._pipelines import MANIFEST, REPORT, PipelineReport, RunStart
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -71,8 +71,9 @@ def plan(*, recipe: str, variables: dict[str, str], provider: str, cache_dir: st
     why each step that will run does."""
     from pathlib import Path  # noqa: PLC0415
 
-    from kontext_pipeline.outputs._report import plan_json, plan_text  # noqa: PLC0415
-    from kontext_pipeline.plan._explain import explain_misses, last_run  # noqa: PLC0415
+    from kontext_pipeline.outputs._manifest import last_run  # noqa: PLC0415
+    from kontext_pipeline.outputs._plan_views import plan_json, plan_text  # noqa: PLC0415
+    from kontext_pipeline.plan._explain import explain_misses  # noqa: PLC0415
     from kontext_pipeline.plan._plan import build_plan  # noqa: PLC0415
     from kontext_pipeline.plan._resolution import resolve  # noqa: PLC0415
 
@@ -87,8 +88,15 @@ def plan(*, recipe: str, variables: dict[str, str], provider: str, cache_dir: st
 
 
 @cli.command()
-def schema() -> None:
-    """Print the recipe JSON Schema (draft 2020-12)."""
+@click.option("--manifest", is_flag=True,
+              help="Print the JSON Schema of manifest.json, what a run writes into --out.")
+def schema(manifest: bool) -> None:
+    """Print the recipe JSON Schema (draft 2020-12), or with --manifest the manifest's."""
+    if manifest:
+        from kontext_pipeline.outputs._manifest import manifest_schema_text  # noqa: PLC0415
+
+        click.echo(manifest_schema_text(), nl=False)
+        return
     from kontext_pipeline.recipe._schema import schema_text  # noqa: PLC0415
 
     click.echo(schema_text(), nl=False)

@@ -1,4 +1,5 @@
-"""``report``: rebuild a run's ``report.html`` from its ``manifest.json`` and the cache."""
+"""``report``: rebuild a run's ``report.html`` from its ``manifest.json`` and the cache (or the
+files the run exported, for images the cache no longer has)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ _SHOWN = 10  # warnings about images that cannot be shown, before a count of the
 @cache_dir_option
 def report(out_dir: str, cache_dir: str | None) -> None:
     """Rebuild OUT_DIR/report.html (a page of every variant's images, step by step) from
-    OUT_DIR/manifest.json and the cache that the run used."""
+    OUT_DIR/manifest.json and the cache that the run used (or, for images the cache no longer
+    has, the files the run exported into OUT_DIR)."""
     from pathlib import Path  # noqa: PLC0415
 
-    from kontext_pipeline.outputs._gallery import render_report, write_report  # noqa: PLC0415
-    from kontext_pipeline.outputs._manifests import read_manifest  # noqa: PLC0415
-    from kontext_pipeline.run._runner import MANIFEST, REPORT  # noqa: PLC0415
+    from kontext_pipeline.outputs._html_report import render_report, write_report  # noqa: PLC0415
+    from kontext_pipeline.outputs._manifest import MANIFEST, read_manifest  # noqa: PLC0415
+    from kontext_pipeline.runner._pipelines import REPORT  # noqa: PLC0415
 
     folder = Path(out_dir)
     manifest = read_manifest(folder / MANIFEST)
@@ -33,10 +35,16 @@ def report(out_dir: str, cache_dir: str | None) -> None:
     if len(page.problems) > _SHOWN:
         echo(f"warning: … and {len(page.problems) - _SHOWN} more images that cannot be "
              "shown", err=True)
+    lacking = "(removed by `cache gc` or `cache clear`, or the run used another --cache-dir)"
+    if page.from_files:
+        count = len(page.from_files)  # "1 of this run's images"
+        echo(f"note: the cache in {store.directory} lacks {count} of this run's images "
+             f"{lacking}; the report shows the files the run exported into {folder} instead",
+             err=True)
     if any("not in the cache" in problem for problem in page.problems):
         echo(f"warning: the cache in {store.directory} lacks some of this run's images "
-             "(removed by `cache gc` or `cache clear`, or the run used another "
-             "--cache-dir); the report shows placeholders for them", err=True)
+             f"{lacking}, and {folder} has no exported file of them as the run wrote it; the "
+             "report shows placeholders for them", err=True)
     write_report(folder / REPORT, page)
     missing = len(page.problems)
     echo(f"{folder / REPORT}: {len(manifest.variants)} variant"

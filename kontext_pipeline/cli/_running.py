@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from kontext_pipeline.cli._progress import Progress
     from kontext_pipeline.providers._inbox import Webhook
-    from kontext_pipeline.run._runner import PipelineReport
+    from kontext_pipeline.runner._pipelines import PipelineReport
 
 __all__ = ["run"]
 
@@ -65,8 +65,8 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
     import json  # noqa: PLC0415
 
     from kontext_pipeline.plan._plan import build_plan  # noqa: PLC0415
-    from kontext_pipeline.run._providers import open_provider  # noqa: PLC0415
-    from kontext_pipeline.run._runner import run_plans  # noqa: PLC0415
+    from kontext_pipeline.runner._pipelines import run_plans  # noqa: PLC0415
+    from kontext_pipeline.runner._providers import open_provider  # noqa: PLC0415
 
     webhook = _webhook(webhook_url, webhook_listen)
     specs = load_all(recipes)
@@ -79,7 +79,7 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
     async def run_all() -> list[PipelineReport]:
         async with contextlib.AsyncExitStack() as stack:
             if webhook is not None and webhook_listen is not None and not frozen:
-                from kontext_pipeline.run._webhooks import receiving  # noqa: PLC0415
+                from kontext_pipeline.runner._webhooks import receiving  # noqa: PLC0415
 
                 await stack.enter_async_context(receiving(webhook, webhook_listen,
                                                           display.note))
@@ -96,7 +96,7 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
     finally:
         display.close()
     if as_json:
-        documents = [r.manifest for r in reports]
+        documents = [r.manifest.as_dict() for r in reports]
         echo_json(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2,
                              ensure_ascii=False))
     else:
@@ -117,7 +117,7 @@ def _webhook(url: str | None, listen: str | None) -> Webhook | None:
         raise UsageError("--webhook-url and --webhook-listen go together: the API pushes to "
                          "the URL, and the run receives on HOST:PORT")
     from kontext_pipeline.providers._inbox import Webhook  # noqa: PLC0415
-    from kontext_pipeline.run._webhooks import check_url, parse_listen  # noqa: PLC0415
+    from kontext_pipeline.runner._webhooks import check_url, parse_listen  # noqa: PLC0415
 
     parse_listen(listen)
     return Webhook(check_url(url))

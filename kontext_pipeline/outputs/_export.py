@@ -1,4 +1,8 @@
-"""Exporting a run's outputs into ``--out``: atomic writes, never outside the directory.
+"""Exporting a run's images into ``--out``: atomic writes, never outside the directory.
+
+The recipe's ``outputs`` go where they name (``poster.png``, ``color=red/poster.png``); every
+other step that made an image goes under ``steps/`` (``steps/recolor.png``,
+``steps/color=red/recolor.png``), so that each image a run made is there at full size.
 
 Each exported PNG or JPEG is the cache object with its provenance inserted (see
 :mod:`._provenance`); the pixels are the generated ones, byte for byte. The object
@@ -11,10 +15,11 @@ exactly as exported; a folder left empty goes with it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +33,15 @@ from kontext_pipeline.outputs._stale import Recorded, last_exports, remove_stale
 from kontext_pipeline.plan._plan import Plan
 from kontext_pipeline.store._cache import Cache, CacheEntry
 
-__all__ = ["EXPORT_STATE", "EXTENSIONS", "Exported", "check_out_dir", "export_outputs",
+__all__ = ["EXPORT_STATE", "EXTENSIONS", "STEPS", "Exported", "check_out_dir", "export_outputs",
            "variant_folders"]
 
 EXPORT_STATE = ".kontext-export.json"
 """Beside the outputs: what was exported where, to skip writing files that did not change."""
 
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg"}
+STEPS = "steps"
+"""The folder of ``--out`` that holds the images of the steps that are not outputs."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 _MAX_FOLDER = 120
 _HEX = frozenset("0123456789abcdef")
@@ -42,11 +49,14 @@ _HEX = frozenset("0123456789abcdef")
 
 @dataclass(frozen=True)
 class Exported:
-    """A file a run wrote into ``--out``: its path relative to it (``/`` separators) and the
-    sha256 of the file as written, provenance included (the manifest's ``output_file_sha256``)."""
+    """A file a run wrote into ``--out``: its path relative to it (``/`` separators), the
+    sha256 of the file as written, provenance included, and whether it is one of the recipe's
+    ``outputs`` (the manifest's ``output`` and ``output_file_sha256``) or an intermediate step's
+    image under ``steps/`` (the manifest's ``image`` alone)."""
 
     path: str
     sha256: str
+    output: bool = True
 
 
 def variant_folders(plan: Plan) -> dict[str, str]:
@@ -139,8 +149,9 @@ def _cannot_create(out_dir: Path, error: OSError) -> OutputError:
 def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Path, *,
                    on_warning: Callable[[str], None] | None = None
                    ) -> dict[tuple[str, str], Exported]:
-    """Write each finished output, with its provenance, into ``out_dir``; returns (variant,
-    step) -> the file written.
+    """Write each finished step's image, with its provenance, into ``out_dir``: the outputs
+    where the recipe names them, the other steps' under ``steps/``; returns (variant, step) ->
+    the file written.
 
     A file this tool exported before, with the same image and provenance and untouched since
     (same size and modification time as recorded in ``.kontext-export.json``), is not written
@@ -164,35 +175,24 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_
         relative: Recorded(file_sha256=str(value[3])) for relative, value in previous.items()
         if isinstance(value, list) and len(value) == 4 and _is_digest(value[3])})
     state: dict[str, list[Any]] = {}
+    export = functools.partial(_export, cache=cache, root=root, out_dir=out_dir,
+                               previous=previous, state=state)
     for variant in plan.variants:
         for name, step in plan.spec.outputs.items():
             record = by_step.get((variant.id, step))
             if record is None or not record.ok or record.entry is None:
                 continue
-            entry = record.entry
-            ext = EXTENSIONS.get(entry.format, f".{entry.format}")
-            relative = "/".join(p for p in (folders[variant.id], f"{name}{ext}") if p)
-            target = _inside(root, relative)
-            try:
-                provenance = _provenance(record, entry)
-            except ValueError as exc:  # too large for a JPEG segment
-                raise OutputError(f"cannot write {out_dir / relative}: {exc}") from exc
-            fingerprint = entry.object if provenance is None else hashlib.sha256(
-                entry.object.encode() + b"\0" + provenance).hexdigest()
-            try:
-                digest = _unchanged(target, previous.get(relative), fingerprint)
-                if digest is None:
-                    digest = _write(target, cache, entry, provenance)
-                stat = target.stat()
-            except OSError as exc:
-                raise OutputError(f"cannot write {out_dir / relative}: {exc.strerror or exc}"
-                                 ) from exc
-            except ValueError as exc:  # the cached image is damaged
-                raise OutputError(f"cannot write {out_dir / relative}: its cached image {exc}; "
-                                  "`kontext-pipeline cache verify` finds damaged images"
-                                  ) from exc
-            state[relative] = [fingerprint, stat.st_size, stat.st_mtime_ns, digest]
+            relative = _output_path(folders[variant.id], name, record.entry.format)
+            digest = export(record, record.entry, relative)
             exported.setdefault((variant.id, step), Exported(relative, digest))
+    outputs = set(plan.spec.outputs.values())
+    for record in records:
+        task = record.task
+        if task.step in outputs or not record.ok or record.entry is None:
+            continue
+        relative = _step_path(folders[task.variant], task.step, record.entry.format)
+        digest = export(record, record.entry, relative)
+        exported[(task.variant, task.step)] = Exported(relative, digest, output=False)
     try:
         write_atomic(state_path, json.dumps(state, sort_keys=True).encode())
     except OSError as exc:
@@ -202,13 +202,50 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_
     return exported
 
 
+def _output_path(folder: str, name: str, format_: str) -> str:
+    return "/".join(p for p in (folder, f"{name}{EXTENSIONS.get(format_, f'.{format_}')}") if p)
+
+
+def _step_path(folder: str, step: str, format_: str) -> str:
+    return "/".join(p for p in (STEPS, folder, f"{step}{EXTENSIONS.get(format_, f'.{format_}')}")
+                    if p)
+
+
+def _export(record: StepRecord, entry: CacheEntry, relative: str, *, cache: Cache, root: Path,
+            out_dir: Path, previous: Mapping[str, Any], state: dict[str, list[Any]]) -> str:
+    """Write ``entry``'s image with its provenance to ``relative`` (unless it is there as last
+    exported), record it in ``state``; returns the sha256 of the file."""
+    target = _inside(root, relative)
+    try:
+        provenance = _provenance(record, entry)
+    except ValueError as exc:  # too large for a JPEG segment
+        raise OutputError(f"cannot write {out_dir / relative}: {exc}") from exc
+    fingerprint = entry.object if provenance is None else hashlib.sha256(
+        entry.object.encode() + b"\0" + provenance).hexdigest()
+    try:
+        digest = _unchanged(target, previous.get(relative), fingerprint)
+        if digest is None:
+            digest = _write(target, cache, entry, provenance)
+        stat = target.stat()
+    except OSError as exc:
+        raise OutputError(f"cannot write {out_dir / relative}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # the cached image is damaged
+        raise OutputError(f"cannot write {out_dir / relative}: its cached image {exc}; "
+                          "`kontext-pipeline cache verify` finds damaged images") from exc
+    state[relative] = [fingerprint, stat.st_size, stat.st_mtime_ns, digest]
+    return digest
+
+
 def _planned(plan: Plan, folders: dict[str, str]) -> set[str]:
     """Every path ``plan`` exports to when all its steps finish (a step that failed in this
     run leaves its last export in place)."""
-    paths = set()
+    paths: set[str] = set()
+    outputs = set(plan.spec.outputs.values())
     for variant in plan.variants:
+        folder = folders[variant.id]
         formats = {task.step: task.params.output_format for task in plan.tasks_of(variant.id)}
-        for name, step in plan.spec.outputs.items():
-            ext = EXTENSIONS.get(formats[step], f".{formats[step]}")
-            paths.add("/".join(p for p in (folders[variant.id], f"{name}{ext}") if p))
+        paths.update(_output_path(folder, name, formats[step])
+                     for name, step in plan.spec.outputs.items())
+        paths.update(_step_path(folder, step, format_) for step, format_ in formats.items()
+                     if step not in outputs)
     return paths

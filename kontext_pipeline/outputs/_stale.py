@@ -1,9 +1,11 @@
 """Removing what the last run exported into ``--out`` and this run no longer does: the other
-variants' files after ``--var color=teal``, an output renamed or removed from the recipe.
+variants' files after ``--var color=teal``, an output renamed or removed from the recipe, the
+image under ``steps/`` of a step that became an output or was removed.
 
 Only a file still exactly as the last run exported it is removed (its sha256 is the one recorded);
 a file edited, replaced or added since is kept, with a warning that names it. A folder left empty
-goes too. Nothing is removed when the last manifest is missing, unreadable or another recipe's.
+goes too (and ``steps/`` when its last folder goes). Nothing is removed when the last manifest
+is missing, unreadable or another recipe's.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kontext_pipeline.errors import UsageError
-from kontext_pipeline.outputs._manifests import read_manifest
+from kontext_pipeline.outputs._manifest import MANIFEST, read_manifest
 from kontext_pipeline.outputs._provenance import read_provenance
 
 __all__ = ["Recorded", "last_exports", "remove_stale"]
@@ -23,7 +25,7 @@ __all__ = ["Recorded", "last_exports", "remove_stale"]
 MAX_CHECKED_BYTES = 256 * 1024 * 1024
 """A larger file is no image this tool exported: it is kept unread."""
 
-_NEVER = frozenset({"manifest.json", "report.html", ".kontext-export.json"})
+_NEVER = frozenset({MANIFEST, "report.html", ".kontext-export.json"})
 _NAMED_PER_FOLDER = 5  # files named in a kept folder before a count of the rest
 
 
@@ -38,10 +40,10 @@ class Recorded:
 def last_exports(out_dir: Path, pipeline: str,
                  also: Mapping[str, Recorded]) -> dict[str, Recorded]:
     """The files the last run of ``pipeline`` into ``out_dir`` exported, by path relative to it:
-    the outputs its ``manifest.json`` lists, and ``also`` (the export state, which lists an
-    image exported under several names too)."""
+    the outputs and step images its ``manifest.json`` lists, and ``also`` (the export state,
+    which lists an image exported under several names too)."""
     try:
-        manifest = read_manifest(out_dir / "manifest.json")
+        manifest = read_manifest(out_dir / MANIFEST)
     except UsageError:
         return {}
     if manifest.pipeline != pipeline:
@@ -52,6 +54,9 @@ def last_exports(out_dir: Path, pipeline: str,
             known = recorded.get(step.output, Recorded())
             recorded[step.output] = Recorded(step.output_file_sha256 or known.file_sha256,
                                              step.output_sha256)
+        if step.image is not None and step.image != step.output:
+            known = recorded.get(step.image, Recorded())
+            recorded[step.image] = Recorded(known.file_sha256, step.output_sha256)
     return recorded
 
 
@@ -66,8 +71,7 @@ def remove_stale(out_dir: Path, before: Mapping[str, Recorded], *, keep: Collect
         path = _inside(root, relative)
         if path is None:
             continue
-        folder = relative.rpartition("/")[0]
-        folders.add(folder)
+        folders.update(_parents(relative))
         try:
             info = path.lstat()
         except OSError:  # gone already
@@ -86,9 +90,17 @@ def remove_stale(out_dir: Path, before: Mapping[str, Recorded], *, keep: Collect
             on_warning(f"kept {shown}: it is not as the last run exported it, and this run no "
                        "longer exports it")
             kept.add(relative)
-    in_use = {relative.rpartition("/")[0] for relative in keep}
-    for folder in sorted(folders - in_use - {""}):
-        _remove_folder(out_dir, root, folder, kept, on_warning)
+    in_use = {folder for relative in keep for folder in _parents(relative)}
+    # the deepest first: ``steps/color=red`` before ``steps``
+    for folder in sorted(folders - in_use, key=lambda f: (-f.count("/"), f)):
+        if not _remove_folder(out_dir, root, folder, kept, on_warning):
+            kept.add(folder)
+
+
+def _parents(relative: str) -> list[str]:
+    """The folders above ``relative`` inside ``--out``: ``a/b/c.png`` -> ``a/b``, ``a``."""
+    parts = relative.split("/")[:-1]
+    return ["/".join(parts[:depth]) for depth in range(len(parts), 0, -1)]
 
 
 def _inside(root: Path, relative: str) -> Path | None:
@@ -129,17 +141,19 @@ def _as_exported(path: Path, size: int, recorded: Recorded) -> bool:
 
 
 def _remove_folder(out_dir: Path, root: Path, folder: str, kept: set[str],
-                   on_warning: Callable[[str], None]) -> None:
+                   on_warning: Callable[[str], None]) -> bool:
+    """Remove ``folder`` if it is empty, else warn of what is in it that the last run did not
+    export (``kept`` holds what it did and is kept); whether it is gone."""
     directory = root / folder
     try:
         if directory.is_symlink() or not directory.is_dir():
-            return
+            return not directory.exists()
         left = sorted(entry.name for entry in directory.iterdir())
         if not left:
             directory.rmdir()
-            return
+            return True
     except OSError:
-        return
+        return False
     others = [name for name in left if f"{folder}/{name}" not in kept]
     for name in others[:_NAMED_PER_FOLDER]:
         on_warning(f"kept {out_dir / folder / name}: the last run did not export it, and this "
@@ -147,3 +161,4 @@ def _remove_folder(out_dir: Path, root: Path, folder: str, kept: set[str],
     if len(others) > _NAMED_PER_FOLDER:
         on_warning(f"kept {len(others) - _NAMED_PER_FOLDER} more files in {out_dir / folder} "
                    "that the last run did not export")
+    return False

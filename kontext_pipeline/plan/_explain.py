@@ -4,6 +4,8 @@ A step runs when its cache key is not in the cache. The key is made of the provi
 rendered prompt, seed, request parameters and the input images' bytes, so comparing these with
 the step's record in the last ``manifest.json`` says which of them changed: the words of a prompt
 (as a word diff), a seed, a parameter, an input image, or an upstream step that runs again.
+The outputs read that manifest (``outputs._manifest.last_run``) and pass it in as a
+:class:`LastRun`.
 """
 
 from __future__ import annotations
@@ -13,36 +15,41 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from kontext_pipeline._support import jsonsafe
 from kontext_pipeline.plan._plan import Task
 from kontext_pipeline.plan._resolution import Resolved
 
-__all__ = ["LastRun", "explain_misses", "last_run", "word_diff"]
+__all__ = ["LastRun", "RecordedStep", "explain_misses", "word_diff"]
 
 _CONTEXT = 3  # words kept around a change
 
 
+class RecordedStep(Protocol):
+    """What the last run recorded of a step (a manifest's step record; the outputs read it)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def params(self) -> Mapping[str, Any]: ...
+    @property
+    def inputs_sha256(self) -> Sequence[str]: ...
+    @property
+    def status(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class LastRun:
-    """The last run recorded in an output directory: its provider and its step records."""
+    """The last run recorded in an output directory: its manifest, its provider and its step
+    records by (variant, step)."""
 
     manifest: Path
     provider: str
-    steps: Mapping[tuple[str, str], Mapping[str, Any]]
-
-
-def last_run(out_dir: Path) -> LastRun | None:
-    """The run recorded in ``out_dir/manifest.json``; None if there is none that can be read."""
-    path = out_dir / "manifest.json"
-    try:
-        document = jsonsafe.loads(path.read_bytes())
-        steps = {(str(s["variant"]), str(s["step"])): s for s in document["steps"]
-                 if isinstance(s, dict)}
-        return LastRun(path, str(document["provider"]), steps)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    steps: Mapping[tuple[str, str], RecordedStep]
 
 
 def explain_misses(resolved: Sequence[Resolved], last: LastRun | None) -> dict[str, str]:
@@ -70,26 +77,24 @@ def explain_misses(resolved: Sequence[Resolved], last: LastRun | None) -> dict[s
     return reasons
 
 
-def _request_changes(task: Task, before: Mapping[str, Any]) -> list[str]:
+def _request_changes(task: Task, before: RecordedStep) -> list[str]:
     changes = []
-    if task.model != before.get("model"):
-        changes.append(f"model: {before.get('model')} -> {task.model}")
-    if task.prompt != before.get("prompt"):
-        changes.append(f"prompt: {word_diff(str(before.get('prompt', '')), task.prompt)}")
-    if task.seed != before.get("seed"):
-        changes.append(f"seed: {before.get('seed')} -> {task.seed}")
-    recorded = before.get("params")
-    old_params: Mapping[str, Any] = recorded if isinstance(recorded, dict) else {}
+    if task.model != before.model:
+        changes.append(f"model: {before.model} -> {task.model}")
+    if task.prompt != before.prompt:
+        changes.append(f"prompt: {word_diff(before.prompt, task.prompt)}")
+    if task.seed != before.seed:
+        changes.append(f"seed: {before.seed} -> {task.seed}")
+    old_params = before.params
     for name, value in task.params.as_dict().items():
         if name in old_params and old_params[name] != value:
             changes.append(f"{name}: {json.dumps(old_params[name])} -> {json.dumps(value)}")
     return changes
 
 
-def _input_changes(task: Task, before: Mapping[str, Any], runs_again: set[str],
+def _input_changes(task: Task, before: RecordedStep, runs_again: set[str],
                    outputs: Mapping[str, str]) -> list[str]:
-    old = before.get("inputs_sha256")
-    old_hashes = [str(h) for h in old] if isinstance(old, list) else []
+    old_hashes = before.inputs_sha256
     if len(old_hashes) != len(task.images):
         return [f"it takes {len(task.images)} input images, not {len(old_hashes)}"]
     changes = []
@@ -106,8 +111,8 @@ def _input_changes(task: Task, before: Mapping[str, Any], runs_again: set[str],
     return changes
 
 
-def _unchanged(before: Mapping[str, Any]) -> str:
-    status = before.get("status")
+def _unchanged(before: RecordedStep) -> str:
+    status = before.status
     if status in ("failed", "skipped"):
         return f"the same request as last time, which did not finish ({status})"
     return ("the same request as last time, but its result is not in this cache (another "

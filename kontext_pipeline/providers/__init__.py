@@ -1,6 +1,6 @@
 """Image providers: the :class:`Provider` protocol a run talks to, and ``bfl`` (the only
 package whose client code imports httpx). The preview stand-in lives beside the bundled server
-(:mod:`kontext_pipeline.server`), and :func:`kontext_pipeline.run.open_provider` opens either by
+(:mod:`kontext_pipeline.server`), and :func:`kontext_pipeline.open_provider` opens either by
 name."""
 
 from __future__ import annotations

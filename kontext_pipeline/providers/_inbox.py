@@ -1,6 +1,6 @@
 """Results the API pushes (webhooks), handed to the tasks that wait for them.
 
-The receiver (:mod:`kontext_pipeline.run._webhooks`) puts each verified notification here by task
+The receiver (:mod:`kontext_pipeline.runner._webhooks`) puts each verified notification here by task
 id: a status whose body is proven (HMAC-signed), which the provider's polling loop takes as the
 answer of a poll it did not have to make, or a hint that the task has probably ended (the
 notification proved its sender, not its body), on which the loop polls at once. A notification

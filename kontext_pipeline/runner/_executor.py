@@ -27,7 +27,7 @@ from kontext_pipeline.outputs._records import StepRecord
 from kontext_pipeline.plan._plan import Plan, Task
 from kontext_pipeline.providers._base import Accepted, EditRequest, Provider, ProviderEvent
 from kontext_pipeline.providers._policies import DEFAULT_TOTAL_LIMIT
-from kontext_pipeline.run._journal import Journal, JournalEntry
+from kontext_pipeline.runner._journal import Journal, JournalEntry
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._claims import LOCKS, Claim
 

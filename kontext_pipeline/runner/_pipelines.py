@@ -7,7 +7,6 @@ The provider is opened only when something is not cached, so a fully cached run 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,20 +16,20 @@ from kontext_pipeline._support.files import write_atomic
 from kontext_pipeline._support.threads import QuietWorker
 from kontext_pipeline.errors import BudgetExceededError, FrozenCacheMissError, OutputError
 from kontext_pipeline.outputs._export import check_out_dir, export_outputs
+from kontext_pipeline.outputs._manifest import MANIFEST, Manifest, build_manifest, last_run
+from kontext_pipeline.outputs._plan_views import cost, dollars, paid
 from kontext_pipeline.outputs._records import StepRecord
-from kontext_pipeline.outputs._report import cost, dollars, manifest, paid
 from kontext_pipeline.outputs._thumbnails import THUMBNAILS, ThumbnailStore
-from kontext_pipeline.plan._explain import explain_misses, last_run
+from kontext_pipeline.plan._explain import explain_misses
 from kontext_pipeline.plan._plan import Plan
 from kontext_pipeline.plan._resolution import Resolved, cost_of_misses, missing_lines, resolve
 from kontext_pipeline.providers._base import Provider
-from kontext_pipeline.run._executor import RunEventSink, execute
-from kontext_pipeline.run._journal import Journal
+from kontext_pipeline.runner._executor import RunEventSink, execute
+from kontext_pipeline.runner._journal import Journal
 from kontext_pipeline.store._cache import Cache, CacheEntry
 
 __all__ = ["MANIFEST", "REPORT", "PipelineReport", "RunStart", "run_pipelines", "run_plans"]
 
-MANIFEST = "manifest.json"
 REPORT = "report.html"
 
 
@@ -60,12 +59,13 @@ class RunStart:
 
 @dataclass(frozen=True)
 class PipelineReport:
-    """One recipe's run: its records, where its outputs went, and its manifest."""
+    """One recipe's run: its records, where its outputs went, and its manifest (as written to
+    ``out_dir/manifest.json``)."""
 
     plan: Plan
     records: tuple[StepRecord, ...]
     out_dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def failures(self) -> list[str]:
@@ -163,24 +163,22 @@ def _finish(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Pa
     """Export the outputs, then write the manifest and the report (unless a re-run changed
     nothing: then neither is written again)."""
     exported = export_outputs(plan, records, cache, out_dir, on_warning=on_note)
-    document = manifest(plan, records, exported, base=str(out_dir))
-    encoded = json.dumps(document, indent=2, ensure_ascii=False).encode() + b"\n"
+    manifest = build_manifest(plan, records, exported, base=out_dir)
+    encoded = manifest.to_json().encode()
     if not _unchanged(out_dir, encoded):
         try:
             write_atomic(out_dir / MANIFEST, encoded)
         except OSError as exc:
             raise OutputError(f"cannot write {out_dir / MANIFEST}: {exc.strerror or exc}"
                               ) from exc
-        _write_report(document, cache, out_dir)
-    return PipelineReport(plan, tuple(records), out_dir, document)
+        _write_report(manifest, cache, out_dir)
+    return PipelineReport(plan, tuple(records), out_dir, manifest)
 
 
-def _write_report(document: dict[str, Any], cache: Cache, out_dir: Path) -> None:
-    from kontext_pipeline.outputs._gallery import render_report, write_report  # noqa: PLC0415
-    from kontext_pipeline.outputs._manifests import parse_manifest  # noqa: PLC0415
+def _write_report(manifest: Manifest, cache: Cache, out_dir: Path) -> None:
+    from kontext_pipeline.outputs._html_report import render_report, write_report  # noqa: PLC0415
 
-    write_report(out_dir / REPORT, render_report(parse_manifest(document), cache=cache,
-                                                 base=out_dir))
+    write_report(out_dir / REPORT, render_report(manifest, cache=cache, base=out_dir))
 
 
 def _unchanged(out_dir: Path, manifest_bytes: bytes) -> bool:

@@ -30,7 +30,7 @@ from typing import Any
 from kontext_pipeline.errors import UsageError
 from kontext_pipeline.providers._inbox import Webhook
 from kontext_pipeline.providers.bfl._signing import body_is_proven, verify
-from kontext_pipeline.run._listener import Limits, Listener, Request
+from kontext_pipeline.runner._listener import Limits, Listener, Request
 
 __all__ = [
     "LIMITS",

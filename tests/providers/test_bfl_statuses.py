@@ -46,7 +46,10 @@ def test_a_chain_rides_through_every_phase_and_an_unknown_status(
     assert {tuple(t.statuses) for t in tasks} == {
         ("Pending", "Reasoning", "Contemplating", "Generating", "Ready")}
     assert max(server.state.submits.values()) == 1
-    assert len(exported_images(recipe.parent / "out")) == 2
+    assert sorted(exported_images(recipe.parent / "out")) == [
+        "color=amber/frame.png", "color=teal/frame.png",
+        "steps/color=amber/paint.png", "steps/color=amber/sky.png",
+        "steps/color=teal/paint.png", "steps/color=teal/sky.png"]
 
 
 def test_a_task_whose_progress_goes_on_through_the_phases_is_shown_it(

@@ -9,7 +9,7 @@ from kontext_pipeline.errors import ModerationError, UsageError
 from kontext_pipeline.providers._base import EditRequest
 from kontext_pipeline.providers._inbox import Webhook
 from kontext_pipeline.providers.bfl import BflProvider
-from kontext_pipeline.run._providers import open_provider
+from kontext_pipeline.runner._providers import open_provider
 from kontext_pipeline.server._preview import PREVIEW_BASE, preview_config, preview_provider
 from tests.bfl_helpers import generate, png, run
 
