@@ -17,7 +17,7 @@ from pathlib import Path
 
 from _harness import CLI, ROOT, manifest, median_wall, table, workdir, write
 
-from kontext_pipeline import Cache, build_plan, load_spec, run_plans
+from kontext_pipeline import Cache, build_plan, load_recipe, run_plans
 from kontext_pipeline.server._preview import preview_provider
 
 VARIANTS, STEPS, REPEAT = 100, 5, 5
@@ -33,7 +33,7 @@ def recipe() -> str:
 
 
 def fill(path: Path, cache: Path, out: Path) -> float:
-    plan = build_plan(load_spec(path), provider="preview")
+    plan = build_plan(load_recipe(path), provider="preview")
     started = time.perf_counter()
     asyncio.run(run_plans([plan], cache=Cache(cache), out_dirs=[out],
                           open_provider=lambda: preview_provider(latency=0.0)))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _harness import KEY, manifest, run_cli, server, table, workdir, write
 
-from kontext_pipeline import Cache, build_plan, load_spec, open_provider
+from kontext_pipeline import Cache, build_plan, load_recipe, open_provider
 from kontext_pipeline.runner._executor import execute
 
 
@@ -38,7 +38,7 @@ def recipe(variants: int, steps: int, model: str) -> str:
 
 def in_process(path: Path, url: str, limit: int, work: Path) -> float:
     """The executor's wall time: from the first request to the last result stored."""
-    plan = build_plan(load_spec(path), provider="bfl")
+    plan = build_plan(load_recipe(path), provider="bfl")
     environ = {"BFL_API_KEY": KEY, "BFL_API_BASE": url}
 
     async def executor() -> float:

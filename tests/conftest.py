@@ -74,6 +74,21 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     return outcome
 
 
+def _checkout_files() -> set[Path]:
+    found = (*PIPELINES.rglob("*"), *ROOT.glob("*.lock"))
+    return {p for p in found if "__pycache__" not in p.parts}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def checkout_untouched() -> Iterator[None]:
+    """No test writes into the checkout's recipes (a bfl run writes its lock beside the recipe:
+    a test must run a copy)."""
+    before = _checkout_files()
+    yield
+    added = sorted(str(p.relative_to(ROOT)) for p in _checkout_files() - before)
+    assert added == [], f"tests wrote into the checkout: {added}"
+
+
 @pytest.fixture
 def run_cli() -> RunCli:
     """Invoke the command line in-process; stdout and stderr are kept apart."""

@@ -17,7 +17,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from PIL import Image
 
-from kontext_pipeline import Cache, build_plan, load_spec, open_provider, run_pipelines
+from kontext_pipeline import Cache, build_plan, load_recipe, open_provider, run_pipelines
 from kontext_pipeline.outputs._manifest import (
     Manifest,
     SourceImage,
@@ -76,7 +76,7 @@ def test_a_run_records_the_images_each_step_read(run_cli: RunCli, write_recipe: 
 
 def test_the_model_reads_back_what_it_wrote(write_recipe: WriteRecipe, tmp_path: Path) -> None:
     write_recipe(RECIPE)
-    plan = build_plan(load_spec(tmp_path / "recipe.yaml"), provider="preview")
+    plan = build_plan(load_recipe(tmp_path / "recipe.yaml"), provider="preview")
     out = tmp_path / "out"
     (report,) = run_pipelines([plan], cache=Cache(tmp_path / "cache"), out_dirs=[out],
                               open_provider=lambda: open_provider("preview", environ={}))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kontext_pipeline import Plan, TemplateError, UsageError, build_plan, load_spec
+from kontext_pipeline import Plan, TemplateError, UsageError, build_plan, load_recipe
 from kontext_pipeline.recipe._keys import KEY_SCHEMA, cache_key
 from kontext_pipeline.recipe._templating import compilations
 from tests.conftest import PIPELINES, WriteRecipe
@@ -34,7 +34,7 @@ CHAIN = """
 
 
 def plan_of(path: Path, **overrides: str) -> Plan:
-    return build_plan(load_spec(path), overrides=overrides)
+    return build_plan(load_recipe(path), overrides=overrides)
 
 
 def keys(plan: Plan) -> dict[str, str | None]:
@@ -127,14 +127,14 @@ def test_one_byte_of_an_input_image_changes_the_keys_that_read_it(
 
 
 def test_provider_is_part_of_the_key(write_recipe: WriteRecipe) -> None:
-    spec = load_spec(write_recipe(CHAIN))
+    spec = load_recipe(write_recipe(CHAIN))
     bfl = build_plan(spec, provider="bfl").tasks[0]
     preview = build_plan(spec, provider="preview").tasks[0]
     assert bfl.static_key != preview.static_key
 
 
 def test_overrides_and_variant_selection() -> None:
-    spec = load_spec(PIPELINES / "color-matrix.yaml")
+    spec = load_recipe(PIPELINES / "color-matrix.yaml")
     plan = build_plan(spec, overrides={"color": "teal", "finish": "matte"})
     assert [v.id for v in plan.variants] == ["color=teal,finish=matte,sign=Teal Tuesday"]
     assert plan.tasks[0].prompt == ("Repaint the car teal with a matte finish, keep the street, "
@@ -143,7 +143,7 @@ def test_overrides_and_variant_selection() -> None:
 
 
 def test_a_var_override_renders_into_the_prompt() -> None:
-    spec = load_spec(PIPELINES / "poster-chain.yaml")
+    spec = load_recipe(PIPELINES / "poster-chain.yaml")
     plan = build_plan(spec, overrides={"color": "green"})
     assert plan.tasks[0].prompt == "Change the car's color to green, keep everything else unchanged"
     assert plan.variables["color"] == "green"
@@ -151,7 +151,7 @@ def test_a_var_override_renders_into_the_prompt() -> None:
 
 
 def test_unknown_override_is_a_usage_error() -> None:
-    spec = load_spec(PIPELINES / "poster-chain.yaml")
+    spec = load_recipe(PIPELINES / "poster-chain.yaml")
     with pytest.raises(UsageError) as caught:
         build_plan(spec, overrides={"colour": "green"})
     assert str(caught.value) == (
@@ -160,7 +160,7 @@ def test_unknown_override_is_a_usage_error() -> None:
 
 
 def test_selection_that_matches_nothing_is_a_usage_error() -> None:
-    spec = load_spec(PIPELINES / "color-matrix.yaml")
+    spec = load_recipe(PIPELINES / "color-matrix.yaml")
     with pytest.raises(UsageError) as caught:
         build_plan(spec, overrides={"color": "pink"})
     assert str(caught.value) == (
@@ -181,7 +181,7 @@ def test_an_override_that_breaks_a_template_is_reported_at_its_line(
               Make copies:
               {{ 12 // count | int }}
     """)
-    spec = load_spec(path, display="broken.yaml")
+    spec = load_recipe(path, display="broken.yaml")
     assert build_plan(spec).tasks[0].prompt == "Make copies:\n4"
     with pytest.raises(TemplateError) as caught:
         build_plan(spec, overrides={"count": "0"})
@@ -201,7 +201,7 @@ def test_the_plan_renders_within_a_budget_of_its_own_and_stops_where_it_runs_out
                         "  a: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\n"
                         "  b: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\n"
                         "steps:\n" + steps)
-    spec = load_spec(path, display="heavy.yaml")
+    spec = load_recipe(path, display="heavy.yaml")
     assert len(build_plan(spec).tasks) == 256 * 40
     with pytest.raises(TemplateError) as caught:
         build_plan(spec, overrides={"n": "400"})
@@ -226,7 +226,7 @@ def test_each_template_is_compiled_once_by_validation_and_the_plan_renders_those
           - {id: c, prompt: "Paint it {{ color }}"}
     """)
     before = compilations()
-    spec = load_spec(path)
+    spec = load_recipe(path)
     assert compilations() - before == 2
     assert spec.steps[0].prompt is spec.steps[2].prompt
     compiled = [step.prompt for step in spec.steps]
@@ -261,7 +261,7 @@ def test_validation_and_the_plan_resolve_models_and_seeds_alike(
               {{ steps.a.model }} {{ steps.a.seed }} {{ steps.b.model }} {{ steps.b.seed }}
               {{ pipeline.model }} {{ pipeline.seed }}
     """)
-    spec = load_spec(path)
+    spec = load_recipe(path)
     a, b, _ = spec.steps
     tasks = build_plan(spec).tasks
     assert [(t.model, t.seed) for t in tasks[:2]] == [(a.model, a.seed), (b.model, b.seed)]

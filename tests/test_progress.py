@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from kontext_pipeline import build_plan, load_spec
+from kontext_pipeline import build_plan, load_recipe
 from kontext_pipeline.cli._progress import LiveProgress, PlainProgress, summary
 from kontext_pipeline.outputs._manifest import build_manifest
 from kontext_pipeline.outputs._plan_views import cost
@@ -20,7 +20,7 @@ from tests.conftest import PIPELINES
 
 
 def tasks() -> list[Task]:
-    return list(build_plan(load_spec(PIPELINES / "poster-chain.yaml")).tasks)
+    return list(build_plan(load_recipe(PIPELINES / "poster-chain.yaml")).tasks)
 
 
 def test_plain_progress_prints_state_changes_only_and_counts_cached_steps() -> None:
@@ -139,7 +139,7 @@ def test_the_first_line_of_a_preview_run_says_it_is_free() -> None:
 @pytest.mark.parametrize(("provider", "price"), [
     ("bfl", "1 credit"), ("preview", "free (would cost 1 credit on BFL)")])
 def test_the_summary_counts_only_finished_steps_as_made(provider: str, price: str) -> None:
-    plan = build_plan(load_spec(PIPELINES / "poster-chain.yaml"), provider=provider)
+    plan = build_plan(load_recipe(PIPELINES / "poster-chain.yaml"), provider=provider)
     first, second, third = plan.tasks
     records = (StepRecord(first, "done", "miss", credits=1),
                StepRecord(second, "failed", "miss", error="Content Moderated"),

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from kontext_pipeline import SpecError, load_spec
+from kontext_pipeline import SpecError, load_recipe
 from kontext_pipeline.recipe._keys import derive_seed
 from kontext_pipeline.recipe._spec import DEFAULT_PARAMS, Params
 from tests.conftest import PIPELINES, WriteRecipe
 
 
 def test_poster_chain_is_read_with_every_default_explicit() -> None:
-    spec = load_spec(PIPELINES / "poster-chain.yaml")
+    spec = load_recipe(PIPELINES / "poster-chain.yaml")
     assert spec.name == "poster-chain"
     assert spec.file == str(PIPELINES / "poster-chain.yaml")
     assert [s.id for s in spec.steps] == ["recolor", "sign", "relight"]
@@ -35,7 +35,7 @@ def test_poster_chain_is_read_with_every_default_explicit() -> None:
 
 
 def test_minimal_recipe_defaults(write_recipe: WriteRecipe) -> None:
-    spec = load_spec(write_recipe("""
+    spec = load_recipe(write_recipe("""
         version: 1
         name: tiny
         steps:
@@ -53,7 +53,7 @@ def test_minimal_recipe_defaults(write_recipe: WriteRecipe) -> None:
 
 
 def test_inserting_a_step_reseeds_no_other_step(write_recipe: WriteRecipe) -> None:
-    before = load_spec(write_recipe("""
+    before = load_recipe(write_recipe("""
         version: 1
         name: seeds
         seed: 5
@@ -61,7 +61,7 @@ def test_inserting_a_step_reseeds_no_other_step(write_recipe: WriteRecipe) -> No
           - {id: a, prompt: one}
           - {id: c, prompt: three}
     """, "before.yaml"))
-    after = load_spec(write_recipe("""
+    after = load_recipe(write_recipe("""
         version: 1
         name: seeds
         seed: 5
@@ -75,7 +75,7 @@ def test_inserting_a_step_reseeds_no_other_step(write_recipe: WriteRecipe) -> No
 
 
 def test_multi_reference_and_earlier_steps(write_recipe: WriteRecipe) -> None:
-    spec = load_spec(write_recipe("""
+    spec = load_recipe(write_recipe("""
         version: 1
         name: refs
         inputs: {photo: photo.png}
@@ -88,7 +88,7 @@ def test_multi_reference_and_earlier_steps(write_recipe: WriteRecipe) -> None:
 
 
 def test_unquoted_ratio_and_edge_ratios_are_accepted(write_recipe: WriteRecipe) -> None:
-    spec = load_spec(write_recipe("""
+    spec = load_recipe(write_recipe("""
         version: 1
         name: ratios
         defaults: {aspect_ratio: 21:9}
@@ -100,7 +100,7 @@ def test_unquoted_ratio_and_edge_ratios_are_accepted(write_recipe: WriteRecipe) 
 
 
 def test_warnings_do_not_fail_validation(write_recipe: WriteRecipe) -> None:
-    spec = load_spec(write_recipe("""
+    spec = load_recipe(write_recipe("""
         version: 1
         name: warn
         defaults: {safety_tolerance: 5}
@@ -129,7 +129,7 @@ def test_env_shows_templates_only_the_variables_the_recipe_allows(
           - {id: a, prompt: "Brand {{ env.BRAND }} {{ env.KONTEXT_VAR_SEASON }}"}
     """)
     environ = {"BRAND": "acme", "KONTEXT_VAR_SEASON": "spring", "DATABASE_URL": "postgres://db"}
-    spec = load_spec(path, env=environ)
+    spec = load_recipe(path, env=environ)
     assert spec.env_names == ("BRAND",)
     assert spec.steps[0].prompt_source == "Brand {{ env.BRAND }} {{ env.KONTEXT_VAR_SEASON }}"
     hidden = write_recipe("""
@@ -139,7 +139,7 @@ def test_env_shows_templates_only_the_variables_the_recipe_allows(
           - {id: a, prompt: "Connect {{ env.DATABASE_URL }}"}
     """, "hidden.yaml")
     with pytest.raises(SpecError) as caught:
-        load_spec(hidden, env=environ, display="hidden.yaml")
+        load_recipe(hidden, env=environ, display="hidden.yaml")
     assert str(caught.value) == (
         "hidden.yaml:4:21: steps[0] (id: a): prompt: environment variable 'DATABASE_URL' is not "
         "visible to templates; list it in the recipe's `env` (env: [DATABASE_URL]) or name it "
@@ -156,7 +156,7 @@ def test_env_never_shows_templates_a_secret_even_when_listed(write_recipe: Write
           - {id: a, prompt: "Key {{ env.BFL_API_KEY }}"}
     """, "secret.yaml")
     with pytest.raises(SpecError) as caught:
-        load_spec(secret, env={"BFL_API_KEY": "bfl_do_not_leak"}, display="secret.yaml")
+        load_recipe(secret, env={"BFL_API_KEY": "bfl_do_not_leak"}, display="secret.yaml")
     assert str(caught.value) == (
         "secret.yaml:3:6: env: lists \"BRAND\" more than once\n"
         "secret.yaml:3:7: env[0]: 'BFL_API_KEY' looks like a secret; templates cannot read "
@@ -170,17 +170,17 @@ def test_env_never_shows_templates_a_secret_even_when_listed(write_recipe: Write
 
 def test_a_recipe_path_with_a_nul_character_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as caught:
-        load_spec(tmp_path / "recipe\0.yaml", display="recipe.yaml")
+        load_recipe(tmp_path / "recipe\0.yaml", display="recipe.yaml")
     assert str(caught.value) == ("recipe.yaml: the path holds a NUL character, which no file "
                                  "name can contain")
 
 
 def test_missing_recipe_file(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as caught:
-        load_spec(tmp_path / "nope.yaml", display="nope.yaml")
+        load_recipe(tmp_path / "nope.yaml", display="nope.yaml")
     assert str(caught.value) == "nope.yaml: no such recipe file"
     with pytest.raises(SpecError) as caught:
-        load_spec(tmp_path, display="dir")
+        load_recipe(tmp_path, display="dir")
     assert str(caught.value) == "dir: is a directory, not a recipe file"
 
 
@@ -200,7 +200,7 @@ def test_input_symlink_out_of_the_tree_is_refused(tmp_path: Path,
           - {id: a, image: [bad, good], prompt: one}
     """)
     with pytest.raises(SpecError) as caught:
-        load_spec(path, display="links.yaml")
+        load_recipe(path, display="links.yaml")
     assert str(caught.value) == (
         "links.yaml:3:15: inputs.bad: 'link.png' leads outside the recipe's directory; keep "
         "input images beside the recipe or below it")
@@ -209,4 +209,4 @@ def test_input_symlink_out_of_the_tree_is_refused(tmp_path: Path,
 def test_a_bom_is_allowed(write_recipe: WriteRecipe, tmp_path: Path) -> None:
     path = tmp_path / "bom.yaml"
     path.write_bytes(b"\xef\xbb\xbfversion: 1\nname: bom\nsteps:\n  - {id: a, prompt: x}\n")
-    assert load_spec(path).name == "bom"
+    assert load_recipe(path).name == "bom"

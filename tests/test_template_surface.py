@@ -204,6 +204,8 @@ def private_names(tree: ast.AST, modules: set[str]) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
                 and node.module.split(".")[0] in modules:
+            if any(part.startswith("_") for part in node.module.split(".")):
+                found.append(f"from {node.module} import …")
             for alias in node.names:
                 imported[alias.asname or alias.name] = f"{node.module}.{alias.name}"
                 if alias.name.startswith("_"):
@@ -212,6 +214,8 @@ def private_names(tree: ast.AST, modules: set[str]) -> list[str]:
             for alias in node.names:
                 if alias.name.split(".")[0] in modules:
                     imported[alias.asname or alias.name.split(".")[0]] = alias.name
+                    if any(part.startswith("_") for part in alias.name.split(".")):
+                        found.append(f"import {alias.name}")
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
                 and node.value.id in imported and node.attr.startswith("_") \

@@ -75,10 +75,17 @@ def variant_folders(plan: Plan) -> dict[str, str]:
     return folders
 
 
-def _inside(root: Path, relative: str) -> Path:
+def _inside(root: Path, relative: str, folders: dict[str, Path]) -> Path:
     """``root / relative``, refused if it resolves (through a symlink, say) outside ``root``
-    (which must be resolved already)."""
-    target = (root / relative).resolve()
+    (which must be resolved already). Each folder is resolved once (``folders`` keeps them):
+    a run exports hundreds of files into a few folders."""
+    folder, _, name = relative.rpartition("/")
+    parent = folders.get(folder)
+    if parent is None:
+        parent = folders[folder] = (root / folder).resolve()
+    target = parent / name
+    if target.is_symlink():
+        target = target.resolve()
     if not target.is_relative_to(root):
         raise OutputError(f"refusing to write {relative!r}: it is outside {root}")
     return target
@@ -176,7 +183,7 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_
         if isinstance(value, list) and len(value) == 4 and _is_digest(value[3])})
     state: dict[str, list[Any]] = {}
     export = functools.partial(_export, cache=cache, root=root, out_dir=out_dir,
-                               previous=previous, state=state)
+                               previous=previous, state=state, folders={})
     for variant in plan.variants:
         for name, step in plan.spec.outputs.items():
             record = by_step.get((variant.id, step))
@@ -212,10 +219,11 @@ def _step_path(folder: str, step: str, format_: str) -> str:
 
 
 def _export(record: StepRecord, entry: CacheEntry, relative: str, *, cache: Cache, root: Path,
-            out_dir: Path, previous: Mapping[str, Any], state: dict[str, list[Any]]) -> str:
+            out_dir: Path, previous: Mapping[str, Any], state: dict[str, list[Any]],
+            folders: dict[str, Path]) -> str:
     """Write ``entry``'s image with its provenance to ``relative`` (unless it is there as last
     exported), record it in ``state``; returns the sha256 of the file."""
-    target = _inside(root, relative)
+    target = _inside(root, relative, folders)
     try:
         provenance = _provenance(record, entry)
     except ValueError as exc:  # too large for a JPEG segment

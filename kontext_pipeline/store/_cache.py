@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ STALE_TEMPORARY_S = 3600.0
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # quotas: not on Windows
 
 
-def default_cache_dir(environ: dict[str, str] | os._Environ[str]) -> Path:
+def default_cache_dir(environ: Mapping[str, str]) -> Path:
     """``KONTEXT_CACHE_DIR``, else the user cache directory of the platform."""
     configured = environ.get("KONTEXT_CACHE_DIR")
     if configured:
@@ -156,7 +156,7 @@ def _is_digest(name: str) -> bool:
 class Cache:
     """The cache in ``directory`` (created on first write)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.root = self.directory / CACHE_LAYOUT
 
