@@ -8,23 +8,22 @@ The library behind the ``kontext-pipeline`` command::
     result = kp.run("pipelines/poster-chain.yaml", out="out/poster", provider="preview")
     print(result.ok, result.outputs, result.manifest.steps[0].cache)
 
-``await kp.arun(...)`` is the same inside a running event loop. Lower down, :func:`load_recipe`
-reads and validates a recipe, :func:`build_plan` turns it into tasks, :func:`run_plans` runs
-plans against a provider and a :class:`Cache`. Every error raised on purpose is a
-:class:`KontextError`.
+``await kp.arun(...)`` is the same inside a running event loop; :func:`check` says whether a
+recipe's lock and the files it lists still match the recipe (no key, no cache). Lower down,
+:func:`load_recipe` reads and validates a recipe, :func:`build_plan` turns it into tasks,
+:func:`run_plans` runs plans against a provider and a :class:`Cache`. Every error raised on
+purpose is a :class:`KontextError`.
 
 Names are imported on first use, so that ``import kontext_pipeline`` (and the command line's
 ``--help``) stays fast.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from kontext_pipeline._support.diagnostics import Problem
     from kontext_pipeline.errors import (
         AmbiguousSubmitError,
@@ -34,6 +33,8 @@ if TYPE_CHECKING:
         FrozenCacheMissError,
         InvalidResultError,
         KontextError,
+        LockError,
+        LockMismatchError,
         ModerationError,
         OutOfCreditsError,
         OutputError,
@@ -50,9 +51,10 @@ if TYPE_CHECKING:
         UsageError,
     )
     from kontext_pipeline.outputs._manifest import Manifest
+    from kontext_pipeline.plan._locked import CheckResult, check
     from kontext_pipeline.plan._plan import Plan, Task, build_plan
     from kontext_pipeline.providers import Provider
-    from kontext_pipeline.recipe._spec import Spec, Step, load_spec
+    from kontext_pipeline.recipe._spec import Spec, Step
     from kontext_pipeline.recipe._spec import load_spec as load_recipe
     from kontext_pipeline.runner._api import Failure, RunResult, arun, run
     from kontext_pipeline.runner._pipelines import PipelineReport, run_pipelines, run_plans
@@ -61,7 +63,8 @@ if TYPE_CHECKING:
 
 _ERRORS = (
     "AmbiguousSubmitError", "AuthenticationError", "BudgetExceededError", "CacheError",
-    "FrozenCacheMissError", "InvalidResultError", "KontextError", "ModerationError",
+    "FrozenCacheMissError", "InvalidResultError", "KontextError", "LockError",
+    "LockMismatchError", "ModerationError",
     "OutOfCreditsError", "OutputError", "ProvenanceError", "ProviderError",
     "ProviderTimeoutError", "ProviderUnavailableError", "RefusedToSpendError",
     "RequestRejectedError", "SpecError", "StepsFailedError", "TaskFailedError", "TemplateError",
@@ -75,10 +78,11 @@ _HOMES: dict[str, tuple[str, str]] = {
     "Failure": ("runner._api", "Failure"),
     "Manifest": ("outputs._manifest", "Manifest"),
     "load_recipe": ("recipe._spec", "load_spec"),
-    "load_spec": ("recipe._spec", "load_spec"),
     "Spec": ("recipe._spec", "Spec"),
     "Step": ("recipe._spec", "Step"),
     "build_plan": ("plan._plan", "build_plan"),
+    "check": ("plan._locked", "check"),
+    "CheckResult": ("plan._locked", "CheckResult"),
     "Plan": ("plan._plan", "Plan"),
     "Task": ("plan._plan", "Task"),
     "Cache": ("store._cache", "Cache"),
@@ -97,10 +101,13 @@ __all__ = [
     "BudgetExceededError",
     "Cache",
     "CacheError",
+    "CheckResult",
     "Failure",
     "FrozenCacheMissError",
     "InvalidResultError",
     "KontextError",
+    "LockError",
+    "LockMismatchError",
     "Manifest",
     "ModerationError",
     "OutOfCreditsError",
@@ -127,8 +134,8 @@ __all__ = [
     "__version__",
     "arun",
     "build_plan",
+    "check",
     "load_recipe",
-    "load_spec",
     "open_provider",
     "run",
     "run_pipelines",
@@ -136,15 +143,15 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'kontext_pipeline' has no attribute {name!r}")
     module, attribute = home
-    value = getattr(importlib.import_module(f"kontext_pipeline.{module}"), attribute)
+    value = getattr(_importlib.import_module(f"kontext_pipeline.{module}"), attribute)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

@@ -22,6 +22,8 @@ __all__ = [
     "FrozenCacheMissError",
     "InvalidResultError",
     "KontextError",
+    "LockError",
+    "LockMismatchError",
     "ModerationError",
     "OutOfCreditsError",
     "OutputError",
@@ -62,6 +64,20 @@ class SpecError(KontextError):
 
 class TemplateError(SpecError):
     """A prompt template failed to render (an undefined name, a sandbox refusal, a bad filter)."""
+
+
+class LockError(KontextError):
+    """A recipe's lock cannot be read (merge conflict markers, a hand edit, another version);
+    ``problems`` holds each one, pinned to its line (exit code 2). The message ends with the way
+    out: fix the file, or rewrite it with ``run --frozen --relock``."""
+
+    def __init__(self, problems: Sequence[Problem], *, recipe: str) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        self.recipe = recipe
+        lines = [p.format() for p in self.problems] or [f"{recipe}: the lock cannot be read"]
+        lines[-1] += (f"; fix it, or rewrite it from the cache and the exported files with "
+                      f"`kontext-pipeline run --frozen --relock {printable(recipe)}`")
+        super().__init__("\n".join(lines))
 
 
 class ProviderError(KontextError):
@@ -158,6 +174,19 @@ class FrozenCacheMissError(RefusedToSpendError):
 
 class BudgetExceededError(RefusedToSpendError):
     """``--max-credits``: the cache misses would cost more than allowed."""
+
+
+class LockMismatchError(RefusedToSpendError):
+    """``check``: the recipe, its lock and the exported files disagree; ``differences`` holds
+    one line per step or file, saying what changed (exit code 3)."""
+
+    def __init__(self, differences: Sequence[str]) -> None:
+        self.differences = tuple(differences)
+        n = len(self.differences)
+        super().__init__(
+            f"{n} difference{'' if n == 1 else 's'} from the lock (run the recipe to bring the "
+            f"lock and its files up to date, or undo the change):\n"
+            + "\n".join(f"  {printable(line)}" for line in self.differences))
 
 
 class StepsFailedError(KontextError):

@@ -41,7 +41,7 @@ def test_the_readme_library_example_runs_as_written(tmp_path: Path) -> None:
     example = library_example()
     assert len(example.strip().splitlines()) <= 4  # an import, a blank line, three lines at most
     shutil.copytree(PIPELINES, tmp_path / "pipelines")
-    env = {**os.environ, "KONTEXT_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "KONTEXT_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     env.pop("BFL_API_KEY", None)
     done = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
@@ -63,6 +63,8 @@ def test_run_exports_the_outputs_and_returns_the_manifest_model(tmp_path: Path) 
     assert result.manifest.pipeline == "poster-chain"
     assert result.manifest.totals.steps == len(result.manifest.steps)
     assert set(result.outputs) == {s.output for s in result.manifest.steps if s.output}
+    with pytest.raises(TypeError):
+        result.outputs["poster.png"] = tmp_path  # type: ignore[index]  # read-only on purpose
     for name, path in result.outputs.items():
         assert path == tmp_path / "out" / name
         with Image.open(io.BytesIO(path.read_bytes())) as image:
@@ -127,10 +129,12 @@ def test_without_a_key_the_bfl_provider_refuses_before_any_work(tmp_path: Path) 
 def test_a_refused_key_raises_an_authentication_error(bfl_server: Start,
                                                       tmp_path: Path) -> None:
     server = bfl_server(api_keys=frozenset({KEY}))
+    shutil.copytree(PIPELINES, tmp_path / "pipelines")  # a bfl run writes a lock beside it
+    chain = tmp_path / "pipelines" / CHAIN.name
     with pytest.raises(kp.AuthenticationError):
-        kp.run(CHAIN, out=tmp_path / "out", cache_dir=tmp_path / "cache",
+        kp.run(chain, out=tmp_path / "out", cache_dir=tmp_path / "cache",
                api_base=server.url, api_key="bfl_not_the_key_0123456789")
-    accepted = kp.run(CHAIN, out=tmp_path / "out", cache_dir=tmp_path / "cache",
+    accepted = kp.run(chain, out=tmp_path / "out", cache_dir=tmp_path / "cache",
                       api_base=server.url, api_key=KEY)
     assert accepted.ok
     assert accepted.manifest.provider == "bfl"
@@ -165,6 +169,8 @@ def test_a_moderated_step_is_a_failure_not_an_exception(bfl_server: Start,
 
 
 @pytest.mark.parametrize(("options", "message"), [
+    ({"provider": "nope", "frozen": True}, "unknown provider 'nope'; choose one of: bfl, "
+                                           "preview"),
     ({"concurrency": 0}, "concurrency must be a whole number from 1 to 24; got 0"),
     ({"concurrency": True}, "concurrency must be a whole number from 1 to 24; got True"),
     ({"max_credits": -1}, "max_credits must be a whole number of credits, 0 or more; got -1"),
@@ -176,6 +182,6 @@ def test_a_moderated_step_is_a_failure_not_an_exception(bfl_server: Start,
 def test_bad_arguments_raise_a_usage_error_that_names_them(
         options: dict[str, Any], message: str, tmp_path: Path) -> None:
     with pytest.raises(kp.UsageError) as caught:
-        kp.run(CHAIN, out=tmp_path / "out", provider="preview", cache_dir=tmp_path / "cache",
-               **options)
+        kp.run(CHAIN, out=tmp_path / "out", cache_dir=tmp_path / "cache",
+               **{"provider": "preview", **options})
     assert str(caught.value) == message

@@ -1,6 +1,6 @@
 """The files that users copy into their CI: the GitHub Actions workflow under docs/ (its
-structure, and its shell steps run for real against the bundled server) and the pre-commit hook
-(its entry run on valid and invalid recipes)."""
+structure; tests/test_ci_workflow.py runs its shell steps against the bundled server) and the
+pre-commit hook (its entry run on valid and invalid recipes)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import INVALID, PIPELINES, ROOT, Start
+from tests.conftest import INVALID, PIPELINES, ROOT
 
 WORKFLOW = ROOT / "docs" / "github-actions" / "kontext.yml"
 HOOKS = ROOT / ".pre-commit-hooks.yaml"
@@ -27,12 +26,15 @@ CI_DOC = ROOT / "docs" / "ci.md"
 ON_PULL_REQUEST = "github.event_name == 'pull_request'"
 ON_MAIN = "github.event_name != 'pull_request' && github.ref == 'refs/heads/main'"
 KEY_FROM_SECRETS = "${{ secrets.BFL_API_KEY }}"
+CHECK_JOB, RUN_JOB = "check", "run"
 
 # pre-commit's manifest keys (pre_commit.clientlib.MANIFEST_HOOK_DICT)
 HOOK_KEYS = {"id", "name", "entry", "language", "alias", "files", "exclude", "types", "types_or",
              "exclude_types", "additional_dependencies", "args", "always_run", "fail_fast",
              "pass_filenames", "description", "language_version", "log_file",
              "require_serial", "stages", "verbose", "minimum_pre_commit_version"}
+
+Step = dict[str, Any]
 
 
 @functools.cache
@@ -48,70 +50,101 @@ def triggers(workflow: dict[Any, Any]) -> dict[str, Any]:
     return found
 
 
-def steps() -> list[dict[str, Any]]:
-    (job,) = load_workflow()["jobs"].values()
-    found: list[dict[str, Any]] = job["steps"]
+def job(name: str) -> dict[str, Any]:
+    found: dict[str, Any] = load_workflow()["jobs"][name]
     return found
 
 
-def step(predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    (found,) = [s for s in steps() if predicate(s)]
+def steps(job_name: str) -> list[Step]:
+    found: list[Step] = job(job_name)["steps"]
     return found
 
 
-def uses(action: str) -> Callable[[dict[str, Any]], bool]:
+def step(job_name: str, predicate: Callable[[Step], bool]) -> Step:
+    (found,) = [s for s in steps(job_name) if predicate(s)]
+    return found
+
+
+def uses(action: str) -> Callable[[Step], bool]:
     return lambda s: str(s.get("uses", "")).startswith(action + "@")
 
 
-def runs(*words: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda s: "kontext-pipeline run" in s.get("run", "") and all(
-        w in s["run"] for w in words)
+def runs(command: str) -> Callable[[Step], bool]:
+    """The step whose script runs ``kontext-pipeline COMMAND``."""
+    return lambda s: f"kontext-pipeline {command} " in s.get("run", "")
 
 
-def frozen_step() -> dict[str, Any]:
-    return step(runs("--frozen"))
-
-
-def real_run_step() -> dict[str, Any]:
-    return step(lambda s: runs()(s) and "--frozen" not in s["run"])
+def named(name: str) -> Callable[[Step], bool]:
+    return lambda s: s.get("name") == name
 
 
 def test_the_workflow_runs_on_pull_requests_and_on_main() -> None:
-    on = triggers(load_workflow())
+    workflow = load_workflow()
+    on = triggers(workflow)
     assert set(on) == {"pull_request", "push", "workflow_dispatch"}
     assert on["push"]["branches"] == ["main"]
     assert on["pull_request"]["paths"] == on["push"]["paths"]
-    assert "pipelines/**" in on["push"]["paths"]
+    out_dir = workflow["env"]["OUT_DIR"]
+    assert {"pipelines/**", f"{out_dir}/**"} <= set(on["push"]["paths"])
+    assert set(workflow["jobs"]) == {CHECK_JOB, RUN_JOB}
+    assert job(CHECK_JOB)["if"] == ON_PULL_REQUEST
+    assert job(RUN_JOB)["if"] == ON_MAIN
+
+
+def test_permissions_are_read_only_but_for_the_job_that_publishes() -> None:
     assert load_workflow()["permissions"] == {"contents": "read"}
+    assert "permissions" not in job(CHECK_JOB)
+    assert job(RUN_JOB)["permissions"] == {"contents": "write"}
+    # the pull-request variant's permission is there, commented out, next to the one it adds to
+    assert "\n      # pull-requests: write     # with PUBLISH: pull-request only\n" in \
+        WORKFLOW.read_text(encoding="utf-8")
 
 
-def test_pull_requests_run_frozen_without_a_key() -> None:
-    frozen = frozen_step()
-    assert frozen["if"] == ON_PULL_REQUEST
-    assert "env" not in frozen
-    assert "kontext-pipeline run $RECIPES --frozen --out out" in frozen["run"]
-    plan = step(lambda s: "kontext-pipeline plan" in s.get("run", ""))
-    assert plan["if"] == ON_PULL_REQUEST
+def test_pull_requests_validate_plan_and_check_without_a_key_or_a_cache() -> None:
+    checkout, setup, install, *scripts = steps(CHECK_JOB)
+    assert checkout == {"uses": "actions/checkout@v4", "with": {"persist-credentials": False}}
+    assert uses("actions/setup-python")(setup)
+    assert install == step(RUN_JOB, named("Install kontext-pipeline"))
+    assert [s["run"].split("\n")[0] for s in scripts] == [
+        "kontext-pipeline validate --strict $RECIPES",
+        'for recipe in $RECIPES; do kontext-pipeline plan "$recipe"; done',
+        "status=0"]
+    assert "kontext-pipeline check $RECIPES || status=$?" in scripts[-1]["run"]
+    assert all(set(s) == {"name", "run"} for s in scripts)  # no env, no condition
+    assert "secrets." not in json.dumps(job(CHECK_JOB))
 
 
 def test_the_secret_reaches_only_the_real_run_on_main() -> None:
-    real = real_run_step()
-    assert real["if"] == ON_MAIN
+    real = step(RUN_JOB, runs("run"))
+    assert "if" not in real
     assert real["env"] == {"BFL_API_KEY": KEY_FROM_SECRETS}
-    assert "--max-credits" in real["run"]
+    assert real["run"] == ('kontext-pipeline run $RECIPES --out "$OUT_DIR" '
+                           '--max-credits "$MAX_CREDITS"')
     workflow = load_workflow()
-    others = [s for s in steps() if s is not real]
-    job = {k: v for k, v in workflow["jobs"]["recipes"].items() if k != "steps"}
-    for part in (workflow["env"], job, *others):
+    others = [s for s in steps(RUN_JOB) if s is not real]
+    rest = {k: v for k, v in job(RUN_JOB).items() if k != "steps"}
+    for part in (workflow["env"], rest, *others):
         assert "secrets." not in json.dumps(part)
     assert WORKFLOW.read_text().count("secrets.") == 1
 
 
-def test_the_cache_is_restored_always_and_saved_on_main_even_after_a_failure() -> None:
+def test_main_checks_what_it_made_then_publishes_it() -> None:
+    order = steps(RUN_JOB)
+    real, check = step(RUN_JOB, runs("run")), step(RUN_JOB, runs("check"))
+    publish = step(RUN_JOB, named("Publish the images and the locks"))
+    assert order.index(real) + 1 == order.index(check)
+    assert order.index(check) + 1 == order.index(publish)
+    assert check["run"] == "kontext-pipeline check $RECIPES"
+    assert publish["env"] == {"GH_TOKEN": "${{ github.token }}"}
+    assert "[skip ci]" in publish["run"]
+    assert load_workflow()["env"]["PUBLISH"] == "commit"
+
+
+def test_the_cache_is_restored_and_saved_on_main_even_after_a_failure() -> None:
     workflow = load_workflow()
     cache_dir = workflow["env"]["KONTEXT_CACHE_DIR"]
-    restore = step(uses("actions/cache/restore"))
-    save = step(uses("actions/cache/save"))
+    restore = step(RUN_JOB, uses("actions/cache/restore"))
+    save = step(RUN_JOB, uses("actions/cache/save"))
     assert "if" not in restore
     assert restore["with"]["path"] == save["with"]["path"] == cache_dir
     key = restore["with"]["key"]
@@ -119,82 +152,44 @@ def test_the_cache_is_restored_always_and_saved_on_main_even_after_a_failure() -
     assert "${{ github.run_id }}" in key
     assert restore["with"]["restore-keys"].splitlines() == [
         "kontext-${{ hashFiles('pipelines/**') }}-", "kontext-"]
-    assert save["if"] == f"always() && {ON_MAIN}"
+    assert save["if"] == "always()"
     assert save["with"]["key"] == f"${{{{ steps.{restore['id']}.outputs.cache-primary-key }}}}"
-    order = steps()
-    assert order.index(restore) < order.index(frozen_step()) < order.index(save)
-    assert order.index(real_run_step()) < order.index(save)
+    order = steps(RUN_JOB)
+    assert order.index(restore) < order.index(step(RUN_JOB, runs("run"))) < order.index(save)
+    assert not [s for s in steps(CHECK_JOB) if uses("actions/cache")(s)
+                or uses("actions/cache/restore")(s)]
 
 
 def test_the_report_and_the_manifest_are_uploaded_whatever_happened() -> None:
-    upload = step(uses("actions/upload-artifact"))
+    upload = step(RUN_JOB, uses("actions/upload-artifact"))
     assert upload["if"] == "always()"
-    assert upload["with"]["path"].splitlines() == ["out/**/report.html", "out/**/manifest.json"]
-    assert steps()[-1] is upload
+    assert upload["with"]["path"].splitlines() == ["${{ env.OUT_DIR }}/**/report.html",
+                                                   "${{ env.OUT_DIR }}/**/manifest.json"]
+    assert steps(RUN_JOB)[-1] is upload
 
 
 def test_run_scripts_hold_no_expressions() -> None:
     # values reach the scripts through env only, never pasted in by ${{ }} (script injection)
-    assert all("${{" not in s["run"] for s in steps() if "run" in s)
+    scripts = [s["run"] for name in (CHECK_JOB, RUN_JOB) for s in steps(name) if "run" in s]
+    assert len(scripts) == 9
+    assert all("${{" not in script for script in scripts)
 
 
 def run_step(script: str, workdir: Path, *, bin_dir: Path | None = None, timeout: float = 60,
+             variables: Mapping[str, str] | None = None,
              **env: str) -> subprocess.CompletedProcess[str]:
-    """Run a step's script as GitHub runs it (bash -eo pipefail), the workflow's env set, with
-    ``bin_dir`` (default: this Python's) first on PATH, as actions/setup-python puts its own."""
+    """Run a step's script as GitHub runs it (bash -eo pipefail), the workflow's env set, then
+    ``variables`` and ``env``, with ``bin_dir`` (default: this Python's) first on PATH, as
+    actions/setup-python puts its own."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("BFL_", "KONTEXT_"))}
     environment.update(load_workflow()["env"])
+    environment.update(variables or {})
     environment.update(env)
     first = bin_dir or Path(sys.executable).parent
     environment["PATH"] = f"{first}{os.pathsep}{environment['PATH']}"
     return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
                           cwd=workdir, env=environment, capture_output=True, text=True,
                           check=False, timeout=timeout)
-
-
-@pytest.mark.skipif(shutil.which("bash") is None, reason="the workflow's steps are bash")
-def test_the_workflow_steps_work_on_a_pull_request_then_on_main(
-        tmp_path: Path, bfl_server: Start) -> None:
-    (tmp_path / "pipelines").mkdir()
-    for recipe in ("text-to-image.yaml", "poster-chain.yaml"):
-        shutil.copy(PIPELINES / recipe, tmp_path / "pipelines" / recipe)
-    shutil.copytree(PIPELINES / "images", tmp_path / "pipelines" / "images")
-    frozen = frozen_step()["run"]
-
-    validated = run_step(step(lambda s: "validate" in s.get("run", ""))["run"], tmp_path)
-    assert validated.returncode == 0, validated.stderr
-    planned = run_step(step(lambda s: "kontext-pipeline plan" in s.get("run", ""))["run"],
-                       tmp_path)
-    assert planned.returncode == 0, planned.stderr
-    assert "0 of 3 cached; the rest cost 16 credits ($0.16)" in planned.stdout
-
-    strict = run_step(frozen, tmp_path, FROZEN_MISSES="fail")
-    assert strict.returncode == 3
-    assert "--frozen: 6 steps not in the cache; no provider was called:" in strict.stderr
-    lenient = run_step(frozen, tmp_path)
-    assert lenient.returncode == 0
-    assert lenient.stdout.startswith("::warning::some steps are not cached yet")
-
-    server = bfl_server(latency=0.02)
-    real = run_step(real_run_step()["run"], tmp_path, BFL_API_KEY="bfl_from_the_secret",
-                    BFL_API_BASE=server.url)
-    assert real.returncode == 0, real.stderr
-    over_budget = run_step(real_run_step()["run"], tmp_path, BFL_API_KEY="bfl_from_the_secret",
-                           BFL_API_BASE=server.url, MAX_CREDITS="3",
-                           KONTEXT_CACHE_DIR=str(tmp_path / "empty-cache"))
-    assert over_budget.returncode == 3
-
-    shutil.rmtree(tmp_path / "out")
-    cached = run_step(frozen, tmp_path, FROZEN_MISSES="fail")
-    assert cached.returncode == 0, cached.stderr
-    assert "::warning::" not in cached.stdout
-    uploaded = sorted(str(p.relative_to(tmp_path)) for pattern in ("report.html", "manifest.json")
-                      for p in (tmp_path / "out").glob(f"**/{pattern}"))
-    assert uploaded == ["out/poster-chain/manifest.json", "out/poster-chain/report.html",
-                        "out/text-to-image/manifest.json", "out/text-to-image/report.html"]
-    manifest = json.loads((tmp_path / "out" / "poster-chain" / "manifest.json").read_text())
-    assert manifest["provider"] == "bfl"
-    assert manifest["totals"]["cache_hits"] == 3
 
 
 @functools.cache

@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import INVALID, PIPELINES, ROOT
-from tests.test_ci_files import CI_DOC, WORKFLOW, load_workflow, run_step, step
+from tests.test_ci_files import (
+    CHECK_JOB,
+    CI_DOC,
+    RUN_JOB,
+    WORKFLOW,
+    load_workflow,
+    named,
+    run_step,
+    runs,
+    step,
+)
 
 PLACEHOLDER = "https://github.com/OWNER/kontext-pipeline"
 INSTALL_TIMEOUT = 300  # seconds: a fresh environment, its dependencies and a build, under load
@@ -29,7 +39,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def install_step() -> str:
-    script: str = step(lambda s: s.get("name") == "Install kontext-pipeline")["run"]
+    """The install step's script, the same in both jobs."""
+    script: str = step(CHECK_JOB, named("Install kontext-pipeline"))["run"]
+    assert step(RUN_JOB, named("Install kontext-pipeline"))["run"] == script
     return script
 
 
@@ -111,7 +123,7 @@ def test_the_install_step_installs_the_pinned_ref_into_a_fresh_environment(
     (tmp_path / "pipelines").mkdir()
     shutil.copy(PIPELINES / "poster-chain.yaml", tmp_path / "pipelines")
     shutil.copytree(PIPELINES / "images", tmp_path / "pipelines" / "images")
-    validated = run_step(step(lambda s: "validate" in s.get("run", ""))["run"], tmp_path,
+    validated = run_step(step(CHECK_JOB, runs("validate"))["run"], tmp_path,
                          bin_dir=bin_dir)  # the next step: the schema was installed too
     assert validated.returncode == 0, validated.stderr
     assert validated.stdout.startswith("pipelines/poster-chain.yaml: ok (")

@@ -93,13 +93,17 @@ def test_plan_text(run_cli: RunCli, tmp_path: Path) -> None:
         variant default
           1. recolor  flux-kontext-pro  seed 4110452625  image street  png · tolerance 2  miss  key 21920ac7a8f6  4 credits
                Change the car's color to blue, keep everything else unchanged
+               lock: none
           2. sign     flux-kontext-pro  seed 7           image recolor  png · tolerance 2  miss (after recolor)  4 credits
                Replace 'OPEN DAILY' with 'CHOOSE JOY' on the shop sign, same font and colors
+               lock: none
           3. relight  flux-kontext-max  seed 340273185   image sign  16:9 · png · tolerance 2  miss (after sign)  8 credits
                Relight the whole scene as golden hour, warm low sun from the left,
                keep the blue car and the sign text exactly as they are
+               lock: none
 
         0 of 3 cached; the rest cost 16 credits ($0.16)
+        lock pipelines/poster-chain.lock: none yet; a run writes it (3 steps)
     """)  # noqa: E501
 
 

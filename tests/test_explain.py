@@ -10,7 +10,10 @@ import pytest
 from PIL import Image
 
 from kontext_pipeline.outputs._manifest import last_run, read_manifest
-from kontext_pipeline.plan._explain import word_diff
+from kontext_pipeline.plan._explain import Change, request_changes, word_diff
+from kontext_pipeline.plan._plan import build_plan
+from kontext_pipeline.recipe._spec import load_spec
+from kontext_pipeline.store._lock import LockedStep
 from tests.conftest import RunCli, WriteRecipe
 
 RECIPE = """
@@ -149,3 +152,28 @@ def test_an_older_manifest_explains_one_not_ours_explains_nothing(
     assert plan(run_cli, recipe) == {"recolor": None, "sign": None, "relight": None}
     manifest.write_text("{")
     assert plan(run_cli, recipe) == {"recolor": None, "sign": None, "relight": None}
+
+
+def test_a_manifest_record_and_a_lock_record_are_compared_alike(
+        run_cli: RunCli, write_recipe: WriteRecipe) -> None:
+    recipe = write_recipe(RECIPE)
+    run(run_cli, recipe)
+    recorded = read_manifest(recipe.parent / "out" / "manifest.json").steps[2]
+    assert recorded.output_sha256 is not None
+    locked = LockedStep(
+        variant=recorded.variant, step=recorded.step, key="0" * 64, model=recorded.model,
+        seed=recorded.seed, prompt=recorded.prompt, params=recorded.params,
+        inputs_sha256=recorded.inputs_sha256, output_sha256=recorded.output_sha256, credits=4,
+        request_id=None)
+    recipe.write_text(recipe.read_text().replace("golden hour", "blue hour")
+                      .replace('aspect_ratio: "16:9"', 'aspect_ratio: "16:9"\n    seed: 9'))
+    task = build_plan(load_spec(recipe), provider="preview").tasks[2]
+    sign = recorded.inputs_sha256[0]
+    expected = [Change("prompt", "Relight the scene as golden hour",
+                       "Relight the scene as blue hour"), Change("seed", 190133108, 9)]
+    assert request_changes(task, recorded, {"sign": sign}) == expected
+    assert request_changes(task, locked, {"sign": sign}) == expected
+    assert [change.detail for change in expected] == ["… the scene as [-golden-]{+blue+} hour",
+                                                      "190133108 -> 9"]
+    assert request_changes(task, locked, {"sign": None})[2:] == [
+        Change("input step", sign, None, "sign")]

@@ -69,13 +69,13 @@ def test_an_import_against_a_contract_breaks_it(tmp_path: Path, module: str, lin
 
 PUBLIC = [
     "AmbiguousSubmitError", "AuthenticationError", "BudgetExceededError", "Cache", "CacheError",
-    "Failure", "FrozenCacheMissError", "InvalidResultError", "KontextError", "Manifest",
-    "ModerationError", "OutOfCreditsError", "OutputError", "PipelineReport", "Plan", "Problem",
-    "ProvenanceError", "Provider", "ProviderError", "ProviderTimeoutError",
-    "ProviderUnavailableError", "RefusedToSpendError", "RequestRejectedError", "RunResult",
-    "Spec", "SpecError", "Step", "StepsFailedError", "Task", "TaskFailedError", "TemplateError",
-    "UsageError", "__version__", "arun", "build_plan", "load_recipe", "load_spec",
-    "open_provider", "run", "run_pipelines", "run_plans",
+    "CheckResult", "Failure", "FrozenCacheMissError", "InvalidResultError", "KontextError",
+    "LockError", "LockMismatchError", "Manifest", "ModerationError", "OutOfCreditsError",
+    "OutputError", "PipelineReport", "Plan", "Problem", "ProvenanceError", "Provider",
+    "ProviderError", "ProviderTimeoutError", "ProviderUnavailableError", "RefusedToSpendError",
+    "RequestRejectedError", "RunResult", "Spec", "SpecError", "Step", "StepsFailedError", "Task",
+    "TaskFailedError", "TemplateError", "UsageError", "__version__", "arun", "build_plan",
+    "check", "load_recipe", "open_provider", "run", "run_pipelines", "run_plans",
 ]
 
 

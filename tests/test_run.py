@@ -78,7 +78,8 @@ def test_a_chain_runs_and_feeds_each_output_into_the_next(runner: Runner,
     result = runner(write_recipe(CHAIN))
     assert result.exit_code == 0, result.output
     assert result.stdout == (f"chain: 3 steps, 0 cached, 3 made, 12 credits -> "
-                             f"{runner.out / 'manifest.json'}, {runner.out / 'report.html'}\n")
+                             f"{runner.out / 'manifest.json'}, {runner.out / 'report.html'}, "
+                             f"{runner.out.parent / 'recipe.lock'}\n")
     manifest = runner.manifest()
     recolor, sign, relight = manifest["steps"]
     assert sign["inputs_sha256"] == [recolor["output_sha256"]]
@@ -150,7 +151,8 @@ def test_a_single_step_is_one_step(runner: Runner, write_recipe: WriteRecipe) ->
     assert result.stderr.splitlines()[0] == ("run: 1 step: 0 cached, 1 to run, expected cost 4 "
                                              "credits ($0.04)")
     assert result.stdout == (f"chain: 1 step, 0 cached, 1 made, 4 credits -> "
-                             f"{runner.out / 'manifest.json'}, {runner.out / 'report.html'}\n")
+                             f"{runner.out / 'manifest.json'}, {runner.out / 'report.html'}, "
+                             f"{runner.out.parent / 'recipe.lock'}\n")
 
 
 def test_frozen_needs_no_key_and_makes_no_request(runner: Runner,
@@ -199,7 +201,8 @@ def test_a_moderated_step_fails_its_variant_only(runner: Runner,
     assert result.exit_code == 1
     assert result.stdout == (  # the moderated step made nothing, and cost nothing
         f"grid: 12 steps, 0 cached, 10 made, 1 failed, 1 skipped, 40 credits -> "
-        f"{runner.out / 'manifest.json'}, {runner.out / 'report.html'}\n")
+        f"{runner.out / 'manifest.json'}, {runner.out / 'report.html'}, "
+        f"{runner.out.parent / 'recipe.lock'}\n")
     manifest = runner.manifest()
     status = {(s["variant"], s["step"]): s["status"] for s in manifest["steps"]}
     assert status[("color=blue", "two")] == "failed"
@@ -226,7 +229,7 @@ def test_a_truncated_cache_object_is_reported_and_regenerated(
     assert verify.exit_code == 1
     assert f"object {digest[:12]} does not match its hash" in verify.stdout
     before = len(runner.submits())
-    again = runner(recipe)
+    again = runner(recipe, "--no-lock")  # else its exported file refills the cache
     assert again.exit_code == 0
     assert f"cache object {digest[:12]} of entry " in again.stderr
     assert " is 100 bytes, expected " in again.stderr

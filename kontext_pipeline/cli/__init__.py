@@ -2,6 +2,7 @@
 codes. No logic lives here."""
 
 from kontext_pipeline.cli import (
+    _checking,
     _inspecting,
     _maintenance,
     _recipes,
@@ -13,7 +14,7 @@ from kontext_pipeline.cli._base import EXIT_CODES, cli, exit_code
 
 __all__ = ["EXIT_CODES", "cli", "exit_code", "main"]
 
-_COMMANDS = (_inspecting, _maintenance, _recipes, _reporting, _running,
+_COMMANDS = (_checking, _inspecting, _maintenance, _recipes, _reporting, _running,
              _scaffolding)  # imported for the commands they register
 
 

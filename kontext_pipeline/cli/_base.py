@@ -14,6 +14,7 @@ from kontext_pipeline.cli._output import echo
 from kontext_pipeline.errors import (
     CacheError,
     KontextError,
+    LockError,
     OutputError,
     ProviderError,
     RefusedToSpendError,
@@ -37,6 +38,7 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES: tuple[tuple[type[KontextError], int], ...] = (
     (SpecError, EXIT_INVALID),
     (UsageError, EXIT_INVALID),
+    (LockError, EXIT_INVALID),
     (RefusedToSpendError, EXIT_REFUSED),
     (ProviderError, EXIT_FAILED),
     (StepsFailedError, EXIT_FAILED),

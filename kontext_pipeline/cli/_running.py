@@ -46,7 +46,13 @@ __all__ = ["run"]
 @click.option("--concurrency", type=click.IntRange(1, 24), default=24, show_default=True,
               help="Most tasks active at once (flux-kontext-max: at most 6).")
 @click.option("--frozen", is_flag=True,
-              help="Call no provider: every step must be cached, else exit 3.")
+              help="Call no provider: every step must be cached (or held by the lock and its "
+                   "exported files), else exit 3.")
+@click.option("--relock", is_flag=True,
+              help="With --frozen: rewrite each recipe's lock from the cache and the exported "
+                   "files, without any request (an unreadable lock is ignored).")
+@click.option("--no-lock", "no_lock", is_flag=True,
+              help="Neither read nor write the recipe's lock (<recipe stem>.lock).")
 @click.option("--max-credits", type=click.IntRange(0), default=None,
               help="Refuse (exit 3) if the steps that are not cached would cost more.")
 @click.option("--json", "as_json", is_flag=True,
@@ -58,9 +64,10 @@ __all__ = ["run"]
               help="Where to receive the pushed results (with --webhook-url).")
 def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], provider: str,
         api_base: str | None, cache_dir: str | None, concurrency: int, frozen: bool,
-        max_credits: int | None, as_json: bool, webhook_url: str | None,
-        webhook_listen: str | None) -> None:
-    """Run recipes: every step cached by its inputs, outputs and manifest.json in --out."""
+        relock: bool, no_lock: bool, max_credits: int | None, as_json: bool,
+        webhook_url: str | None, webhook_listen: str | None) -> None:
+    """Run recipes: every step cached by its inputs, outputs and manifest.json in --out, and
+    what was made recorded in the lock beside each recipe."""
     import asyncio  # noqa: PLC0415
     import json  # noqa: PLC0415
 
@@ -69,6 +76,7 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
     from kontext_pipeline.runner._providers import open_provider  # noqa: PLC0415
 
     webhook = _webhook(webhook_url, webhook_listen)
+    _check_lock_options(frozen=frozen, relock=relock, no_lock=no_lock, provider=provider)
     specs = load_all(recipes)
     plans = [build_plan(spec, overrides=variables, env=os.environ, provider=provider)
              for spec in specs]
@@ -88,7 +96,8 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
                 open_provider=lambda: open_provider(provider, environ=os.environ,
                                                     api_base=api_base, concurrency=concurrency,
                                                     webhook=webhook),
-                on_start=display.start, on_event=display.event, on_note=display.note)
+                on_start=display.start, on_event=display.event, on_note=display.note,
+                lock=not no_lock, relock=relock)
 
     try:
         with _sigterm_interrupts():
@@ -103,10 +112,23 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
         from kontext_pipeline.cli._progress import summary  # noqa: PLC0415
 
         for report in reports:
-            echo(summary(report))
+            echo(summary(report) + (f", {report.lock}" if report.lock is not None else ""))
     failures = [line for report in reports for line in report.failures]
     if failures:
         raise StepsFailedError(failures)
+
+
+def _check_lock_options(*, frozen: bool, relock: bool, no_lock: bool, provider: str) -> None:
+    if not relock:
+        return
+    if not frozen:
+        raise UsageError("--relock rewrites the lock without any request: use it with --frozen "
+                         "(kontext-pipeline run --frozen --relock RECIPE)")
+    if no_lock:
+        raise UsageError("--relock writes the lock and --no-lock writes none: use one of them")
+    if provider != "bfl":
+        raise UsageError(f"--relock: a run of the {provider} provider has no lock; only "
+                         "--provider bfl runs read and write one")
 
 
 def _webhook(url: str | None, listen: str | None) -> Webhook | None:

@@ -7,10 +7,12 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kontext_pipeline.plan._locked import CheckResult
 from kontext_pipeline.plan._plan import Plan, Task
 from kontext_pipeline.plan._resolution import Resolved, cost_of_misses
 
-__all__ = ["cost", "credits_text", "dollars", "paid", "plan_json", "plan_text", "task_json"]
+__all__ = ["cost", "credits_text", "dollars", "lock_diff", "paid", "plan_json", "plan_text",
+           "task_json"]
 
 _KEY_CHARS = 12
 
@@ -45,13 +47,62 @@ def _images(task: Task) -> str:
     return "image " + ", ".join(image.name for image in task.images)
 
 
+_SOURCES = {"cache": "cached", "files": "from its exported file", "lock": "held by the lock"}
+_COUNTED = {"files": "from exported files", "lock": "held by the lock"}
+
+
 def _status(resolved: Resolved) -> str:
     if resolved.key is None:
         return f"miss (after {resolved.waits_on})  {resolved.task.credits} credits"
     key = resolved.key[:_KEY_CHARS]
     if resolved.hit:
-        return f"cached  key {key}"
+        return f"{_SOURCES[resolved.source or 'cache']}  key {key}"
     return f"miss  key {key}  {resolved.task.credits} credits"
+
+
+def _lock_status(check: CheckResult, task: Task) -> tuple[str, str | None]:
+    """How the lock stands on ``task``: ``agrees``, ``changed`` (and how) or ``none``; a locked
+    file that is not as recorded is named after it."""
+    mine = [d for d in check.differences if (d.variant, d.step) == (task.variant, task.step)]
+    if any(d.kind == "no lock" for d in check.differences) or any(d.kind == "new" for d in mine):
+        return "none", None
+    step = next((d.reason for d in mine if d.kind == "changed"), None)
+    said = [step] if step is not None else []
+    said += [d.reason for d in mine if d.path is not None]
+    return ("changed" if step is not None else "agrees"), "; ".join(said) or None
+
+
+def _lock_line(check: CheckResult, task: Task) -> str:
+    state, said = _lock_status(check, task)
+    if said is None:
+        return state
+    return said if state == "changed" else f"{state}; {said}"
+
+
+def lock_diff(check: CheckResult) -> dict[str, list[str]]:
+    """The records a run of the plan would add to the lock, change and remove (``variant /
+    step`` each), if every step finishes."""
+    def steps(kind: str) -> list[str]:
+        return [f"{d.variant} / {d.step}" for d in check.differences if d.kind == kind]
+
+    return {"added": steps("new"), "changed": steps("changed"), "removed": steps("gone")}
+
+
+def _lock_footer(check: CheckResult, tasks: int) -> list[str]:
+    if any(d.kind == "no lock" for d in check.differences):
+        return [f"lock {check.lock}: none yet; a run writes it ({tasks} step"
+                f"{'' if tasks == 1 else 's'})"]
+    diff = lock_diff(check)
+    renamed = [d.reason for d in check.differences if d.kind == "renamed"]
+    if not renamed and not any(diff.values()):
+        return [f"lock {check.lock}: a run leaves it as it is"]
+    counts = ", ".join(f"{verb} {len(diff[kind])}" for kind, verb in
+                       (("added", "adds"), ("changed", "changes"), ("removed", "removes")))
+    lines = [f"lock {check.lock}: a run {counts} step records"]
+    lines.extend(f"  {line}" for line in renamed)
+    for kind, mark in (("added", "+"), ("changed", "~"), ("removed", "-")):
+        lines.extend(f"  {mark} {step}" for step in diff[kind])
+    return lines
 
 
 def _params(task: Task) -> str:
@@ -65,9 +116,11 @@ def _params(task: Task) -> str:
 
 
 def plan_text(plan: Plan, resolved: Sequence[Resolved],
-              reasons: Mapping[str, str] | None = None) -> str:
+              reasons: Mapping[str, str] | None = None, lock: CheckResult | None = None) -> str:
     """The plan as ``kontext-pipeline plan`` prints it, with each task's cache status (and,
-    for a task that will run, ``reasons[task.id]``: why)."""
+    for a task that will run, ``reasons[task.id]``: why); with the recipe's ``lock`` checked
+    (:func:`~kontext_pipeline.plan._locked.check_plan`), whether it agrees with each task, and
+    what a run would change in it."""
     spec = plan.spec
     tasks = len(plan.tasks)
     lines = [
@@ -88,11 +141,18 @@ def plan_text(plan: Plan, resolved: Sequence[Resolved],
             lines.extend(f"       {line}" for line in task.prompt.splitlines())
             if reasons and task.id in reasons:
                 lines.append(f"       why: {reasons[task.id]}")
+            if lock is not None:
+                lines.append(f"       lock: {_lock_line(lock, task)}")
     cached = sum(1 for r in resolved if r.hit)
     price = cost(cost_of_misses(resolved), plan.provider)
+    from_lock = [f"{n} {said}" for source, said in _COUNTED.items()
+                 if (n := sum(1 for r in resolved if r.source == source))]
+    held = f" ({', '.join(from_lock)})" if from_lock else ""
     lines.append("")
-    lines.append(f"{cached} of {tasks} cached; the rest "
+    lines.append(f"{cached} of {tasks} cached{held}; the rest "
                  f"{'cost' if paid(plan.provider) else 'are'} {price}")
+    if lock is not None:
+        lines.extend(_lock_footer(lock, tasks))
     return "\n".join(lines)
 
 
@@ -116,8 +176,9 @@ def task_json(task: Task) -> dict[str, Any]:
 
 
 def plan_json(plan: Plan, resolved: Sequence[Resolved],
-              reasons: Mapping[str, str] | None = None) -> str:
-    """The plan as ``kontext-pipeline plan --json`` prints it (``why``: see :func:`plan_text`)."""
+              reasons: Mapping[str, str] | None = None, lock: CheckResult | None = None) -> str:
+    """The plan as ``kontext-pipeline plan --json`` prints it (``why`` and ``lock``: see
+    :func:`plan_text`; ``lock`` is null for a plan that uses none, the preview provider's)."""
     spec = plan.spec
     status = {r.task.id: r for r in resolved}
     document = {
@@ -129,9 +190,22 @@ def plan_json(plan: Plan, resolved: Sequence[Resolved],
         "variants": [{"id": v.id, "values": dict(v.values)} for v in plan.variants],
         "tasks": [{**task_json(task), "key": status[task.id].key,
                    "cache": "hit" if status[task.id].hit else "miss",
-                   "why": (reasons or {}).get(task.id)} for task in plan.tasks],
+                   "source": status[task.id].source,
+                   "why": (reasons or {}).get(task.id),
+                   "lock": None if lock is None else _lock_json(lock, task)}
+                  for task in plan.tasks],
         "totals": {"tasks": len(plan.tasks), "credits": plan.credits,
                    "cached": sum(1 for r in resolved if r.hit),
                    "credits_to_spend": cost_of_misses(resolved)},
+        "lock": None if lock is None else {
+            "file": lock.lock,
+            "exists": not any(d.kind == "no lock" for d in lock.differences),
+            **lock_diff(lock),
+            "renamed": next((d.reason for d in lock.differences if d.kind == "renamed"), None)},
     }
     return json.dumps(document, indent=2, ensure_ascii=False)
+
+
+def _lock_json(check: CheckResult, task: Task) -> dict[str, Any]:
+    state, said = _lock_status(check, task)
+    return {"status": state, "detail": said}

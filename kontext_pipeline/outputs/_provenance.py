@@ -38,6 +38,7 @@ __all__ = [
     "insert_provenance",
     "read_provenance",
     "read_provenance_file",
+    "strip_provenance",
 ]
 
 SOFTWARE = "kontext-pipeline"
@@ -202,14 +203,30 @@ def read_provenance_file(path: Path) -> Found:
     return found
 
 
-def _generated_sha256(data: bytes, fmt: str, provenance: Provenance) -> str | None:
-    """The sha256 of ``data`` without the provenance this tool inserted, if those bytes are
-    still there as written (else the file was saved again by another program)."""
-    encoded = encode_provenance(provenance, fmt)
-    start = data.find(encoded)
-    if start < 0:
+def strip_provenance(data: bytes) -> bytes | None:
+    """``data`` without the provenance export inserted: the image as generated, if the file
+    was not changed since. None for a file that is not a PNG or JPEG, is damaged, holds no
+    provenance, or whose provenance is not as export wrote it (saved again elsewhere)."""
+    try:
+        found = read_provenance(data)
+    except ValueError:
         return None
-    return hashlib.sha256(data[:start] + data[start + len(encoded):]).hexdigest()
+    return None if found is None else _without(data, found.format, found.provenance)
+
+
+def _without(data: bytes, fmt: str, provenance: Provenance) -> bytes | None:
+    try:
+        encoded = encode_provenance(provenance, fmt)
+    except ValueError:  # fields too large for a JPEG segment: export wrote no such file
+        return None
+    start = data.find(encoded)
+    return None if start < 0 else data[:start] + data[start + len(encoded):]
+
+
+def _generated_sha256(data: bytes, fmt: str, provenance: Provenance) -> str | None:
+    """The sha256 of ``data`` without its provenance (None: saved again elsewhere)."""
+    image = _without(data, fmt, provenance)
+    return None if image is None else hashlib.sha256(image).hexdigest()
 
 
 # --- PNG ---------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ rendered prompt, seed, request parameters and the input images' bytes, so compar
 the step's record in the last ``manifest.json`` says which of them changed: the words of a prompt
 (as a word diff), a seed, a parameter, an input image, or an upstream step that runs again.
 The outputs read that manifest (``outputs._manifest.last_run``) and pass it in as a
-:class:`LastRun`.
+:class:`LastRun`. The comparison itself, :func:`request_changes`, is the one ``check`` and
+``plan`` make against the lock's record of a step (:mod:`kontext_pipeline.plan._locked`).
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from kontext_pipeline.plan._plan import Task
 from kontext_pipeline.plan._resolution import Resolved
 
-__all__ = ["LastRun", "RecordedStep", "explain_misses", "word_diff"]
+__all__ = ["Change", "LastRun", "RecordedStep", "RunStep", "explain_misses", "request_changes",
+           "word_diff"]
 
 _CONTEXT = 3  # words kept around a change
 
 
 class RecordedStep(Protocol):
-    """What the last run recorded of a step (a manifest's step record; the outputs read it)."""
+    """What a record says of a step's request: a manifest's step record (the last run) or the
+    lock's (:class:`~kontext_pipeline.store._lock.LockedStep`) both are one."""
 
     @property
     def model(self) -> str: ...
@@ -38,6 +41,11 @@ class RecordedStep(Protocol):
     def params(self) -> Mapping[str, Any]: ...
     @property
     def inputs_sha256(self) -> Sequence[str]: ...
+
+
+class RunStep(RecordedStep, Protocol):
+    """A step as the last run recorded it in its manifest: with how it ended."""
+
     @property
     def status(self) -> str: ...
 
@@ -49,7 +57,60 @@ class LastRun:
 
     manifest: Path
     provider: str
-    steps: Mapping[tuple[str, str], RecordedStep]
+    steps: Mapping[tuple[str, str], RunStep]
+
+
+ChangeField = Literal["model", "prompt", "seed", "param", "inputs", "input image", "input step"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One way a task's request differs from a recorded step's. ``name`` is the parameter's or
+    the input image's name; ``old`` and ``new`` the recorded and the planned value (for an
+    input, its sha256; ``new`` is None for an input step whose output is not known yet: it
+    runs again)."""
+
+    field: ChangeField
+    old: Any
+    new: Any
+    name: str | None = None
+
+    @property
+    def detail(self) -> str:
+        """The change in a few words: a word diff for a prompt, else ``old -> new``."""
+        if self.field == "prompt":
+            return word_diff(self.old, self.new)
+        if self.field == "param":
+            return f"{json.dumps(self.old)} -> {json.dumps(self.new)}"
+        return f"{self.old} -> {self.new}"
+
+
+def request_changes(task: Task, before: RecordedStep,
+                    outputs: Mapping[str, str | None]) -> list[Change]:
+    """How ``task``'s request differs from ``before``: model, prompt, seed, each parameter both
+    name, the number of input images, and each input image whose bytes differ. ``outputs``
+    holds the sha256 of each earlier step's output as the caller knows it (None: it runs
+    again); an input step is a change when its hash is not the recorded one."""
+    changes = []
+    if task.model != before.model:
+        changes.append(Change("model", before.model, task.model))
+    if task.prompt != before.prompt:
+        changes.append(Change("prompt", before.prompt, task.prompt))
+    if task.seed != before.seed:
+        changes.append(Change("seed", before.seed, task.seed))
+    old_params = before.params
+    for name, value in task.params.as_dict().items():
+        if name in old_params and old_params[name] != value:
+            changes.append(Change("param", old_params[name], value, name))
+    old_hashes = before.inputs_sha256
+    if len(old_hashes) != len(task.images):
+        return [*changes, Change("inputs", len(old_hashes), len(task.images))]
+    for image, old_hash in zip(task.images, old_hashes, strict=True):
+        new_hash = outputs.get(image.name) if image.is_step else image.sha256
+        if new_hash != old_hash:
+            field: ChangeField = "input step" if image.is_step else "input image"
+            changes.append(Change(field, old_hash, new_hash, image.name))
+    return changes
 
 
 def explain_misses(resolved: Sequence[Resolved], last: LastRun | None) -> dict[str, str]:
@@ -71,47 +132,33 @@ def explain_misses(resolved: Sequence[Resolved], last: LastRun | None) -> dict[s
         if before is None:
             reasons[task.id] = "a new step: the last run had no such step in this variant"
             continue
-        changes = [*_request_changes(task, before),
-                   *_input_changes(task, before, runs_again, outputs)]
-        reasons[task.id] = "; ".join(changes) if changes else _unchanged(before)
+        known: dict[str, str | None] = {}  # each input step's output; None: it runs again
+        for image in task.images:
+            upstream = f"{task.pipeline}/{task.variant}/{image.name}"
+            if image.is_step:
+                known[image.name] = None if upstream in runs_again else outputs.get(upstream)
+        changes = request_changes(task, before, known)
+        reasons[task.id] = ("; ".join(_explained(c) for c in changes) if changes
+                            else _unchanged(before))
     return reasons
 
 
-def _request_changes(task: Task, before: RecordedStep) -> list[str]:
-    changes = []
-    if task.model != before.model:
-        changes.append(f"model: {before.model} -> {task.model}")
-    if task.prompt != before.prompt:
-        changes.append(f"prompt: {word_diff(before.prompt, task.prompt)}")
-    if task.seed != before.seed:
-        changes.append(f"seed: {before.seed} -> {task.seed}")
-    old_params = before.params
-    for name, value in task.params.as_dict().items():
-        if name in old_params and old_params[name] != value:
-            changes.append(f"{name}: {json.dumps(old_params[name])} -> {json.dumps(value)}")
-    return changes
+def _explained(change: Change) -> str:
+    if change.field == "param":
+        return f"{change.name}: {change.detail}"
+    if change.field == "inputs":
+        return f"it takes {change.new} input images, not {change.old}"
+    if change.field == "input image":
+        return (f"input image '{change.name}' changed "
+                f"({change.old[:12]} -> {(change.new or '')[:12]})")
+    if change.field == "input step":
+        if change.new is None:
+            return f"its input '{change.name}' runs again"
+        return f"its input '{change.name}' is another image than last time"
+    return f"{change.field}: {change.detail}"
 
 
-def _input_changes(task: Task, before: RecordedStep, runs_again: set[str],
-                   outputs: Mapping[str, str]) -> list[str]:
-    old_hashes = before.inputs_sha256
-    if len(old_hashes) != len(task.images):
-        return [f"it takes {len(task.images)} input images, not {len(old_hashes)}"]
-    changes = []
-    for image, old_hash in zip(task.images, old_hashes, strict=True):
-        if image.is_step:
-            upstream = f"{task.pipeline}/{task.variant}/{image.name}"
-            if upstream in runs_again:
-                changes.append(f"its input '{image.name}' runs again")
-            elif outputs.get(upstream) != old_hash:
-                changes.append(f"its input '{image.name}' is another image than last time")
-        elif image.sha256 != old_hash:
-            changes.append(f"input image '{image.name}' changed "
-                           f"({old_hash[:12]} -> {(image.sha256 or '')[:12]})")
-    return changes
-
-
-def _unchanged(before: RecordedStep) -> str:
+def _unchanged(before: RunStep) -> str:
     status = before.status
     if status in ("failed", "skipped"):
         return f"the same request as last time, which did not finish ({status})"

@@ -1,39 +1,79 @@
-"""Which tasks of a plan the cache already holds, before anything runs.
+"""Which tasks of a plan already have their result, before anything runs: in the cache, or in
+the recipe's lock and the files it lists.
 
 A task's key needs its input images' hashes; when an input is an earlier step's output, that
-hash is known only if the earlier step is cached. So the walk goes step by step: a hit gives
-the next step its input hash, a miss leaves every step downstream of it unknown (and counted as
-a miss: it will run).
+hash is known only if the earlier step's result is: its cache entry's object, else the
+``output_sha256`` the lock records for it when the lock's key is the task's. So the walk goes
+step by step, and a step whose output is unknown leaves every step downstream of it unknown (a
+miss: it will run).
+
+With a lock, a task the cache lacks whose key is the lock's is taken from the files the lock
+lists for it (``from_files`` checks them and refills the cache, see the runner). One whose files
+are gone (an intermediate step whose image was never committed) still counts as done, "held" by
+the lock, when it is not one of the recipe's outputs and every step that reads it has its result
+too: nothing needs its bytes. Otherwise it runs again, before the steps that read it (its
+``needed_by``), and they wait for its new output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from kontext_pipeline.plan._plan import Plan, Task
 from kontext_pipeline.store._cache import Cache, CacheEntry
+from kontext_pipeline.store._lock import Lock, LockedStep
 
-__all__ = ["Resolved", "cost_of_misses", "missing_lines", "resolve"]
+__all__ = ["FromFiles", "Resolved", "Source", "cost_of_misses", "missing_lines", "resolve"]
+
+Source = Literal["cache", "files", "lock"]
+"""Where a task's result is: the cache; the lock's exported files (now refilled into the
+cache); the lock's record alone (no bytes: nothing downstream needs them)."""
+
+FromFiles = Callable[[Task, LockedStep], "CacheEntry | str"]
+"""Takes a task's result from the files its lock record lists: the cache entry made of one that
+is intact, or why none is."""
 
 
 @dataclass(frozen=True)
 class Resolved:
-    """A task's cache status. ``key`` is None while an upstream step is not cached
-    (``waits_on`` names it); ``problem`` says why a present entry could not be used."""
+    """A task's status before the run. ``key`` is None while an upstream step's output is
+    unknown (``waits_on`` names it); ``problem`` says why a cache entry, or the lock's files,
+    could not be used; ``locked`` is the lock's record of the task when its key is the task's;
+    ``needed_by`` names the step that runs again and reads this one's output, which neither the
+    cache nor an exported file holds."""
 
     task: Task
     key: str | None
     entry: CacheEntry | None = None
     waits_on: str | None = None
     problem: str | None = None
+    locked: LockedStep | None = None
+    source: Source | None = None
+    needed_by: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source is None and self.entry is not None:
+            object.__setattr__(self, "source", "cache")
 
     @property
     def hit(self) -> bool:
-        return self.entry is not None
+        """Whether the result is there (cache, exported files or lock): no request."""
+        return self.source is not None
+
+    @property
+    def output_sha256(self) -> str | None:
+        """The sha256 of the task's result, when it is there."""
+        if self.entry is not None:
+            return self.entry.object
+        return self.locked.output_sha256 if self.source == "lock" and self.locked else None
 
     def why_missing(self) -> str:
-        """Why this task is not in the cache, in words."""
+        """Why this task has no result, in words."""
+        if self.needed_by is not None:
+            return (f"'{self.needed_by}' runs again and reads its output, which neither the "
+                    "cache nor an exported file holds")
         if self.waits_on is not None:
             return f"its input '{self.waits_on}' is not cached"
         if self.problem is not None:
@@ -41,37 +81,94 @@ class Resolved:
         return f"no cached result for key {(self.key or '')[:12]}"
 
 
-def resolve(plan: Plan, cache: Cache) -> list[Resolved]:
-    """The cache status of every task of ``plan``, in plan order."""
+def resolve(plan: Plan, cache: Cache, lock: Lock | None = None, *,
+            from_files: FromFiles | None = None) -> list[Resolved]:
+    """The status of every task of ``plan``, in plan order. ``lock``: the recipe's lock (only
+    for a plan of the provider it was made with); ``from_files`` takes a locked task's result
+    from its exported files (without it, a locked task the cache lacks is a miss, unless it
+    is held by the lock)."""
+    if lock is not None and (lock.provider != plan.provider or lock.pipeline != plan.spec.name):
+        lock = None
     resolved: list[Resolved] = []
     for variant in plan.variants:
-        outputs: dict[str, str] = {}  # step id -> sha256 of its cached output
-        for task in plan.tasks_of(variant.id):
-            hashes: list[str] = []
-            missing = None
-            for image in task.images:
-                digest = image.sha256 if not image.is_step else outputs.get(image.name)
-                if digest is None:
-                    missing = image.name
-                    break
-                hashes.append(digest)
-            if missing is not None:
-                resolved.append(Resolved(task, None, waits_on=missing))
-                continue
-            key = task.key(hashes)
-            lookup = cache.lookup(key, task.params.output_format)
-            if lookup.entry is not None:
-                outputs[task.step] = lookup.entry.object
-            resolved.append(Resolved(task, key, lookup.entry, problem=lookup.problem))
+        resolved.extend(_variant(plan.tasks_of(variant.id), cache, lock, from_files,
+                                 set(plan.spec.outputs.values())))
     return resolved
 
 
+def _variant(tasks: Sequence[Task], cache: Cache, lock: Lock | None,
+             from_files: FromFiles | None, outputs: set[str]) -> list[Resolved]:
+    known: dict[str, str] = {}  # step id -> sha256 of its output, where it is known
+    found: dict[str, Resolved] = {}
+    for task in tasks:
+        found[task.step] = item = _first(task, known, cache, lock, from_files)
+        digest = item.entry.object if item.entry is not None else (
+            item.locked.output_sha256 if item.locked is not None else None)
+        if digest is not None:
+            known[task.step] = digest
+    readers = {task.step: [t.step for t in tasks if any(i.is_step and i.name == task.step
+                                                       for i in t.images)] for task in tasks}
+    changed = True
+    while changed:  # a step that runs again makes the steps that read it wait for its output
+        changed = False
+        for task in reversed(tasks):
+            item = found[task.step]
+            if item.locked is None or item.entry is not None or item.key is None:
+                continue
+            needing = [r for r in readers[task.step] if not found[r].hit]
+            held = task.step not in outputs and not needing
+            now = replace(item, source="lock" if held else None,
+                          needed_by=needing[0] if needing and not held else None)
+            if now != item:
+                found[task.step] = now
+                changed = True
+            if not held:
+                changed |= _wait(task.step, readers, found)
+    return [found[task.step] for task in tasks]
+
+
+def _first(task: Task, known: Mapping[str, str], cache: Cache, lock: Lock | None,
+           from_files: FromFiles | None) -> Resolved:
+    """The task's status from the cache and the lock, before the steps that read it count."""
+    hashes: list[str] = []
+    for image in task.images:
+        digest = image.sha256 if not image.is_step else known.get(image.name)
+        if digest is None:
+            return Resolved(task, None, waits_on=image.name)
+        hashes.append(digest)
+    key = task.key(hashes)
+    record = lock.steps.get((task.variant, task.step)) if lock is not None else None
+    locked = record if record is not None and record.key == key else None
+    lookup = cache.lookup(key, task.params.output_format)
+    if lookup.entry is not None:
+        return Resolved(task, key, lookup.entry, locked=locked, source="cache")
+    if locked is None:
+        return Resolved(task, key, problem=lookup.problem)
+    taken = from_files(task, locked) if from_files is not None else None
+    if isinstance(taken, CacheEntry):
+        return Resolved(task, key, taken, problem=lookup.problem, locked=locked, source="files")
+    return Resolved(task, key, problem=taken or lookup.problem, locked=locked)
+
+
+def _wait(step: str, readers: Mapping[str, list[str]], found: dict[str, Resolved]) -> bool:
+    """The steps downstream of ``step`` (which runs again) wait for its new output: their keys
+    are known only then. Returns whether any changed."""
+    changed = False
+    for reader in readers[step]:
+        item = found[reader]
+        if item.waits_on is None:
+            found[reader] = Resolved(item.task, None, waits_on=step)
+            changed = True
+            _wait(reader, readers, found)
+    return changed
+
+
 def cost_of_misses(resolved: Iterable[Resolved]) -> int:
-    """Credits the tasks that are not cached will cost."""
+    """Credits the tasks that have no result will cost."""
     return sum(r.task.credits for r in resolved if not r.hit)
 
 
 def missing_lines(resolved: Sequence[Resolved]) -> list[str]:
-    """``pipeline / variant / step: why`` for each task that is not cached."""
+    """``pipeline / variant / step: why`` for each task that has no result."""
     return [f"{r.task.pipeline} / {r.task.variant} / {r.task.step}: {r.why_missing()}"
             for r in resolved if not r.hit]

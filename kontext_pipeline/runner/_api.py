@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ def run(
     concurrency: int | None = None,
     frozen: bool = False,
     max_credits: int | None = None,
+    lock: bool = True,
 ) -> RunResult:
     """Run ``recipe`` and export its outputs into ``out`` (default ``out/<recipe name>``).
 
@@ -79,12 +81,15 @@ def run(
     ``bfl`` (the key from ``api_key`` or ``BFL_API_KEY``) or ``preview`` (offline);
     ``cache_dir`` defaults to ``KONTEXT_CACHE_DIR``, else the user cache directory;
     ``concurrency`` (1 to 24, default 24) bounds the tasks active at once; ``frozen`` calls no
-    provider (every step must be cached); ``max_credits`` refuses a run that would cost more.
-    Inside a running event loop (a notebook), the run goes on in a thread of its own; there,
-    ``await arun(...)`` is the better call."""
+    provider (every step must be cached, or held by the lock); ``max_credits`` refuses a run
+    that would cost more; ``lock`` (a ``bfl`` run) reads the recipe's lock and writes it again
+    (``False``: neither, as ``--no-lock``).
+    Inside a running event loop (a notebook), the run goes on in a thread of its own, which an
+    interrupt does not stop before the run ends; there, ``await arun(...)`` is the better
+    call."""
     work = arun(recipe, out=out, vars=vars, provider=provider, api_base=api_base,
                 api_key=api_key, cache_dir=cache_dir, concurrency=concurrency, frozen=frozen,
-                max_credits=max_credits)
+                max_credits=max_credits, lock=lock)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -105,25 +110,32 @@ async def arun(
     concurrency: int | None = None,
     frozen: bool = False,
     max_credits: int | None = None,
+    lock: bool = True,
 ) -> RunResult:
-    """:func:`run`, awaited in the caller's event loop (notebooks, servers)."""
+    """:func:`run`, awaited in the caller's event loop (notebooks, servers): reading the recipe
+    and planning it (which hashes the input images) happen in a worker thread."""
     from kontext_pipeline.plan._plan import build_plan  # noqa: PLC0415  (import stays light)
     from kontext_pipeline.recipe._spec import load_spec  # noqa: PLC0415
     from kontext_pipeline.runner._pipelines import run_plans  # noqa: PLC0415
-    from kontext_pipeline.runner._providers import open_provider  # noqa: PLC0415
+    from kontext_pipeline.runner._providers import PROVIDERS, open_provider  # noqa: PLC0415
     from kontext_pipeline.store._cache import Cache, default_cache_dir  # noqa: PLC0415
 
+    if provider not in PROVIDERS:
+        raise UsageError(f"unknown provider '{provider}'; choose one of: {', '.join(PROVIDERS)}")
     slots = _concurrency(concurrency)
     _check_budget(max_credits)
     environ = dict(os.environ)
     if api_key is not None:
         environ["BFL_API_KEY"] = api_key
-    spec = load_spec(recipe, env=environ)
-    plan = build_plan(spec, overrides=_overrides(vars), env=environ, provider=provider)
+    overrides = _overrides(vars)
+    spec = await asyncio.to_thread(load_spec, recipe, env=environ)
+    plan = await asyncio.to_thread(build_plan, spec, overrides=overrides, env=environ,
+                                   provider=provider)
     out_dir = Path(out) if out is not None else Path("out") / spec.name
     cache = Cache(Path(cache_dir) if cache_dir is not None else default_cache_dir(environ))
     (report,) = await run_plans(
         [plan], cache=cache, out_dirs=[out_dir], frozen=frozen, max_credits=max_credits,
+        lock=lock,
         open_provider=lambda: open_provider(provider, environ=environ, api_base=api_base,
                                             concurrency=slots))
     return _result(report)
@@ -166,4 +178,5 @@ def _result(report: PipelineReport) -> RunResult:
                                     reason))
     outputs = {step.output: report.out_dir / step.output
                for step in report.manifest.steps if step.output is not None}
-    return RunResult(report.out_dir, report.manifest, tuple(failures), outputs)
+    return RunResult(report.out_dir, report.manifest, tuple(failures),
+                     types.MappingProxyType(outputs))

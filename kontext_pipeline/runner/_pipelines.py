@@ -1,21 +1,23 @@
-"""A run, start to finish: look up the cache, refuse to spend when told to, execute, export.
+"""A run, start to finish: look up the cache and the lock, refuse to spend when told to,
+execute, export, write the lock.
 
-The provider is opened only when something is not cached, so a fully cached run (and every
-``--frozen`` run) needs no key and creates no HTTP client.
+The provider is opened only when something has no result yet, so a run that the cache or the
+lock (with its exported files) fully holds, and every ``--frozen`` run, needs no key and creates
+no HTTP client.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kontext_pipeline._support.files import write_atomic
 from kontext_pipeline._support.threads import QuietWorker
 from kontext_pipeline.errors import BudgetExceededError, FrozenCacheMissError, OutputError
-from kontext_pipeline.outputs._export import check_out_dir, export_outputs
+from kontext_pipeline.outputs._export import Exported, check_out_dir, export_outputs
 from kontext_pipeline.outputs._manifest import MANIFEST, Manifest, build_manifest, last_run
 from kontext_pipeline.outputs._plan_views import cost, dollars, paid
 from kontext_pipeline.outputs._records import StepRecord
@@ -24,9 +26,17 @@ from kontext_pipeline.plan._explain import explain_misses
 from kontext_pipeline.plan._plan import Plan
 from kontext_pipeline.plan._resolution import Resolved, cost_of_misses, missing_lines, resolve
 from kontext_pipeline.providers._base import Provider
-from kontext_pipeline.runner._executor import RunEventSink, execute
+from kontext_pipeline.runner._executor import RunEvent, RunEventSink, execute
 from kontext_pipeline.runner._journal import Journal
+from kontext_pipeline.runner._locking import (
+    LOCKING_PROVIDER,
+    load_lock,
+    locked_entry,
+    new_lock,
+    refill_from_files,
+)
 from kontext_pipeline.store._cache import Cache, CacheEntry
+from kontext_pipeline.store._lock import Lock, LockedStep, lock_path, write_lock
 
 __all__ = ["MANIFEST", "REPORT", "PipelineReport", "RunStart", "run_pipelines", "run_plans"]
 
@@ -66,6 +76,9 @@ class PipelineReport:
     records: tuple[StepRecord, ...]
     out_dir: Path
     manifest: Manifest
+    lock: Path | None = None  # the recipe's lock, when the run changed it
+    exported: Mapping[tuple[str, str], Exported] = field(default_factory=dict)  # by (variant,
+    # step): the file each step's image went to
 
     @property
     def failures(self) -> list[str]:
@@ -86,13 +99,22 @@ async def run_plans(
     on_start: Callable[[RunStart], None] | None = None,
     on_event: RunEventSink | None = None,
     on_note: Callable[[str], None] | None = None,
+    lock: bool = True,
+    relock: bool = False,
 ) -> list[PipelineReport]:
     """Run ``plans`` (exporting plan i into ``out_dirs[i]``) and return their reports.
     ``on_note`` is told of what concerns a whole run (an old output kept in ``--out``).
 
-    Raises :class:`FrozenCacheMissError` or :class:`BudgetExceededError` before any request,
-    and a provider error that stops the run (key, credits) as soon as it happens.
+    ``lock``: a ``bfl`` run reads each recipe's lock (``<recipe stem>.lock``) first, takes the
+    results it and the exported files it lists hold (refilling the cache), and writes it again
+    at the end. ``relock``: a ``frozen`` run that ignores a lock it cannot read (``on_note`` is
+    told), so as to write it again from the cache and the exported files.
+
+    Raises :class:`~kontext_pipeline.errors.LockError` when a lock cannot be read,
+    :class:`FrozenCacheMissError` or :class:`BudgetExceededError` before any request, and a
+    provider error that stops the run (key, credits) as soon as it happens.
     """
+    frozen = frozen or relock
     if len(out_dirs) != len(plans):
         raise ValueError("one output directory per plan")
     for out_dir in out_dirs:  # where the results go must be usable before anything is paid
@@ -101,7 +123,9 @@ async def run_plans(
         cache.check_layout()
     else:
         cache.check_writable()
-    resolved = [r for plan in plans for r in resolve(plan, cache)]
+    locks = [load_lock(plan, relock=relock, on_note=on_note) if lock else None
+             for plan in plans]
+    resolved, held = _resolve(plans, locks, cache)
     cached = sum(1 for r in resolved if r.hit)
     journal = Journal(cache.root / "journal")
     accepted = [r for r in resolved if not r.hit and r.key is not None
@@ -120,6 +144,7 @@ async def run_plans(
         on_start(RunStart(len(resolved), cached, credits, len(accepted) - elsewhere,
                           _reasons(plans, out_dirs, resolved),
                           providers.pop() if len(providers) == 1 else "bfl", elsewhere))
+    _warn_mended(resolved, on_event)
     provider = None if cached == len(resolved) else open_provider()
     # the report's thumbnails are made while the run waits on the API, not after it
     thumbnails = QuietWorker("thumbnails") if provider is not None else None
@@ -130,7 +155,9 @@ async def run_plans(
             thumbnails.submit(lambda: store.keep(entry.object, data))
 
     try:
-        known = {r.task.id: r.entry for r in resolved if r.entry is not None}
+        known = {r.task.id: r.entry if r.entry is not None
+                 else locked_entry(r.task, held[r.task.id])
+                 for r in resolved if r.entry is not None or r.task.id in held}
         records = await execute(plans, cache=cache, provider=provider, on_event=on_event,
                                 known=known, journal=journal, on_stored=keep_thumbnail)
     finally:
@@ -140,11 +167,33 @@ async def run_plans(
             await asyncio.to_thread(thumbnails.close)
     reports = []
     start = 0
-    for plan, out_dir in zip(plans, out_dirs, strict=True):
+    for plan, out_dir, old in zip(plans, out_dirs, locks, strict=True):
         mine = records[start:start + len(plan.tasks)]
         start += len(plan.tasks)
-        reports.append(_finish(plan, mine, cache, out_dir, on_note))
+        report = _finish(plan, mine, cache, out_dir, on_note=on_note, held=held)
+        reports.append(_relocked(report, old, held) if lock else report)
     return reports
+
+
+def _resolve(plans: Sequence[Plan], locks: Sequence[Lock | None],
+             cache: Cache) -> tuple[list[Resolved], dict[str, LockedStep]]:
+    """What the cache and the locks hold of each task (the cache refilled from the files the
+    locks list), and the locks' records of the tasks they alone hold (no bytes: see
+    :mod:`..plan._resolution`)."""
+    resolved = [r for plan, old in zip(plans, locks, strict=True)
+                for r in resolve(plan, cache, old, from_files=refill_from_files(
+                    cache, lock_path(plan.spec.path).parent))]
+    held = {r.task.id: r.locked for r in resolved if r.source == "lock" and r.locked}
+    return resolved, held
+
+
+def _warn_mended(resolved: Sequence[Resolved], on_event: RunEventSink | None) -> None:
+    """Tell of each damaged cache entry the lock's exported files stood in for (and mended)."""
+    for item in resolved:
+        if on_event is not None and item.source == "files" and item.problem:
+            on_event(RunEvent("warning", item.task, message=(
+                f"{item.problem.removesuffix('; the step runs again')}; its exported file "
+                "stood in for it")))
 
 
 def _reasons(plans: Sequence[Plan], out_dirs: Sequence[Path],
@@ -158,11 +207,14 @@ def _reasons(plans: Sequence[Plan], out_dirs: Sequence[Path],
     return reasons
 
 
-def _finish(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Path,
-            on_note: Callable[[str], None] | None) -> PipelineReport:
+def _finish(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Path, *,
+            on_note: Callable[[str], None] | None,
+            held: Mapping[str, LockedStep]) -> PipelineReport:
     """Export the outputs, then write the manifest and the report (unless a re-run changed
-    nothing: then neither is written again)."""
-    exported = export_outputs(plan, records, cache, out_dir, on_warning=on_note)
+    nothing: then neither is written again). A step the lock holds without its bytes is not
+    exported: no file holds its image (its last export, if any, stays)."""
+    exported = export_outputs(plan, [r for r in records if r.task.id not in held], cache,
+                              out_dir, on_warning=on_note)
     manifest = build_manifest(plan, records, exported, base=out_dir)
     encoded = manifest.to_json().encode()
     if not _unchanged(out_dir, encoded):
@@ -172,7 +224,24 @@ def _finish(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Pa
             raise OutputError(f"cannot write {out_dir / MANIFEST}: {exc.strerror or exc}"
                               ) from exc
         _write_report(manifest, cache, out_dir)
-    return PipelineReport(plan, tuple(records), out_dir, manifest)
+    return PipelineReport(plan, tuple(records), out_dir, manifest, exported=exported)
+
+
+def _relocked(report: PipelineReport, old: Lock | None,
+              held: Mapping[str, LockedStep]) -> PipelineReport:
+    """Write the recipe's lock from the run's records; the report says where if it changed
+    (a run of another provider than ``bfl`` writes none)."""
+    if report.plan.provider != LOCKING_PROVIDER:
+        return report
+    path = lock_path(report.plan.spec.path)
+    lock = new_lock(report.plan, report.records, report.exported, out_dir=report.out_dir,
+                    old=old, held=held)
+    try:
+        changed = write_lock(path, lock)
+    except OSError as exc:
+        raise OutputError(f"cannot write the lock {path}: {exc.strerror or exc}; make its "
+                          "folder writable, or run with --no-lock") from exc
+    return replace(report, lock=path if changed else None)
 
 
 def _write_report(manifest: Manifest, cache: Cache, out_dir: Path) -> None:
