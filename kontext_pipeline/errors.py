@@ -7,7 +7,7 @@ to its documented exit code in one place (``cli.EXIT_CODES``); the library never
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from kontext_pipeline._support.text import printable
 
@@ -40,6 +40,10 @@ __all__ = [
     "UsageError",
 ]
 
+LockErrorCause = Literal["conflict", "newer", "invalid"]
+"""Why a lock cannot be read: git merge ``conflict`` markers, a ``newer`` version, or anything
+else (``invalid``)."""
+
 
 class KontextError(Exception):
     """Base class of every error kontext-pipeline raises on purpose."""
@@ -68,15 +72,25 @@ class TemplateError(SpecError):
 
 class LockError(KontextError):
     """A recipe's lock cannot be read (merge conflict markers, a hand edit, another version);
-    ``problems`` holds each one, pinned to its line (exit code 2). The message ends with the way
-    out: fix the file, or rewrite it with ``run --frozen --relock``."""
+    ``problems`` holds each one, pinned to its line (exit code 2). ``cause`` says which: a lock
+    merged with ``conflict`` markers, one written by a ``newer`` kontext-pipeline, or an
+    ``invalid`` one. The message ends with the way out: resolve the conflict, or fix the file,
+    or rewrite it with ``run --frozen --relock`` (which reads both sides of a conflict, and
+    otherwise has the cache alone to go on); a newer lock asks for an upgrade, nothing else."""
 
-    def __init__(self, problems: Sequence[Problem], *, recipe: str) -> None:
+    def __init__(self, problems: Sequence[Problem], *, recipe: str,
+                 cause: LockErrorCause = "invalid") -> None:
         self.problems: tuple[Problem, ...] = tuple(problems)
         self.recipe = recipe
+        self.cause: LockErrorCause = cause
         lines = [p.format() for p in self.problems] or [f"{recipe}: the lock cannot be read"]
-        lines[-1] += (f"; fix it, or rewrite it from the cache and the exported files with "
-                      f"`kontext-pipeline run --frozen --relock {printable(recipe)}`")
+        relock = f"`kontext-pipeline run --frozen --relock {printable(recipe)}`"
+        if cause == "conflict":
+            lines[-1] += (f"; resolve the conflict, or rewrite it with {relock}, which reads "
+                          "both sides and keeps each record whose image the cache or the "
+                          "exported files hold")
+        elif cause == "invalid":
+            lines[-1] += f"; fix it, or rewrite it from the cache alone with {relock}"
         super().__init__("\n".join(lines))
 
 

@@ -197,7 +197,9 @@ def test_steps_added_and_removed_are_named(project: Project) -> None:
              "recipe.yaml: default / frame: not in the lock (never run)")
     project.write(RECIPE.replace("      - id: relight\n        prompt: Relight the scene as "
                                  "{{ light }}\n", "").replace("poster: relight", "poster: sign"))
-    mismatch(project.check("recipe.yaml"),
+    mismatch(project.check("recipe.yaml"),  # sign's image is now the output, not exported
+             "recipe.yaml: default / sign: output 'poster' is in no file the lock lists "
+             "(poster.png); run the recipe to export it",
              "recipe.yaml: default / relight: in the lock, but no longer in the recipe")
 
 
@@ -215,8 +217,9 @@ def test_a_lock_that_cannot_be_read_is_exit_2(project: Project) -> None:
     assert (result.exit_code, result.stdout) == (2, ""), result.output
     assert result.stderr.startswith("kontext-pipeline: recipe.lock:")
     assert result.stderr.endswith(
-        "; fix it, or rewrite it from the cache and the exported files with `kontext-pipeline "
-        "run --frozen --relock recipe.yaml`\n")
+        "; resolve the conflict, or rewrite it with `kontext-pipeline run --frozen --relock "
+        "recipe.yaml`, which reads both sides and keeps each record whose image the cache or "
+        "the exported files hold\n")
 
 
 def test_several_recipes_are_all_reported_and_the_worst_exit_code_wins(
@@ -295,3 +298,100 @@ def test_the_python_api_says_the_same(project: Project) -> None:
         ("prompt", "Relight the scene as golden hour", "Relight the scene as dusk")]
     with pytest.raises(kp.SpecError):
         kp.check(project.root / "missing.yaml")
+
+
+def submitted(project: Project) -> int:
+    """How many edits the server was asked to make."""
+    return sum(project.server.state.submits.values())
+
+
+def fresh_cache(project: Project) -> None:
+    """No cache at all (``check`` left a file in its place)."""
+    project.cache.unlink()
+
+
+def test_a_run_without_the_cache_mends_a_deleted_intermediate_file(project: Project) -> None:
+    project.run()
+    (project.root / "out" / "steps" / "sign.png").unlink()
+    mismatch(project.check("recipe.yaml"),
+             "recipe.yaml: default / sign: file out/steps/sign.png is missing")
+    fresh_cache(project)
+    made = submitted(project)
+    project.run()  # sign is held by the lock: nothing reads its image, so nothing is paid
+    assert submitted(project) == made
+    lock = kp.check("recipe.yaml")
+    assert lock.ok, lock.differences
+    result = project.check("recipe.yaml")
+    assert (result.exit_code, result.stdout) == (
+        0, "recipe.yaml: 3 steps and 2 files match the lock\n"), result.output
+    assert "    sign:\n" in project.lock.read_text(encoding="utf-8")
+
+
+def test_a_renamed_pipeline_keeps_its_records(project: Project) -> None:
+    project.run()
+    project.edit("name: checked", "name: renamed")
+    mismatch(project.check("recipe.yaml"),
+             "recipe.yaml: pipeline renamed: checked -> renamed; run to update the lock")
+    fresh_cache(project)
+    made = submitted(project)
+    project.run()  # the name is in no key: every result is the lock's and its files'
+    assert submitted(project) == made
+    assert "\npipeline: renamed\n" in project.lock.read_text(encoding="utf-8")
+    result = project.check("recipe.yaml")
+    assert (result.exit_code, result.stdout) == (0, MATCHES), result.output
+
+
+def test_a_fresh_checkout_removes_the_files_a_renamed_output_replaced(project: Project) -> None:
+    project.run()
+    out = project.root / "out"
+    for made_by_the_run in ("manifest.json", "report.html", ".kontext-export.json"):
+        (out / made_by_the_run).unlink()  # not committed: a fresh checkout has the lock alone
+    shutil.rmtree(project.cache)
+    project.edit("poster: relight", "cover: relight")
+    mismatch(project.check("recipe.yaml"),
+             "recipe.yaml: default / relight: output 'cover' is in no file the lock lists "
+             "(cover.png); run the recipe to export it")
+    project.cache.unlink()
+    made = submitted(project)
+    project.run()
+    assert submitted(project) == made
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "cover.png", "steps/recolor.png", "steps/sign.png"]
+    text = project.lock.read_text(encoding="utf-8")
+    assert "path: out/cover.png" in text
+    assert "poster" not in text
+    result = project.check("recipe.yaml")
+    assert (result.exit_code, result.stdout) == (0, MATCHES), result.output
+
+
+def test_a_fresh_checkout_keeps_a_file_edited_since_the_lock(project: Project) -> None:
+    project.run()
+    out = project.root / "out"
+    (out / "manifest.json").unlink()
+    (out / ".kontext-export.json").unlink()
+    poster = out / "poster.png"
+    poster.write_bytes(poster.read_bytes() + b"\0")  # not as the lock records it: not ours
+    project.edit("poster: relight", "cover: relight")
+    result = project.run_cli("run", "recipe.yaml", "--provider", "bfl", "--api-base",
+                             project.server.url, "--cache-dir", str(project.cache), "--out",
+                             "out", env={"BFL_API_KEY": KEY})
+    assert result.exit_code == 0, result.output
+    assert poster.is_file()
+    assert (out / "cover.png").is_file()
+    assert ("warning: kept out/poster.png: it is not as the last run exported it, and this "
+            "run no longer exports it") in result.stderr
+
+
+def test_json_is_one_object_for_one_recipe_and_a_list_for_several(project: Project) -> None:
+    project.run()
+    (project.root / "broken.yaml").write_text("version: 1\nname: broken\nsteps: []\n",
+                                              encoding="utf-8")
+    result = project.check("recipe.yaml", "broken.yaml", "--json")
+    assert result.exit_code == 2
+    documents = json.loads(result.stdout)  # one could be checked: still a list
+    assert [(d["recipe"], d["ok"]) for d in documents] == [("recipe.yaml", True)]
+    result = project.check("broken.yaml", "--json")
+    assert (result.exit_code, result.stdout) == (2, "")
+    result = project.check("recipe.yaml", "recipe.yaml", "--json")
+    assert [d["recipe"] for d in json.loads(result.stdout)] == ["recipe.yaml", "recipe.yaml"]
+    assert json.loads(project.check("recipe.yaml", "--json").stdout)["recipe"] == "recipe.yaml"

@@ -265,3 +265,18 @@ def test_the_configurations_in_the_docs_use_the_hook_as_shipped() -> None:
     assert (local["entry"], local["files"], local["types"]) == \
         (hook["entry"], hook["files"], hook["types"])
     assert local["language"] == "system"
+
+
+def test_ci_enforces_the_layers_contract() -> None:
+    """``.ci/run`` runs import-linter as a command of its own, under ``set -euo pipefail``: a
+    layer that imports a higher one fails CI."""
+    commands = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert commands[0] == "set -euo pipefail"
+    assert ".venv/bin/lint-imports" in commands
+    before = commands[:commands.index(".venv/bin/lint-imports")]
+    assert [c for c in before if re.match(r"set\s+\+[a-z]*[eu]|set\s+\+o", c)] == []
+    # at the top level, not in a block whose failure is tolerated
+    opened = sum(1 for c in before if re.match(r"(if|for|while|until|case)\b", c))
+    closed = sum(1 for c in before if re.fullmatch(r"(fi|done|esac)\b.*", c))
+    assert opened == closed

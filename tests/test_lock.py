@@ -54,8 +54,11 @@ MATRIX = """
 
 DIGEST = "ab" * 32
 OTHER = "cd" * 32
-WAY_OUT = ("; fix it, or rewrite it from the cache and the exported files with "
+WAY_OUT = ("; fix it, or rewrite it from the cache alone with "
            "`kontext-pipeline run --frozen --relock pipelines/chain.yaml`")
+CONFLICTED = ("; resolve the conflict, or rewrite it with `kontext-pipeline run --frozen "
+              "--relock pipelines/chain.yaml`, which reads both sides and keeps each record "
+              "whose image the cache or the exported files hold")
 
 
 class Runner:
@@ -165,12 +168,12 @@ def test_no_lock_reads_as_none(tmp_path: Path) -> None:
     assert read_lock(tmp_path / "chain.lock") is None
 
 
-def _problems(path: Path, text: bytes | str) -> str:
+def _problems(path: Path, text: bytes | str, way_out: str = WAY_OUT) -> str:
     path.write_bytes(text.encode() if isinstance(text, str) else text)
     with pytest.raises(LockError) as caught:
         read_lock(path, recipe="pipelines/chain.yaml")
-    assert str(caught.value).endswith(WAY_OUT)
-    return str(caught.value).removesuffix(WAY_OUT)
+    assert str(caught.value).endswith(way_out)
+    return str(caught.value).removesuffix(way_out)
 
 
 def test_merge_conflict_markers_are_reported_at_their_lines(tmp_path: Path) -> None:
@@ -179,7 +182,7 @@ def test_merge_conflict_markers_are_reported_at_their_lines(tmp_path: Path) -> N
     head, tail = good.split("      seed: 1234\n")
     text = (f"{head}<<<<<<< HEAD\n      seed: 1234\n=======\n      seed: 99\n"
             f">>>>>>> feature\n{tail}")
-    assert _problems(path, text) == (
+    assert _problems(path, text, CONFLICTED) == (
         f"{path}:12:1: git merge conflict marker '<<<<<<<': the lock was merged with conflicts\n"
         f"{path}:14:1: git merge conflict marker '=======': the lock was merged with conflicts\n"
         f"{path}:16:1: git merge conflict marker '>>>>>>>': the lock was merged with conflicts")
@@ -195,9 +198,6 @@ def test_merge_conflict_markers_are_reported_at_their_lines(tmp_path: Path) -> N
      "only at its start)"),
     (("path: ../out/poster-chain/recolored.png", 'path: "out\\\\recolored.png"'),
      "20:18: path 'out\\recolored.png' uses '\\'; a lock's paths use '/' separators"),
-    (("version: 1", "version: 2"),
-     "3:10: lock version '2' is not one this kontext-pipeline reads (version 1); upgrade "
-     "kontext-pipeline"),
     (("seed: 1234", "seed: twelve"), "12:13: seed must be a whole number, not 'twelve'"),
     (("credits: 4", "credits: -4"), "17:16: credits must be a number of 0 or more, not '-4'"),
     (("      request_id: req-1\n", "      request_id: req-1\n      cost: 4\n"),
@@ -214,6 +214,26 @@ def test_a_hand_edit_is_reported_at_its_line(tmp_path: Path, edit: tuple[str, st
     text = render_lock(_lock(_step())).decode()
     assert edit[0] in text
     assert _problems(path, text.replace(*edit, 1)) == f"{path}:{expected}"
+
+
+@pytest.mark.parametrize(("version", "cause", "expected"), [
+    ("7", "newer", "3:10: version: this lock was written by a newer kontext-pipeline (version 7); "
+                   "upgrade kontext-pipeline"),
+    ("0", "invalid", "3:10: version: '0' is not a lock version; this kontext-pipeline reads "
+                     f"version 1{WAY_OUT}"),
+    ('"1"', "invalid", "3:10: version: '1' is not a lock version; this kontext-pipeline reads "
+                       f"version 1{WAY_OUT}"),
+    ("0x1", "invalid", "3:10: version: '0x1' is not a lock version; this kontext-pipeline reads "
+                       f"version 1{WAY_OUT}"),
+])
+def test_the_version_is_read_first_and_reported_alone(tmp_path: Path, version: str, cause: str,
+                                                      expected: str) -> None:
+    path = tmp_path / "chain.lock"
+    text = render_lock(_lock(_step())).decode().replace("version: 1", f"version: {version}")
+    path.write_text(text.replace("      model: flux-kontext-pro\n", "      size: 4\n"))
+    with pytest.raises(LockError) as caught:  # the unknown field is not reported: it may be
+        read_lock(path, recipe="pipelines/chain.yaml")  # what the newer version writes
+    assert (str(caught.value), caught.value.cause) == (f"{path}:{expected}", cause)
 
 
 def test_an_alias_of_a_mapping_is_refused(tmp_path: Path) -> None:
@@ -373,8 +393,9 @@ def test_an_unreadable_lock_stops_the_run_before_any_request(
     assert result.exit_code == 2
     assert result.stderr == (
         f"kontext-pipeline: {path}:2:1: git merge conflict marker '<<<<<<<': the lock was "
-        f"merged with conflicts; fix it, or rewrite it from the cache and the exported files "
-        f"with `kontext-pipeline run --frozen --relock {recipe}`\n")
+        f"merged with conflicts; resolve the conflict, or rewrite it with `kontext-pipeline "
+        f"run --frozen --relock {recipe}`, which reads both sides and keeps each record whose "
+        "image the cache or the exported files hold\n")
     assert runner.server.state.requests == []
 
 
@@ -399,3 +420,21 @@ def test_the_python_api_writes_the_lock_unless_told_not_to(
     assert kp.run(recipe, **options).ok
     assert read_lock(recipe.with_suffix(".lock")) is not None
     assert os.path.getsize(recipe.with_suffix(".lock")) > 0
+
+
+def test_in_a_git_repository_no_path_leads_out_of_it(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    (repository / ".git").mkdir(parents=True)  # what marks a repository's folder
+    path = repository / "pipelines" / "chain.lock"
+    inside = _lock(_step(files=(LockedFile("../out/poster-chain/recolored.png", OTHER),)))
+    write_lock(path, inside)
+    assert read_lock(path) == inside  # up to the repository's folder: as far as a path may go
+    outside = _lock(_step(files=(LockedFile("../../elsewhere/recolored.png", OTHER),)))
+    write_lock(path, outside)
+    with pytest.raises(LockError) as caught:
+        read_lock(path, recipe="pipelines/chain.yaml")
+    assert str(caught.value) == (
+        f"{path}:20:18: path '../../elsewhere/recolored.png' leads out of the git repository "
+        f"the lock is in ({repository}); a lock's files are in its repository{WAY_OUT}")
+    write_lock(tmp_path / "chain.lock", outside)  # in no repository: it is not known where
+    assert read_lock(tmp_path / "chain.lock") == outside  # it ends

@@ -4,13 +4,18 @@ not trusted; ``--relock`` rewrites the lock without any request."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import Result
+from PIL import Image
 
 from kontext_pipeline import Cache, build_plan, load_recipe
 from kontext_pipeline.plan._resolution import resolve
@@ -112,7 +117,14 @@ def test_intermediate_steps_no_file_holds_come_from_the_lock(runner: Runner,
     result = runner(made, "--frozen", key="")
     assert result.exit_code == 0, result.output
     assert len(runner.submitted()) == 3
-    assert made.with_suffix(".lock").read_bytes() == lock
+    # the records stay, without the files that are gone: `check` passes without them
+    kept = read_lock(made.with_suffix(".lock"))
+    assert kept is not None
+    assert [(step, [f.path for f in record.files]) for (_, step), record in kept.steps.items()
+            ] == [("recolor", []), ("sign", []), ("relight", ["out/poster.jpg"])]
+    assert made.with_suffix(".lock").read_bytes() == re.sub(
+        rb"      files:\n        - \{path: out/steps/[a-z]+\.png, file_sha256: [0-9a-f]{64}\}\n",
+        b"      files: []\n", lock)
     steps = {s["step"]: s for s in runner.manifest_steps()}
     for name in ("recolor", "sign"):  # held by the lock: its hash, no image, no cost
         assert steps[name]["output_sha256"] == before[name]["output_sha256"]
@@ -182,8 +194,9 @@ def test_relock_rewrites_an_unreadable_lock_without_a_request(runner: Runner,
     assert result.exit_code == 0, result.output
     assert path.read_bytes() == good
     assert result.stdout.endswith(f", {path}\n")
-    assert (f"{path} cannot be read, so it is ignored and written again from the cache and the "
-            f"exported files (3 problems, the first: {path}:1:1: git merge conflict marker "
+    # one side is the whole lock, the other nothing: no lock to read side by side
+    assert (f"{path} cannot be read, so it is ignored and written again from the cache alone "
+            f"(3 problems, the first: {path}:1:1: git merge conflict marker "
             "'<<<<<<<': the lock was merged with conflicts)") in result.stderr
     assert len(runner.submitted()) == 3
 
@@ -212,3 +225,55 @@ def test_the_files_can_be_checked_without_storing_them(runner: Runner, made: Pat
     preview = build_plan(load_recipe(made), provider="preview")  # another provider's lock: none
     assert [r.hit for r in resolve(preview, cache, read_lock(made.with_suffix(".lock")))] == [
         False, False, False]
+
+
+def _another_image_in_the_cache(runner: Runner, key: str) -> str:
+    """Store another image than the one the run made under ``key`` (as a run elsewhere that
+    made it again might have); returns its sha256."""
+    cache = Cache(runner.cache)
+    entry = cache.lookup(key, "png").entry
+    assert entry is not None
+    buffer = io.BytesIO()
+    Image.new("RGB", (entry.width, entry.height), (1, 2, 3)).save(buffer, "PNG")
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    cache.store(data, dataclasses.replace(entry, object=digest, size=len(data)))
+    return digest
+
+
+def test_the_lock_wins_over_a_cache_that_holds_another_image(runner: Runner,
+                                                               made: Path) -> None:
+    path = made.with_suffix(".lock")
+    lock = path.read_bytes()
+    recorded = read_lock(path)
+    assert recorded is not None
+    recolor = recorded.steps[("default", "recolor")]
+    _another_image_in_the_cache(runner, recolor.key)
+    result = runner(made, key="")
+    assert result.exit_code == 0, result.output
+    assert ("chain/default/recolor: warning: the cache holds another image than the lock for "
+            "default / recolor; the lock's is used\n") in result.stderr
+    assert path.read_bytes() == lock
+    assert len(runner.submitted()) == 3
+    entry = Cache(runner.cache).lookup(recolor.key, "png").entry  # mended from the file
+    assert entry is not None
+    assert entry.object == recolor.output_sha256
+
+
+def test_the_cache_is_used_when_no_file_holds_the_locks_image(runner: Runner,
+                                                               made: Path) -> None:
+    path = made.with_suffix(".lock")
+    recorded = read_lock(path)
+    assert recorded is not None
+    key = recorded.steps[("default", "recolor")].key
+    other = _another_image_in_the_cache(runner, key)
+    (runner.out / "steps" / "recolor.png").unlink()
+    result = runner(made)
+    assert result.exit_code == 0, result.output
+    assert ("chain/default/recolor: warning: the cache holds another image than the lock for "
+            "default / recolor, and the lock's is not to be had (its exported file "
+            "out/steps/recolor.png is missing); the cache's is used\n") in result.stderr
+    relocked = read_lock(path)
+    assert relocked is not None
+    assert relocked.steps[("default", "recolor")].output_sha256 == other
+    assert runner.submitted() == [*PROMPTS, *PROMPTS[1:]]  # what reads it is made again

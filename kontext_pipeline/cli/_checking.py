@@ -48,11 +48,13 @@ def check(recipes: Sequence[str], variables: dict[str, str], as_json: bool) -> N
             problems.extend(error.problems)
         except LockError as error:
             unreadable.append(error)
-    if as_json:
-        documents: list[dict[str, Any]] = [r.as_dict() for r in results]
-        echo_json(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2,
-                             ensure_ascii=False))
-    else:
+    documents: list[dict[str, Any]] = [r.as_dict() for r in results]
+    # the shape follows the command line, not what could be read: one recipe, one object (none
+    # if it could not be checked); several, a list of those that could
+    if as_json and (len(recipes) > 1 or documents):
+        shown = documents[0] if len(recipes) == 1 else documents
+        echo_json(json.dumps(shown, indent=2, ensure_ascii=False))
+    elif not as_json:
         for result in results:
             if result.ok:
                 echo(result.summary())

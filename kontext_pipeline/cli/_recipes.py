@@ -21,12 +21,7 @@ from kontext_pipeline.cli._output import echo, echo_json
 from kontext_pipeline.errors import SpecError
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from kontext_pipeline._support.diagnostics import Problem
-    from kontext_pipeline.plan._plan import Task
-    from kontext_pipeline.store._cache import CacheEntry
-    from kontext_pipeline.store._lock import LockedStep
 
 __all__ = ["plan", "schema", "validate"]
 
@@ -81,36 +76,28 @@ def plan(*, recipe: str, variables: dict[str, str], provider: str, cache_dir: st
     from kontext_pipeline.plan._explain import explain_misses  # noqa: PLC0415
     from kontext_pipeline.plan._locked import check_plan, read_plan_lock  # noqa: PLC0415
     from kontext_pipeline.plan._plan import build_plan  # noqa: PLC0415
-    from kontext_pipeline.plan._resolution import resolve  # noqa: PLC0415
-    from kontext_pipeline.runner._locking import LOCKING_PROVIDER  # noqa: PLC0415
+    from kontext_pipeline.plan._resolution import lock_reasons, resolve  # noqa: PLC0415
+    from kontext_pipeline.runner._locking import (  # noqa: PLC0415
+        LOCKING_PROVIDER,
+        refill_from_files,
+    )
     from kontext_pipeline.store._lock import lock_path  # noqa: PLC0415
 
     spec = load(recipe)
     result = build_plan(spec, overrides=variables, env=os.environ, provider=provider)
     lock = read_plan_lock(result) if provider == LOCKING_PROVIDER else None
     checked = check_plan(result, lock) if provider == LOCKING_PROVIDER else None
-    base = lock_path(spec.path).parent
-    resolved = resolve(result, open_cache(cache_dir), lock,
-                       from_files=lambda task, record: _from_files(task, record, base))
+    cache = open_cache(cache_dir)
+    # the exported files judged as a run judges them, checked but not stored: plan writes
+    # nothing into the cache
+    resolved = resolve(result, cache, lock, from_files=refill_from_files(
+        cache, lock_path(spec.path).parent, store=False))
     reasons = explain_misses(resolved, last_run(Path(out) if out else Path("out") / spec.name))
-    reasons.update({r.task.id: r.why_missing() for r in resolved if r.needed_by is not None})
+    reasons.update(lock_reasons(resolved))
     if as_json:
         echo_json(plan_json(result, resolved, reasons, checked))
     else:
         echo(plan_text(result, resolved, reasons, checked))
-
-
-def _from_files(task: Task, record: LockedStep, base: Path) -> CacheEntry | str:
-    """What a run would take from the files the lock lists for ``task``, checked but not
-    stored: ``plan`` writes nothing into the cache."""
-    from kontext_pipeline.plan._locked import file_problem  # noqa: PLC0415
-    from kontext_pipeline.runner._locking import locked_entry  # noqa: PLC0415
-
-    problems = [f"file {file.path} {problem[1]}" for file in record.files
-                if (problem := file_problem(base, file)) is not None]
-    if len(problems) < len(record.files):
-        return locked_entry(task, record)
-    return "; ".join(problems) or "no exported file holds its image"
 
 
 @cli.command()

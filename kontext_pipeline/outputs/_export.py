@@ -19,7 +19,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,8 +154,9 @@ def _cannot_create(out_dir: Path, error: OSError) -> OutputError:
 
 
 def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Path, *,
-                   on_warning: Callable[[str], None] | None = None
-                   ) -> dict[tuple[str, str], Exported]:
+                   on_warning: Callable[[str], None] | None = None,
+                   recorded: Mapping[str, str] | None = None,
+                   keep: Collection[str] = ()) -> dict[tuple[str, str], Exported]:
     """Write each finished step's image, with its provenance, into ``out_dir``: the outputs
     where the recipe names them, the other steps' under ``steps/``; returns (variant, step) ->
     the file written.
@@ -166,7 +167,10 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_
 
     Then the files the last run of this recipe into ``out_dir`` exported, and that this plan
     does not export, are removed if they are still as exported (see :mod:`._stale`);
-    ``on_warning`` is told of each file kept.
+    ``on_warning`` is told of each file kept. ``recorded``: more files the last run exported
+    (path -> the sha256 of the file as written; the recipe's lock says so where no manifest
+    does, on a fresh checkout); ``keep``: files never removed (those whose lock records the
+    run keeps).
     """
     folders = variant_folders(plan)
     by_step = {(r.task.variant, r.task.step): r for r in records}
@@ -180,7 +184,9 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_
     previous = _load_state(state_path)
     before = last_exports(out_dir, plan.spec.name, {
         relative: Recorded(file_sha256=str(value[3])) for relative, value in previous.items()
-        if isinstance(value, list) and len(value) == 4 and _is_digest(value[3])})
+        if isinstance(value, list) and len(value) == 4 and _is_digest(value[3])}, {
+        relative: Recorded(file_sha256=digest) for relative, digest in (recorded or {}).items()
+        if _is_digest(digest)})
     state: dict[str, list[Any]] = {}
     export = functools.partial(_export, cache=cache, root=root, out_dir=out_dir,
                                previous=previous, state=state, folders={})
@@ -204,7 +210,7 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_
         write_atomic(state_path, json.dumps(state, sort_keys=True).encode())
     except OSError as exc:
         raise OutputError(f"cannot write {state_path}: {exc.strerror or exc}") from exc
-    remove_stale(out_dir, before, keep=_planned(plan, folders) | set(state),
+    remove_stale(out_dir, before, keep=_planned(plan, folders) | set(state) | set(keep),
                  on_warning=on_warning or (lambda _message: None))
     return exported
 

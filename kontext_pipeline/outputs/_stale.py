@@ -4,8 +4,9 @@ image under ``steps/`` of a step that became an output or was removed.
 
 Only a file still exactly as the last run exported it is removed (its sha256 is the one recorded);
 a file edited, replaced or added since is kept, with a warning that names it. A folder left empty
-goes too (and ``steps/`` when its last folder goes). Nothing is removed when the last manifest
-is missing, unreadable or another recipe's.
+goes too (and ``steps/`` when its last folder goes). When the last manifest is missing,
+unreadable or another recipe's, only the files the recipe's lock lists are candidates (a fresh
+checkout: the lock and the files are committed, the manifest is not).
 """
 
 from __future__ import annotations
@@ -37,18 +38,21 @@ class Recorded:
     output_sha256: str | None = None  # the image as generated: all older manifests have
 
 
-def last_exports(out_dir: Path, pipeline: str,
-                 also: Mapping[str, Recorded]) -> dict[str, Recorded]:
+def last_exports(out_dir: Path, pipeline: str, also: Mapping[str, Recorded],
+                 locked: Mapping[str, Recorded] | None = None) -> dict[str, Recorded]:
     """The files the last run of ``pipeline`` into ``out_dir`` exported, by path relative to it:
     the outputs and step images its ``manifest.json`` lists, and ``also`` (the export state,
-    which lists an image exported under several names too)."""
+    which lists an image exported under several names too); and ``locked``, the files the
+    recipe's lock lists there, which say it where the manifest and the export state are not
+    (they are not committed: a fresh checkout has neither)."""
+    recorded = dict(locked or {})
     try:
         manifest = read_manifest(out_dir / MANIFEST)
     except UsageError:
-        return {}
+        return recorded
     if manifest.pipeline != pipeline:
-        return {}
-    recorded = dict(also)
+        return recorded
+    recorded.update(also)
     for step in manifest.steps:
         if step.output is not None:
             known = recorded.get(step.output, Recorded())

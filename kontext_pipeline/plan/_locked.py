@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,17 +25,22 @@ from kontext_pipeline.recipe._matrix import format_value
 from kontext_pipeline.store._lock import Lock, LockedFile, LockedStep, lock_path, read_lock
 
 __all__ = ["MAX_FILE_BYTES", "CheckResult", "Difference", "DifferenceKind", "check",
-           "check_plan", "compare", "file_problem", "keys_from_lock", "read_plan_lock"]
+           "check_plan", "combine_sides", "compare", "covers_recipe", "file_problem",
+           "keys_from_lock", "read_plan_lock"]
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 """A larger file is no image a run exported: it is not read to the end."""
 
 DifferenceKind = Literal["no lock", "renamed", "new", "changed", "gone", "missing", "edited",
-                         "unreadable"]
+                         "unreadable", "unexported"]
 """``no lock``: the recipe has none; ``renamed``: the lock is of the pipeline's old name;
 ``new``: a step the lock does not hold; ``changed``: a
 step whose request differs from its record; ``gone``: a record of a step or variant the recipe
-no longer has; ``missing``, ``edited``, ``unreadable``: a file the lock lists."""
+no longer has; ``missing``, ``edited``, ``unreadable``: a file the lock lists; ``unexported``:
+one of the recipe's outputs that no file the lock lists for its step is named for (an output
+added or renamed since the run)."""
+
+_EXTENSIONS = {"png": ".png", "jpeg": ".jpg"}  # as the export names files
 
 _CHUNK = 1024 * 1024
 
@@ -131,9 +136,10 @@ def compare(plan: Plan, lock: Lock, base: Path) -> list[Difference]:
     the plan covers every variant)."""
     keys = keys_from_lock(plan, lock)
     differences: list[Difference] = []
-    if lock.pipeline != plan.spec.name:
+    if lock.pipeline != plan.spec.name:  # in no key: every record still holds
         differences.append(Difference("renamed", None, None, f"pipeline renamed: "
-                                      f"{lock.pipeline} -> {plan.spec.name}"))
+                                      f"{lock.pipeline} -> {plan.spec.name}; run to update "
+                                      "the lock"))
     for variant in plan.variants:
         outputs: dict[str, str | None] = {}
         for task in plan.tasks_of(variant.id):
@@ -147,8 +153,27 @@ def compare(plan: Plan, lock: Lock, base: Path) -> list[Difference]:
             else:
                 differences.append(_changed(plan, lock, task, record, outputs))
             differences.extend(_file_differences(record, base))
+            differences.extend(_unexported(plan, task, record))
     differences.extend(_gone(plan, lock))
     return differences
+
+
+def _unexported(plan: Plan, task: Task, record: LockedStep) -> list[Difference]:
+    """The recipe's outputs of ``task``'s step that no file the lock lists for it is named for
+    (a step that is not an output may have no file: its image is not needed)."""
+    names = {file.path.rsplit("/", 1)[-1] for file in record.files}
+    extension = _EXTENSIONS.get(task.params.output_format, f".{task.params.output_format}")
+    return [Difference("unexported", task.variant, task.step,
+                       f"output '{name}' is in no file the lock lists ({name}{extension}); run "
+                       "the recipe to export it")
+            for name, step in plan.spec.outputs.items()
+            if step == task.step and f"{name}{extension}" not in names]
+
+
+def covers_recipe(plan: Plan) -> bool:
+    """Whether ``plan`` has every variant of its recipe (no ``--var`` selected a few): only
+    then are a lock's records of variants the plan lacks no longer the recipe's."""
+    return len(plan.variants) == len(plan.spec.variants)
 
 
 def _changed(plan: Plan, lock: Lock, task: Task, record: LockedStep,
@@ -177,7 +202,7 @@ def _checked(change: Change) -> str:
 
 def _gone(plan: Plan, lock: Lock) -> list[Difference]:
     planned = {variant.id for variant in plan.variants}
-    everything = len(plan.variants) == len(plan.spec.variants)
+    everything = covers_recipe(plan)
     steps = {step.id for step in plan.spec.steps}
     return [Difference("gone", variant, step, "in the lock, but no longer in the recipe")
             for variant, step in lock.steps
@@ -227,6 +252,37 @@ def _sha256_regular(path: Path) -> str | None:
                 return None
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def combine_sides(plan: Plan, sides: Sequence[Lock], base: Path) -> Lock:
+    """One lock out of the sides of a lock git merged with conflicts (``sides``: ours first):
+    per step of ``plan``, the record whose key is the step's (given the records chosen for the
+    steps before it), one whose files (under ``base``) are intact first, else the first
+    side's; the records of steps the plan lacks, from the first side that has them. The run
+    then takes each record's result from the cache or its files, as from any lock."""
+    chosen: dict[tuple[str, str], LockedStep] = {}
+    for variant in plan.variants:
+        outputs: dict[str, str | None] = {}
+        for task in plan.tasks_of(variant.id):
+            where = (task.variant, task.step)
+            records = [side.steps[where] for side in sides if where in side.steps]
+            if not records:
+                continue
+            key = _key(task, outputs)
+            agreeing = [record for record in records if record.key == key]
+            if agreeing:
+                chosen[where] = next((r for r in agreeing if _intact(r, base)), agreeing[0])
+                outputs[task.step] = chosen[where].output_sha256
+            else:
+                chosen[where] = records[0]
+    for side in sides:
+        for where, record in side.steps.items():
+            chosen.setdefault(where, record)
+    return Lock(sides[0].recipe, sides[0].pipeline, sides[0].provider, chosen)
+
+
+def _intact(record: LockedStep, base: Path) -> bool:
+    return bool(record.files) and all(file_problem(base, f) is None for f in record.files)
 
 
 def read_plan_lock(plan: Plan) -> Lock | None:

@@ -25,7 +25,8 @@ from kontext_pipeline.plan._plan import Plan, Task
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._lock import Lock, LockedStep
 
-__all__ = ["FromFiles", "Resolved", "Source", "cost_of_misses", "missing_lines", "resolve"]
+__all__ = ["FromFiles", "Resolved", "Source", "cost_of_misses", "lock_reasons", "missing_lines",
+           "resolve"]
 
 Source = Literal["cache", "files", "lock"]
 """Where a task's result is: the cache; the lock's exported files (now refilled into the
@@ -42,7 +43,8 @@ class Resolved:
     unknown (``waits_on`` names it); ``problem`` says why a cache entry, or the lock's files,
     could not be used; ``locked`` is the lock's record of the task when its key is the task's;
     ``needed_by`` names the step that runs again and reads this one's output, which neither the
-    cache nor an exported file holds."""
+    cache nor an exported file holds; ``warning``: what the run tells of the result it takes
+    (the cache and the lock disagree on it)."""
 
     task: Task
     key: str | None
@@ -52,6 +54,7 @@ class Resolved:
     locked: LockedStep | None = None
     source: Source | None = None
     needed_by: str | None = None
+    warning: str | None = None
 
     def __post_init__(self) -> None:
         if self.source is None and self.entry is not None:
@@ -84,10 +87,15 @@ class Resolved:
 def resolve(plan: Plan, cache: Cache, lock: Lock | None = None, *,
             from_files: FromFiles | None = None) -> list[Resolved]:
     """The status of every task of ``plan``, in plan order. ``lock``: the recipe's lock (only
-    for a plan of the provider it was made with); ``from_files`` takes a locked task's result
-    from its exported files (without it, a locked task the cache lacks is a miss, unless it
-    is held by the lock)."""
-    if lock is not None and (lock.provider != plan.provider or lock.pipeline != plan.spec.name):
+    for a plan of the provider it was made with; the pipeline's name is in no key, so a lock
+    written before a rename still holds its results); ``from_files`` takes a locked task's
+    result from its exported files (without it, a locked task the cache lacks is a miss,
+    unless it is held by the lock).
+
+    When the cache holds another image for a key than the lock (a run elsewhere made it
+    again), the lock's is taken if its exported files hold it: the lock and the committed
+    files are the record; else the cache's. Either way ``warning`` says so."""
+    if lock is not None and lock.provider != plan.provider:
         lock = None
     resolved: list[Resolved] = []
     for variant in plan.variants:
@@ -140,6 +148,9 @@ def _first(task: Task, known: Mapping[str, str], cache: Cache, lock: Lock | None
     record = lock.steps.get((task.variant, task.step)) if lock is not None else None
     locked = record if record is not None and record.key == key else None
     lookup = cache.lookup(key, task.params.output_format)
+    if lookup.entry is not None and locked is not None and (
+            lookup.entry.object != locked.output_sha256):
+        return _disagreeing(task, key, lookup.entry, locked, from_files)
     if lookup.entry is not None:
         return Resolved(task, key, lookup.entry, locked=locked, source="cache")
     if locked is None:
@@ -148,6 +159,22 @@ def _first(task: Task, known: Mapping[str, str], cache: Cache, lock: Lock | None
     if isinstance(taken, CacheEntry):
         return Resolved(task, key, taken, problem=lookup.problem, locked=locked, source="files")
     return Resolved(task, key, problem=taken or lookup.problem, locked=locked)
+
+
+def _disagreeing(task: Task, key: str, cached: CacheEntry, locked: LockedStep,
+                 from_files: FromFiles | None) -> Resolved:
+    """The cache holds another image than the lock for ``key``: the lock's, if its files hold
+    it (the cache is refilled with it), else the cache's."""
+    where = f"{task.variant} / {task.step}"
+    taken = from_files(task, locked) if from_files is not None else None
+    if isinstance(taken, CacheEntry):
+        return Resolved(task, key, taken, locked=locked, source="files", warning=(
+            f"the cache holds another image than the lock for {where}; the lock's is used"))
+    why = (taken or "its exported files were not looked at").removesuffix(
+        "; the step runs again")
+    return Resolved(task, key, cached, source="cache", warning=(
+        f"the cache holds another image than the lock for {where}, and the lock's is not "
+        f"to be had ({why}); the cache's is used"))
 
 
 def _wait(step: str, readers: Mapping[str, list[str]], found: dict[str, Resolved]) -> bool:
@@ -163,9 +190,17 @@ def _wait(step: str, readers: Mapping[str, list[str]], found: dict[str, Resolved
     return changed
 
 
-def cost_of_misses(resolved: Iterable[Resolved]) -> int:
-    """Credits the tasks that have no result will cost."""
-    return sum(r.task.credits for r in resolved if not r.hit)
+def lock_reasons(resolved: Iterable[Resolved]) -> dict[str, str]:
+    """Why each task the lock records runs all the same (task id -> why): its exported files
+    do not hold its image, or a step after it needs that image. These say more than a
+    comparison with the last run: the request is the one the lock records."""
+    return {r.task.id: r.why_missing() for r in resolved
+            if not r.hit and (r.needed_by is not None or (r.locked is not None and r.problem))}
+
+
+def cost_of_misses(resolved: Iterable[Resolved]) -> float:
+    """Credits the tasks that have no result will cost (estimated, for FLUX.2's)."""
+    return round(sum(r.task.credits for r in resolved if not r.hit), 2)
 
 
 def missing_lines(resolved: Sequence[Resolved]) -> list[str]:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from kontext_pipeline._support.files import IrregularFileError, TooLargeError, read_regular
@@ -19,13 +20,21 @@ from kontext_pipeline.errors import LockError
 from kontext_pipeline.outputs._export import EXTENSIONS, Exported, variant_folders
 from kontext_pipeline.outputs._provenance import strip_provenance
 from kontext_pipeline.outputs._records import StepRecord
+from kontext_pipeline.plan._locked import combine_sides, covers_recipe, file_problem
 from kontext_pipeline.plan._plan import Plan, Task
 from kontext_pipeline.plan._resolution import FromFiles
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._cache_checks import MAX_OBJECT_BYTES, format_of
-from kontext_pipeline.store._lock import Lock, LockedFile, LockedStep, lock_path, read_lock
+from kontext_pipeline.store._lock import (
+    Lock,
+    LockedFile,
+    LockedStep,
+    lock_path,
+    read_lock,
+    read_sides,
+)
 
-__all__ = ["LOCKING_PROVIDER", "load_lock", "locked_entry", "new_lock",
+__all__ = ["LOCKING_PROVIDER", "load_lock", "lock_exports", "locked_entry", "new_lock",
            "refill_from_files"]
 
 LOCKING_PROVIDER = "bfl"
@@ -37,8 +46,9 @@ _MAX_EXPORTED_BYTES = MAX_OBJECT_BYTES + 16 * 1024 * 1024  # an image plus its p
 def load_lock(plan: Plan, *, relock: bool,
               on_note: Callable[[str], None] | None = None) -> Lock | None:
     """The lock of ``plan``'s recipe (None: there is none, or the run does not use one).
-    Raises :class:`LockError` when it cannot be read, unless ``relock``: then it is ignored
-    (``on_note`` is told), since the run is to write it again."""
+    Raises :class:`LockError` when it cannot be read, unless ``relock`` (the run is to write
+    it again; ``on_note`` is told): then a lock merged with conflicts is read side by side
+    (:func:`~kontext_pipeline.plan._locked.combine_sides`), and any other is ignored."""
     if plan.provider != LOCKING_PROVIDER:
         return None
     path = lock_path(plan.spec.path)
@@ -47,14 +57,21 @@ def load_lock(plan: Plan, *, relock: bool,
     except LockError as error:
         if not relock:
             raise
+        sides = read_sides(path) if error.cause == "conflict" else []
+        first = error.problems[0].format() if error.problems else "unknown"
+        if sides:
+            lock = combine_sides(plan, sides, path.parent)
+            said = (f"{path} was merged with conflicts: both sides are read, and each step's "
+                    "record is kept whose image the cache or the exported files hold")
+        else:
+            said = (f"{path} cannot be read, so it is ignored and written again from the "
+                    f"cache alone ({len(error.problems)} problem"
+                    f"{'' if len(error.problems) == 1 else 's'}, the first: {first})")
         if on_note is not None:
-            on_note(f"{path} cannot be read, so it is ignored and written again from the "
-                    f"cache and the exported files ({len(error.problems)} problem"
-                    f"{'' if len(error.problems) == 1 else 's'}, the first: "
-                    f"{error.problems[0].format() if error.problems else 'unknown'})")
-        return None
-    if lock is not None and (lock.pipeline != plan.spec.name or lock.provider != plan.provider):
-        return None  # another recipe's (renamed since): nothing in it is this one's
+            on_note(said)
+        return lock if sides else None
+    if lock is not None and lock.provider != plan.provider:
+        return None  # another provider's: nothing in it is this run's
     return lock
 
 
@@ -87,7 +104,7 @@ def refill_from_files(cache: Cache, base: Path, *, store: bool = True) -> FromFi
                 key=record.key, object=record.output_sha256, size=len(image), format=fmt,
                 width=info.width, height=info.height, provider=task.provider,
                 model=record.model, seed=record.seed, request_id=record.request_id or "",
-                credits=round(record.credits), duration_s=0.0, created_at=time.time(),
+                credits=record.credits, duration_s=0.0, created_at=time.time(),
                 request=task.request_document(record.inputs_sha256))
             # CacheError: the run could not store a result either
             return cache.store(image, entry) if store else entry
@@ -133,43 +150,72 @@ def locked_entry(task: Task, record: LockedStep) -> CacheEntry:
     return CacheEntry(
         key=record.key, object=record.output_sha256, size=0, format=task.params.output_format,
         width=0, height=0, provider=task.provider, model=record.model, seed=record.seed,
-        request_id=record.request_id or "", credits=round(record.credits), duration_s=0.0,
+        request_id=record.request_id or "", credits=record.credits, duration_s=0.0,
         created_at=0.0, request=task.request_document(record.inputs_sha256))
 
 
 def new_lock(plan: Plan, records: Sequence[StepRecord],
              exported: Mapping[tuple[str, str], Exported], *, out_dir: Path,
              old: Lock | None, held: Mapping[str, LockedStep]) -> Lock:
-    """The lock after a run of ``plan``: a record of each step that finished, with the files
-    exported for it (relative to the lock's folder); a step that failed has none. The other
-    variants' records are kept when ``--var`` selected some variants; records of variants
-    and steps the recipe no longer has are dropped. ``held``: the lock's records of the tasks
-    whose results it held without their bytes (kept as they were)."""
+    """The lock after a run of ``plan``, given the lock as it is now (``old``): a record of
+    each step of the variants the run planned that finished, with the files exported for it
+    (relative to the lock's folder); a step that failed has none. When ``--var`` selected a few
+    variants, every record of the others is kept, even of a variant or step the recipe no
+    longer has; a run of the whole recipe drops those. ``held``: the lock's records of the
+    tasks whose results it held without their bytes (kept, with the files still as recorded:
+    the run exported none for them)."""
     spec = plan.spec
     base = lock_path(spec.path).parent
     folders = variant_folders(plan)
     mine = {(r.task.variant, r.task.step): r for r in records}
     steps: dict[tuple[str, str], LockedStep] = {}
     selected = {v.id for v in plan.variants}
-    step_ids = [step.id for step in spec.steps]
-    for variant in sorted({v.id for v in spec.variants}):
-        for step in step_ids:
-            if variant not in selected:
-                kept = old.steps.get((variant, step)) if old is not None else None
-                if kept is not None:
-                    steps[(variant, step)] = kept
-                continue
+    if old is not None and not covers_recipe(plan):
+        steps.update((where, record) for where, record in old.steps.items()
+                     if where[0] not in selected)
+    for variant in sorted(selected):
+        for step in (step.id for step in spec.steps):
             record = mine.get((variant, step))
             if record is None or not record.ok or record.entry is None:
                 continue
             if record.task.id in held:  # unchanged: a run that changes nothing keeps the lock
-                steps[(variant, step)] = held[record.task.id]
+                kept = held[record.task.id]
+                intact = tuple(f for f in kept.files if file_problem(base, f) is None)
+                steps[(variant, step)] = kept if intact == kept.files else replace(
+                    kept, files=intact)
                 continue
             files = _files(plan, record, exported.get((variant, step)), folders[variant],
                            (out_dir, base))
             steps[(variant, step)] = _locked(record, files)
     return Lock(recipe=spec.path.name, pipeline=spec.name, provider=plan.provider,
                 steps=steps)
+
+
+def lock_exports(plan: Plan, lock: Lock | None, out_dir: Path) -> tuple[dict[str, str], set[str]]:
+    """The files ``lock`` lists inside ``out_dir`` (by path relative to it), in two parts: those
+    of the variants the run makes (path -> sha256: what the last run exported, for a fresh
+    checkout that has no manifest of it: one the run no longer makes is removed if still as
+    recorded), and those of the variants the run keeps the records of (``--var``): never
+    removed."""
+    made: dict[str, str] = {}
+    kept: set[str] = set()
+    if lock is None:
+        return made, kept
+    base = Path(os.path.abspath(lock_path(plan.spec.path).parent))
+    root = os.path.abspath(out_dir)
+    selected = {v.id for v in plan.variants}
+    whole = covers_recipe(plan)
+    for (variant, _), record in lock.steps.items():
+        for file in record.files:
+            relative = os.path.relpath(os.path.normpath(base / file.path), root)
+            if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
+                continue  # outside --out: not this run's to remove
+            relative = Path(relative).as_posix()
+            if whole or variant in selected:
+                made[relative] = file.file_sha256
+            else:
+                kept.add(relative)
+    return made, kept
 
 
 def _locked(record: StepRecord, files: tuple[LockedFile, ...]) -> LockedStep:

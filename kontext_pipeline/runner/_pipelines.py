@@ -19,24 +19,31 @@ from kontext_pipeline._support.threads import QuietWorker
 from kontext_pipeline.errors import BudgetExceededError, FrozenCacheMissError, OutputError
 from kontext_pipeline.outputs._export import Exported, check_out_dir, export_outputs
 from kontext_pipeline.outputs._manifest import MANIFEST, Manifest, build_manifest, last_run
-from kontext_pipeline.outputs._plan_views import cost, dollars, paid
+from kontext_pipeline.outputs._plan_views import cost, dollars, number, paid
 from kontext_pipeline.outputs._records import StepRecord
 from kontext_pipeline.outputs._thumbnails import THUMBNAILS, ThumbnailStore
 from kontext_pipeline.plan._explain import explain_misses
 from kontext_pipeline.plan._plan import Plan
-from kontext_pipeline.plan._resolution import Resolved, cost_of_misses, missing_lines, resolve
+from kontext_pipeline.plan._resolution import (
+    Resolved,
+    cost_of_misses,
+    lock_reasons,
+    missing_lines,
+    resolve,
+)
 from kontext_pipeline.providers._base import Provider
 from kontext_pipeline.runner._executor import RunEvent, RunEventSink, execute
 from kontext_pipeline.runner._journal import Journal
 from kontext_pipeline.runner._locking import (
     LOCKING_PROVIDER,
     load_lock,
+    lock_exports,
     locked_entry,
     new_lock,
     refill_from_files,
 )
 from kontext_pipeline.store._cache import Cache, CacheEntry
-from kontext_pipeline.store._lock import Lock, LockedStep, lock_path, write_lock
+from kontext_pipeline.store._lock import Lock, LockedStep, lock_path, update_lock
 
 __all__ = ["MANIFEST", "REPORT", "PipelineReport", "RunStart", "run_pipelines", "run_plans"]
 
@@ -49,7 +56,7 @@ class RunStart:
 
     tasks: int
     cached: int
-    credits: int
+    credits: float
     collecting: int = 0  # accepted (and paid for) by an interrupted run, not stored yet
     reasons: Mapping[str, str] = field(default_factory=dict)  # task id -> why it runs
     provider: str = "bfl"
@@ -103,7 +110,9 @@ async def run_plans(
     relock: bool = False,
 ) -> list[PipelineReport]:
     """Run ``plans`` (exporting plan i into ``out_dirs[i]``) and return their reports.
-    ``on_note`` is told of what concerns a whole run (an old output kept in ``--out``).
+    ``on_note`` is told of what concerns a whole run (an old output kept in ``--out``), always
+    on the event loop's thread (the blocking work, reading locks, hashing and exporting
+    files, runs on worker threads, and what it has to tell is passed on afterwards).
 
     ``lock``: a ``bfl`` run reads each recipe's lock (``<recipe stem>.lock``) first, takes the
     results it and the exported files it lists hold (refilling the cache), and writes it again
@@ -123,28 +132,32 @@ async def run_plans(
         cache.check_layout()
     else:
         cache.check_writable()
-    locks = [load_lock(plan, relock=relock, on_note=on_note) if lock else None
-             for plan in plans]
-    resolved, held = _resolve(plans, locks, cache)
+    # reading the locks and hashing files is blocking work: off the event loop (a webhook
+    # listener may be serving on it), each note told on the loop's thread afterwards
+    notes: list[str] = []
+    locks, resolved, held = await asyncio.to_thread(_resolve, plans, cache, lock=lock,
+                                                    relock=relock, on_note=notes.append)
+    _tell(notes, on_note)
     cached = sum(1 for r in resolved if r.hit)
     journal = Journal(cache.root / "journal")
     accepted = [r for r in resolved if not r.hit and r.key is not None
                 and journal.find(r.key, r.task.provider) is not None]
     # one whose claim is held was not interrupted: a live run sharing the cache is making it
     elsewhere = sum(1 for r in accepted if r.key is not None and journal.held(r.key))
-    credits = cost_of_misses(resolved) - cost_of_misses(accepted)
+    credits = round(cost_of_misses(resolved) - cost_of_misses(accepted), 2)
     if frozen and cached < len(resolved):
         raise FrozenCacheMissError(missing_lines(resolved))
     if max_credits is not None and credits > max_credits:
         raise BudgetExceededError(
-            f"the steps that are not cached would cost {credits} credits ({dollars(credits)}), "
+            f"the steps that are not cached would cost {number(credits)} credits "
+            f"({dollars(credits)}), "
             f"more than --max-credits {max_credits}; nothing was submitted")
     if on_start is not None:
         providers = {plan.provider for plan in plans}
         on_start(RunStart(len(resolved), cached, credits, len(accepted) - elsewhere,
                           _reasons(plans, out_dirs, resolved),
                           providers.pop() if len(providers) == 1 else "bfl", elsewhere))
-    _warn_mended(resolved, on_event)
+    _warn(resolved, on_event)
     provider = None if cached == len(resolved) else open_provider()
     # the report's thumbnails are made while the run waits on the API, not after it
     thumbnails = QuietWorker("thumbnails") if provider is not None else None
@@ -165,32 +178,65 @@ async def run_plans(
             await provider.aclose()
         if thumbnails is not None:  # what is left, the report makes on every core
             await asyncio.to_thread(thumbnails.close)
+    return await _finish_all(plans, records, out_dirs, locks, cache, lock=lock, held=held,
+                             on_note=on_note)
+
+
+async def _finish_all(plans: Sequence[Plan], records: Sequence[StepRecord],
+                      out_dirs: Sequence[Path], locks: Sequence[Lock | None], cache: Cache, *,
+                      lock: bool, held: Mapping[str, LockedStep],
+                      on_note: Callable[[str], None] | None) -> list[PipelineReport]:
+    """Export each recipe's results and write its manifest, report and lock, each on a worker
+    thread (the notes told on the loop's afterwards)."""
     reports = []
     start = 0
+    notes: list[str] = []
     for plan, out_dir, old in zip(plans, out_dirs, locks, strict=True):
         mine = records[start:start + len(plan.tasks)]
         start += len(plan.tasks)
-        report = _finish(plan, mine, cache, out_dir, on_note=on_note, held=held)
-        reports.append(_relocked(report, old, held) if lock else report)
+        try:
+            report = await asyncio.to_thread(_finish, plan, mine, cache, out_dir,
+                                             on_note=notes.append, held=held, old=old)
+            if lock:
+                report = await asyncio.to_thread(_relocked, report, old, held)
+        finally:
+            _tell(notes, on_note)
+        reports.append(report)
     return reports
 
 
-def _resolve(plans: Sequence[Plan], locks: Sequence[Lock | None],
-             cache: Cache) -> tuple[list[Resolved], dict[str, LockedStep]]:
-    """What the cache and the locks hold of each task (the cache refilled from the files the
-    locks list), and the locks' records of the tasks they alone hold (no bytes: see
-    :mod:`..plan._resolution`)."""
+def _tell(notes: list[str], on_note: Callable[[str], None] | None) -> None:
+    """Tell ``on_note`` of the notes gathered off the event loop, on its thread."""
+    said, notes[:] = notes[:], []
+    for note in said:
+        if on_note is not None:
+            on_note(note)
+
+
+def _resolve(plans: Sequence[Plan], cache: Cache, *, lock: bool, relock: bool,
+             on_note: Callable[[str], None]
+             ) -> tuple[list[Lock | None], list[Resolved], dict[str, LockedStep]]:
+    """Each recipe's lock (None: none, or ``lock`` is off); what the cache and the locks hold
+    of each task (the cache refilled from the files the locks list); and the locks' records
+    of the tasks they alone hold (no bytes: see :mod:`..plan._resolution`)."""
+    locks = [load_lock(plan, relock=relock, on_note=on_note) if lock else None
+             for plan in plans]
     resolved = [r for plan, old in zip(plans, locks, strict=True)
                 for r in resolve(plan, cache, old, from_files=refill_from_files(
                     cache, lock_path(plan.spec.path).parent))]
     held = {r.task.id: r.locked for r in resolved if r.source == "lock" and r.locked}
-    return resolved, held
+    return locks, resolved, held
 
 
-def _warn_mended(resolved: Sequence[Resolved], on_event: RunEventSink | None) -> None:
-    """Tell of each damaged cache entry the lock's exported files stood in for (and mended)."""
+def _warn(resolved: Sequence[Resolved], on_event: RunEventSink | None) -> None:
+    """Tell of each damaged cache entry the lock's exported files stood in for (and mended),
+    and of each result the cache and the lock disagree on."""
     for item in resolved:
-        if on_event is not None and item.source == "files" and item.problem:
+        if on_event is None:
+            continue
+        if item.warning is not None:
+            on_event(RunEvent("warning", item.task, message=item.warning))
+        elif item.source == "files" and item.problem:
             on_event(RunEvent("warning", item.task, message=(
                 f"{item.problem.removesuffix('; the step runs again')}; its exported file "
                 "stood in for it")))
@@ -204,17 +250,21 @@ def _reasons(plans: Sequence[Plan], out_dirs: Sequence[Path],
         of_plan = [r for r in resolved if r.task.pipeline == plan.spec.name]
         if not all(r.hit for r in of_plan):  # a fully cached run has nothing to explain
             reasons.update(explain_misses(of_plan, last_run(out_dir)))
+            reasons.update(lock_reasons(of_plan))
     return reasons
 
 
 def _finish(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Path, *,
-            on_note: Callable[[str], None] | None,
-            held: Mapping[str, LockedStep]) -> PipelineReport:
+            on_note: Callable[[str], None] | None, held: Mapping[str, LockedStep],
+            old: Lock | None) -> PipelineReport:
     """Export the outputs, then write the manifest and the report (unless a re-run changed
     nothing: then neither is written again). A step the lock holds without its bytes is not
-    exported: no file holds its image (its last export, if any, stays)."""
+    exported: no file holds its image (its last export, if any, stays). The files the lock
+    (``old``) lists count as exported by the last run when no manifest says what it did (a
+    fresh checkout), and those of the variants whose records the run keeps stay."""
+    recorded, kept = lock_exports(plan, old, out_dir)
     exported = export_outputs(plan, [r for r in records if r.task.id not in held], cache,
-                              out_dir, on_warning=on_note)
+                              out_dir, on_warning=on_note, recorded=recorded, keep=kept)
     manifest = build_manifest(plan, records, exported, base=out_dir)
     encoded = manifest.to_json().encode()
     if not _unchanged(out_dir, encoded):
@@ -233,11 +283,19 @@ def _relocked(report: PipelineReport, old: Lock | None,
     (a run of another provider than ``bfl`` writes none)."""
     if report.plan.provider != LOCKING_PROVIDER:
         return report
-    path = lock_path(report.plan.spec.path)
-    lock = new_lock(report.plan, report.records, report.exported, out_dir=report.out_dir,
-                    old=old, held=held)
+    plan = report.plan
+    path = lock_path(plan.spec.path)
+
+    def make(current: Lock | None) -> Lock:
+        # the lock as it is now: a run of other variants may have written it since this one
+        # read it, and what it wrote stays
+        if current is not None and current.provider != plan.provider:
+            current = None
+        return new_lock(plan, report.records, report.exported, out_dir=report.out_dir,
+                        old=current, held=held)
+
     try:
-        changed = write_lock(path, lock)
+        changed = update_lock(path, make, recipe=plan.spec.file, unreadable=old)
     except OSError as exc:
         raise OutputError(f"cannot write the lock {path}: {exc.strerror or exc}; make its "
                           "folder writable, or run with --no-lock") from exc

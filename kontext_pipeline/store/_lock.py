@@ -16,12 +16,14 @@ each problem pinned to its line (:class:`~kontext_pipeline.errors.LockError`).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -30,8 +32,17 @@ from kontext_pipeline._support.files import IrregularFileError, TooLargeError, r
 from kontext_pipeline._support.files import write_atomic as _write_atomic
 from kontext_pipeline.errors import LockError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover  (Windows)
+    fcntl = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from kontext_pipeline.store._lock_reading import Repository
+
 __all__ = ["LOCK_SUFFIX", "LOCK_VERSION", "MAX_LOCK_BYTES", "Lock", "LockedFile", "LockedStep",
-           "lock_path", "read_lock", "render_lock", "write_lock"]
+           "lock_path", "read_lock", "read_sides", "render_lock", "repository_of",
+           "update_lock", "write_lock"]
 
 LOCK_VERSION = 1
 LOCK_SUFFIX = ".lock"
@@ -212,11 +223,46 @@ def write_lock(path: Path, lock: Lock) -> bool:
 def read_lock(path: Path, *, recipe: str | None = None) -> Lock | None:
     """The lock at ``path``, every field checked; None when there is none. :class:`LockError`
     when it cannot be read, each problem at its line (``recipe``: the recipe as the way out
-    names it; the ``.yaml`` file beside the lock by default)."""
-    shown = str(path)
+    names it; the ``.yaml`` file beside the lock by default). In a git repository, a path
+    that leads out of it is refused."""
+    from kontext_pipeline.store._lock_reading import UnreadableLock, parse_lock  # noqa: PLC0415
+
     recipe = recipe if recipe is not None else str(path.with_suffix(".yaml"))
+    data = _read_bytes(path, recipe)
+    if data is None:
+        return None
     try:
-        data = read_regular(path, MAX_LOCK_BYTES)
+        return parse_lock(data, str(path), repository=repository_of(path))
+    except UnreadableLock as unreadable:
+        raise LockError(unreadable.problems, recipe=recipe, cause=unreadable.cause) from None
+
+
+def read_sides(path: Path) -> list[Lock]:
+    """The two sides ("ours", then "theirs") of a lock git merged with conflicts, each read as
+    a lock; empty when the file has no conflict markers, they do not follow each other as git
+    writes them, or a side is no lock."""
+    from kontext_pipeline.store._lock_conflicts import conflict_sides  # noqa: PLC0415
+    from kontext_pipeline.store._lock_reading import UnreadableLock, parse_lock  # noqa: PLC0415
+
+    try:
+        data = _read_bytes(path, str(path))
+        sides = conflict_sides(data.decode("utf-8")) if data is not None else None
+    except (LockError, UnicodeDecodeError):
+        return []
+    if sides is None:
+        return []
+    repository = repository_of(path)
+    try:
+        return [parse_lock(side.encode("utf-8"), str(path), repository=repository)
+                for side in sides]
+    except UnreadableLock:
+        return []
+
+
+def _read_bytes(path: Path, recipe: str) -> bytes | None:
+    shown = str(path)
+    try:
+        return read_regular(path, MAX_LOCK_BYTES)
     except FileNotFoundError:
         return None
     except IrregularFileError as exc:
@@ -229,10 +275,53 @@ def read_lock(path: Path, *, recipe: str | None = None) -> Lock | None:
     except OSError as exc:
         raise LockError([Problem(shown, 0, 0, f"cannot be read ({exc.strerror or exc})")],
                         recipe=recipe) from None
-    from kontext_pipeline.store._lock_reading import parse_lock  # noqa: PLC0415  (a cycle)
 
-    problems: list[Problem] = []
-    lock = parse_lock(data, shown, problems)
-    if problems or lock is None:
-        raise LockError(problems, recipe=recipe)
-    return lock
+
+def repository_of(path: Path) -> Repository | None:
+    """The git repository the lock at ``path`` is in: the nearest folder above it (links
+    resolved) that holds ``.git``; None outside any."""
+    from kontext_pipeline.store._lock_reading import Repository  # noqa: PLC0415
+
+    try:
+        folder = path.parent.resolve()
+    except OSError:
+        return None
+    for depth, parent in enumerate((folder, *folder.parents)):
+        if os.path.lexists(parent / ".git"):
+            return Repository(str(parent), depth)
+    return None
+
+
+def update_lock(path: Path, make: Callable[[Lock | None], Lock], *, recipe: str,
+                unreadable: Lock | None = None) -> bool:
+    """Write the lock ``make`` returns, given the lock at ``path`` as it is now (``unreadable``
+    stands in for one that cannot be read): another run of the recipe may have written it
+    since this one read it, and its records are to be kept. Runs doing so at once take turns
+    (an exclusive lock on the folder, where the platform has one); True if the file's bytes
+    changed."""
+    with _folder_held(path.parent):
+        try:
+            current = read_lock(path, recipe=recipe)
+        except LockError:
+            current = unreadable
+        return write_lock(path, make(current))
+
+
+@contextlib.contextmanager
+def _folder_held(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` itself: no file is left beside the lock, and
+    the operating system lets go when the process ends, however it ends. Where there is none
+    (Windows, a file system without locks), runs writing one lock at once may each keep only
+    their own records, as before locks were taken."""
+    try:
+        handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield  # write_lock says why the folder cannot be written
+        return
+    try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):  # ENOLCK, EOPNOTSUPP: no locks there
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # lets go of the lock

@@ -8,14 +8,17 @@ import math
 import posixpath
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from kontext_pipeline._support.diagnostics import Problem
+from kontext_pipeline.errors import LockErrorCause
 from kontext_pipeline.store._lock import LOCK_VERSION, Lock, LockedFile, LockedStep
+from kontext_pipeline.store._lock_conflicts import conflict_problems
 
-__all__ = ["MAX_PATH_CHARS", "MAX_TEXT_CHARS", "parse_lock"]
+__all__ = ["MAX_PATH_CHARS", "MAX_TEXT_CHARS", "Repository", "UnreadableLock", "parse_lock"]
 
 MAX_TEXT_CHARS = 1024 * 1024
 """The longest text a field of a lock may hold (a prompt is far shorter)."""
@@ -26,33 +29,81 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = frozenset(f"{_TAG}{name}" for name in ("str", "int", "float", "bool", "null",
                                                       "timestamp"))
-_MARKERS = ("<<<<<<<", "|||||||", "=======", ">>>>>>>")
 _INT = re.compile(r"-?[0-9]{1,30}")
 _FLOAT = re.compile(r"-?[0-9]{1,30}\.[0-9]{0,30}(?:[eE][-+][0-9]{1,3})?")
 
 
-def parse_lock(data: bytes, file: str, problems: list[Problem]) -> Lock | None:
-    """The lock in ``data`` (read from ``file``), or None with ``problems`` saying why."""
+@dataclass(frozen=True)
+class Repository:
+    """The git repository a lock is in: its folder, and how many folders the lock's own folder
+    is below it (as many ``..`` as a path of the lock may start with)."""
+
+    root: str
+    depth: int
+
+
+class UnreadableLock(Exception):  # noqa: N818  (a result, raised: not an error of its own)
+    """The lock cannot be read: its ``problems``, each at its line, and their ``cause``."""
+
+    def __init__(self, problems: list[Problem], cause: LockErrorCause) -> None:
+        super().__init__(problems)
+        self.problems = problems
+        self.cause: LockErrorCause = cause
+
+
+def parse_lock(data: bytes, file: str, *, repository: Repository | None = None) -> Lock:
+    """The lock in ``data`` (read from ``file``); :class:`UnreadableLock` says why there is
+    none. ``repository``: the git repository the lock is in, out of which no path may lead."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line, column = _line_column(data[:exc.start].decode("utf-8", "replace"))
-        problems.append(Problem(file, line, column, "not UTF-8 text"))
-        return None
-    problems.extend(_conflicts(text, file))
-    if problems:
-        return None
+        raise UnreadableLock([Problem(file, line, column, "not UTF-8 text")], "invalid") from None
+    conflicts = conflict_problems(text, file)
+    if conflicts:
+        raise UnreadableLock(conflicts, "conflict")
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        problems.append(Problem(file, *where, f"not readable as YAML: {exc.problem or exc}"))
-        return None
+        raise UnreadableLock([Problem(file, *where, f"not readable as YAML: "
+                                                    f"{exc.problem or exc}")], "invalid") from None
     except (yaml.YAMLError, RecursionError) as exc:
-        problems.append(Problem(file, 1, 1, f"not readable as YAML: {exc}"))
+        raise UnreadableLock([Problem(file, 1, 1, f"not readable as YAML: {exc}")],
+                             "invalid") from None
+    newer = _version_problem(node, file)
+    if newer is not None:  # nothing else of a lock of another version can be judged
+        raise UnreadableLock([newer[0]], newer[1])
+    problems: list[Problem] = []
+    lock = _Reader(file, problems, repository).lock(node)
+    if problems or lock is None:
+        raise UnreadableLock(problems, "invalid")
+    return lock
+
+
+def _version_problem(node: yaml.Node | None,
+                     file: str) -> tuple[Problem, LockErrorCause] | None:
+    """The lock's ``version`` when it is not this one's, read before anything else."""
+    if not isinstance(node, yaml.MappingNode):
         return None
-    return _Reader(file, problems).lock(node)
+    for key, value in node.value:
+        if not (isinstance(key, yaml.ScalarNode) and key.value == "version"):
+            continue
+        where = (file, value.start_mark.line + 1, value.start_mark.column + 1)
+        if (not isinstance(value, yaml.ScalarNode) or value.tag != f"{_TAG}int" or value.style
+                or not _INT.fullmatch(value.value)):
+            return (Problem(*where, f"version: {_show(value)} is not a lock version; this "
+                                    f"kontext-pipeline reads version {LOCK_VERSION}"), "invalid")
+        if int(value.value) == LOCK_VERSION:
+            return None
+        if int(value.value) > LOCK_VERSION:
+            return (Problem(*where, f"version: this lock was written by a newer "
+                                    f"kontext-pipeline (version {int(value.value)}); upgrade "
+                                    "kontext-pipeline"), "newer")
+        return (Problem(*where, f"version: {_show(value)} is not a lock version; this "
+                                f"kontext-pipeline reads version {LOCK_VERSION}"), "invalid")
+    return None
 
 
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -62,17 +113,6 @@ def _line_column(before: str) -> tuple[int, int]:
     return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
 
 
-def _conflicts(text: str, file: str) -> list[Problem]:
-    """Git's merge conflict markers, each at its line, found before YAML reads the text."""
-    found = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        marker = line[:7]
-        if marker in _MARKERS and (len(line) == 7 or line[7] in " \t\r"):
-            found.append(Problem(file, number, 1, f"git merge conflict marker '{marker}': "
-                                                  "the lock was merged with conflicts"))
-    return found
-
-
 class _InvalidFieldError(Exception):
     """A field that cannot be used; its problem is recorded already."""
 
@@ -80,9 +120,11 @@ class _InvalidFieldError(Exception):
 class _Reader:
     """Builds a :class:`Lock` out of composed YAML nodes, checking every field."""
 
-    def __init__(self, file: str, problems: list[Problem]) -> None:
+    def __init__(self, file: str, problems: list[Problem],
+                 repository: Repository | None) -> None:
         self.file = file
         self.problems = problems
+        self.repository = repository
         self.seen: set[int] = set()  # the lists and mappings read: an alias is one seen twice
 
     def collection(self, node: yaml.Node) -> None:
@@ -106,12 +148,6 @@ class _Reader:
         try:
             top = self.mapping(node, "the lock", ("version", "recipe", "pipeline", "provider",
                                                   "variants"))
-            version = top["version"]
-            if not (isinstance(version, yaml.ScalarNode) and version.tag == f"{_TAG}int"
-                    and version.value == str(LOCK_VERSION)):
-                raise self.fail(version, f"lock version {_show(version)} is not one this "
-                                         f"kontext-pipeline reads (version {LOCK_VERSION}); "
-                                         "upgrade kontext-pipeline")
             recipe = self.text(top["recipe"], "recipe")
             pipeline = self.text(top["pipeline"], "pipeline")
             provider = self.text(top["provider"], "provider")
@@ -221,10 +257,21 @@ class _Reader:
     def exported_file(self, node: yaml.Node) -> LockedFile:
         fields = self.mapping(node, "an exported file", ("path", "file_sha256"))
         path = self.text(fields["path"], "path")
-        problem = _path_problem(path)
+        problem = _path_problem(path) or self.outside(path)
         if problem is not None:
             raise self.fail(fields["path"], f"path '{path}' {problem}")
         return LockedFile(path, self.digest(fields["file_sha256"], "file_sha256"))
+
+    def outside(self, path: str) -> str | None:
+        """Why ``path`` (normalised: its ``..`` all at its start) leads out of the lock's git
+        repository, if it does."""
+        if self.repository is None:
+            return None
+        climbs = next((i for i, part in enumerate(path.split("/")) if part != ".."), 0)
+        if climbs <= self.repository.depth:
+            return None
+        return (f"leads out of the git repository the lock is in ({self.repository.root}); "
+                "a lock's files are in its repository")
 
     # scalars -----------------------------------------------------------------------------
 
