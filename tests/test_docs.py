@@ -59,8 +59,8 @@ def sections(text: str, heading: re.Pattern[str], level: int = 3) -> dict[str, s
 
 def test_schema_fields_sees_nested_and_referenced_properties() -> None:
     fields = schema_fields()
-    assert len(fields) == 27
-    assert fields["steps[].model"]["enum"] == ["flux-kontext-pro", "flux-kontext-max"]
+    assert len(fields) == 35
+    assert fields["steps[].output_format"]["enum"] == ["png", "jpeg", "webp"]
     assert {"defaults.safety_tolerance", "matrix.include", "steps[].image"} <= set(fields)
 
 

@@ -28,6 +28,7 @@ from kontext_pipeline.outputs._manifest import (
     read_manifest,
 )
 from kontext_pipeline.outputs._provenance import read_provenance
+from kontext_pipeline.recipe._models import MODELS, REQUEST_FIELDS
 from kontext_pipeline.recipe._schema import load_schema
 from kontext_pipeline.recipe._spec import Params
 from tests.conftest import ROOT, RunCli, WriteRecipe, schema_errors
@@ -152,15 +153,63 @@ def test_the_schema_lists_what_the_model_writes_and_the_recipe_allows() -> None:
     assert list(step["properties"]) == list(WRITTEN["steps"][0]) == step["required"]
     assert list(schema["properties"]["totals"]["properties"]) == list(WRITTEN["totals"])
     assert set(step["properties"]["params"]["properties"]) == {
-        f.name for f in dataclasses.fields(Params)}
+        f.name for f in dataclasses.fields(Params)} - {"model"} == set(REQUEST_FIELDS)
     recipe = load_schema()
-    assert step["properties"]["model"]["enum"] == recipe["$defs"]["model"]["enum"]
+    assert step["properties"]["model"]["enum"] == recipe["$defs"]["model_name"]["enum"] == list(
+        MODELS)
     assert step["properties"]["step"]["pattern"] == recipe["$defs"]["identifier"]["pattern"]
     assert schema["properties"]["pipeline"]["pattern"] == recipe["properties"]["name"]["pattern"]
     statuses = step["properties"]["status"]["enum"]
     assert statuses == ["done", "failed", "skipped", "missing"]
     for status in statuses:
         assert parse_manifest(changed("steps.0.status", status)).steps[0].status == status
+
+
+def test_the_schema_holds_each_models_params_and_references_as_the_models_table_says() -> None:
+    schema = json.loads(manifest_schema_text())
+    rules = schema["$defs"]["step"]["allOf"]
+    for model in MODELS.values():
+        params = [schema["$defs"][rule["then"]["properties"]["params"]["$ref"].rsplit("/")[-1]]
+                  for rule in rules if "params" in rule["then"]["properties"]
+                  and model.name in _named(rule)]
+        assert len(params) == 1, model.name
+        assert params[0]["required"] == params[0]["propertyNames"]["enum"]
+        assert set(params[0]["required"]) == set(model.fields), model.name
+        safety = params[0].get("properties", {}).get("safety_tolerance", {}).get("maximum", 6)
+        assert safety == model.safety, model.name
+        limits = [rule["then"]["properties"]["inputs_sha256"]["maxItems"] for rule in rules
+                  if "inputs_sha256" in rule["then"]["properties"] and model.name in _named(rule)]
+        assert min(limits, default=8) == model.references, model.name
+
+
+def _named(rule: dict[str, Any]) -> list[str]:
+    condition = rule["if"]["properties"]["model"]
+    return list(condition.get("enum", [condition.get("const")]))
+
+
+def test_a_flux2_step_is_checked_against_its_models_params() -> None:
+    flex = changed("steps.0.model", "flux-2-flex")
+    flex["steps"][0]["params"] = {"width": 1024, "height": None, "output_format": "webp",
+                                  "safety_tolerance": 5, "prompt_upsampling": False,
+                                  "steps": 50, "guidance": 5.0}
+    flex["steps"][0]["inputs_sha256"] = ["a" * 64] * 8
+    flex["steps"][0]["credits"] = 12.35
+    assert validate(flex) == []
+    klein = copy.deepcopy(flex)
+    klein["steps"][0]["model"] = "flux-2-klein-4b"
+    assert validate(klein) == [
+        "$.steps[0].params: 'prompt_upsampling' is not one of "
+        "['width', 'height', 'output_format', 'safety_tolerance']",
+        "$.steps[0].params: 'steps' is not one of "
+        "['width', 'height', 'output_format', 'safety_tolerance']",
+        "$.steps[0].params: 'guidance' is not one of "
+        "['width', 'height', 'output_format', 'safety_tolerance']",
+        "$.steps[0].inputs_sha256: ['" + "', '".join(["a" * 64] * 8) + "'] is too long"]
+    kontext = changed("steps.0.params.output_format", "webp")
+    kontext["steps"][0]["params"]["width"] = 1024
+    assert validate(kontext) == [
+        "$.steps[0].params: 'width' is not one of "
+        "['aspect_ratio', 'output_format', 'safety_tolerance', 'prompt_upsampling']"]
 
 
 def validate(document: Any) -> list[str]:

@@ -8,6 +8,7 @@ import json
 import pytest
 from jsonschema import Draft202012Validator
 
+from kontext_pipeline.recipe._models import MODELS, REQUEST_FIELDS
 from kontext_pipeline.recipe._schema import load_schema, schema_text
 from kontext_pipeline.recipe._spec import Params
 from tests.conftest import PIPELINES, ROOT, RunCli
@@ -33,8 +34,28 @@ def test_schema_command_prints_it(run_cli: RunCli) -> None:
 def test_step_fields_match_the_request_parameters() -> None:
     step = load_schema()["$defs"]["step"]["properties"]
     params = {f.name for f in dataclasses.fields(Params)}
-    assert set(step) == {"id", "prompt", "image", "seed", "model"} | params
-    assert set(load_schema()["properties"]["defaults"]["properties"]) == params
+    assert params == {"model", *REQUEST_FIELDS}
+    assert set(step) == {"id", "prompt", "image", "seed", "model", *REQUEST_FIELDS}
+    assert set(load_schema()["properties"]["defaults"]["properties"]) == set(REQUEST_FIELDS)
+
+
+def test_the_schemas_models_are_the_models_table() -> None:
+    schema = load_schema()
+    assert schema["$defs"]["model_name"]["enum"] == list(MODELS)
+    image = schema["$defs"]["step"]["properties"]["image"]["anyOf"][1]
+    assert image["maxItems"] == max(m.references for m in MODELS.values())
+    assert schema["$defs"]["safety_tolerance"]["maximum"] == max(m.safety
+                                                                 for m in MODELS.values())
+
+
+def test_the_schema_takes_a_model_or_a_template_naming_one_matrix_key() -> None:
+    validator = Draft202012Validator(load_schema())
+    recipe = {"version": 1, "name": "r", "steps": [{"id": "a", "prompt": "p"}]}
+    for model in [*MODELS, "{{ model }}", "{{model}}", "{{ the_model_2 }}"]:
+        assert validator.is_valid({**recipe, "model": model}), model
+    refused: list[object] = ["flux-dev", "{{ model | upper }}", "{{ a }}{{ b }}", "{{ 1 }}", 3]
+    for value in refused:
+        assert not validator.is_valid({**recipe, "model": value}), value
 
 
 def test_every_field_is_described_for_editors() -> None:

@@ -26,8 +26,10 @@ def test_poster_chain_is_read_with_every_default_explicit() -> None:
     assert (sign.seed, sign.seed_explicit) == (7, True)
     assert relight.model == "flux-kontext-max"
     assert recolor.model == "flux-kontext-pro"
-    assert relight.params == Params(aspect_ratio="16:9", output_format="png",
-                                    safety_tolerance=2, prompt_upsampling=False)
+    assert relight.models == {"default": "flux-kontext-max"}
+    assert relight.params_for("flux-kontext-max") == Params(
+        model="flux-kontext-max", aspect_ratio="16:9", output_format="png", safety_tolerance=2,
+        prompt_upsampling=False)
     assert spec.outputs == {"poster": "relight", "recolored": "recolor"}
     assert spec.inputs["street"].path == (PIPELINES / "images" / "street.jpg").resolve()
     assert spec.warnings == ()
@@ -46,7 +48,7 @@ def test_minimal_recipe_defaults(write_recipe: WriteRecipe) -> None:
     assert spec.seed == 0
     (step,) = spec.steps
     assert step.image == ()  # text-to-image
-    assert step.params == DEFAULT_PARAMS
+    assert step.params_for(step.model) == DEFAULT_PARAMS
     assert step.seed == derive_seed(0, "make")
     assert spec.outputs == {"make": "make"}
     assert [v.id for v in spec.variants] == ["default"]
@@ -96,7 +98,7 @@ def test_unquoted_ratio_and_edge_ratios_are_accepted(write_recipe: WriteRecipe) 
           - {id: a, prompt: one}
           - {id: b, prompt: two, aspect_ratio: "9:21"}
     """))
-    assert [s.params.aspect_ratio for s in spec.steps] == ["21:9", "9:21"]
+    assert [s.params_for(s.model).aspect_ratio for s in spec.steps] == ["21:9", "9:21"]
 
 
 def test_warnings_do_not_fail_validation(write_recipe: WriteRecipe) -> None:

@@ -74,7 +74,7 @@ CASES: dict[str, list[str]] = {
         "5:12: steps[0] (id: first): image: 'first' is this step itself; a step can use only inputs and earlier steps",
     ],
     'image-too-many': [
-        '10:12: steps[1] (id: two): image: has 5 items; at most 4 are allowed',
+        '10:12: steps[1] (id: two): image: lists 5 images; flux-kontext-pro takes at most 4',
         '10:12: steps[1] (id: two): image: lists the same image twice',
     ],
     'image-unknown': [
@@ -82,7 +82,7 @@ CASES: dict[str, list[str]] = {
         "7:12: steps[0] (id: edit): image: unknown image 'phot' (did you mean 'photo'?); expected an input name or an earlier step id",
     ],
     'image-wrong-type': [
-        '5:12: steps[0] (id: edit): image: expected an image name or a list of 1 to 4 image names, got 5',
+        '5:12: steps[0] (id: edit): image: expected an image name or a list of 1 to 8 image names, got 5',
     ],
     'input-absolute-path': [
         "4:10: inputs.photo: '/etc/passwd' must be a path relative to the recipe file",
@@ -117,7 +117,7 @@ CASES: dict[str, list[str]] = {
     ],
     'many-problems': [
         '2:7: name: "Many Problems" is not a slug of lower-case letters, digits, \'-\', \'_\' and \'.\', starting with a letter or digit',
-        '3:8: model: "flux-kontext-maxx" is not a valid model (did you mean \'flux-kontext-max\'?); expected one of \'flux-kontext-pro\', \'flux-kontext-max\'',
+        '3:8: model: "flux-kontext-maxx" is not a valid model (did you mean \'flux-kontext-max\'?); expected one of \'flux-kontext-pro\', \'flux-kontext-max\', \'flux-2-pro\', \'flux-2-max\', \'flux-2-flex\', \'flux-2-klein-4b\', \'flux-2-klein-9b\'',
         "6:12: steps[0] (id: recolor): image: unknown image 'car'; expected an input name or an earlier step id",
         "7:13: steps[0] (id: recolor): prompt: undefined variable 'colr'",
         '8:11: steps[0] (id: recolor): seed: -5 is below the minimum of 1',
@@ -164,7 +164,7 @@ CASES: dict[str, list[str]] = {
         '3:17: the recipe is not UTF-8 text',
     ],
     'output-format-jpg': [
-        '4:18: defaults.output_format: "jpg" is not a valid output_format (did you mean \'jpeg\'?); expected one of \'png\', \'jpeg\'',
+        '4:18: defaults.output_format: "jpg" is not a valid output_format (did you mean \'jpeg\'?); expected one of \'png\', \'jpeg\', \'webp\'',
     ],
     'output-unknown-step': [
         "7:11: outputs.poster: unknown step 'edti' (did you mean 'edit'?)",
@@ -220,7 +220,7 @@ CASES: dict[str, list[str]] = {
         '4:5: steps[0]: expected a mapping, got "Make it blue"',
     ],
     'step-unknown-model': [
-        '6:12: steps[0] (id: edit): model: "flux-dev" is not a valid model; expected one of \'flux-kontext-pro\', \'flux-kontext-max\'',
+        '6:12: steps[0] (id: edit): model: "flux-dev" is not a valid model (did you mean \'flux-2-flex\'?); expected one of \'flux-kontext-pro\', \'flux-kontext-max\', \'flux-2-pro\', \'flux-2-max\', \'flux-2-flex\', \'flux-2-klein-4b\', \'flux-2-klein-9b\'',
     ],
     'syntax-error': [
         "5:13: this '[' is never closed; close it with ']', or put the value in quotes if the '[' is part of the text",
@@ -268,7 +268,7 @@ CASES: dict[str, list[str]] = {
         "7:13: steps[0] (id: edit): prompt: undefined variable 'colour' (did you mean 'color'?)",
     ],
     'unknown-model': [
-        '3:8: model: "flux-kontext-pr" is not a valid model (did you mean \'flux-kontext-pro\'?); expected one of \'flux-kontext-pro\', \'flux-kontext-max\'',
+        '3:8: model: "flux-kontext-pr" is not a valid model (did you mean \'flux-kontext-pro\'?); expected one of \'flux-kontext-pro\', \'flux-kontext-max\', \'flux-2-pro\', \'flux-2-max\', \'flux-2-flex\', \'flux-2-klein-4b\', \'flux-2-klein-9b\'',
     ],
     'var-null-value': [
         '4:9: vars.color: expected a string, number, boolean, list or mapping, got nothing',
@@ -310,6 +310,90 @@ CASES: dict[str, list[str]] = {
     'yaml-unclosed-quote': [
         '5:13: this " is never closed; end the value with a matching "',
     ],
+    'model-aspect-ratio-on-flux2': [
+        '7:19: steps[0] (id: edit): aspect_ratio: flux-2-max does not take `aspect_ratio` (only the Kontext models do); set the size with `width` and `height`',
+    ],
+    'model-default-no-step-takes': [
+        '5:17: defaults.aspect_ratio: no step uses a model that takes `aspect_ratio` (only the Kontext models do); remove it',
+        '6:13: defaults.guidance: no step uses a model that takes `guidance` (only flux-2-flex does); remove it',
+    ],
+    'model-defaults-safety-over-5': [
+        '5:21: defaults.safety_tolerance: 6 is above the maximum of 5 for flux-2-pro and flux-2-flex (steps[0], steps[2])',
+        '5:21: warning: defaults.safety_tolerance: the API applies at most 2 to a step with an input image (steps[1])',
+    ],
+    'model-guidance-below-range': [
+        '5:13: defaults.guidance: 1 is below the minimum of 1.5 for flux-2-flex (steps[0])',
+    ],
+    'model-guidance-on-pro': [
+        '7:15: steps[0] (id: edit): guidance: flux-2-pro does not take `guidance` (only flux-2-flex does)',
+    ],
+    'model-guidance-text': [
+        '7:15: steps[0] (id: edit): guidance: expected a number, got "high"',
+    ],
+    'model-height-below-minimum': [
+        '8:13: steps[0] (id: edit): height: 48 is below the minimum of 64',
+    ],
+    'model-input-output-over-9mp': [
+        '8:12: steps[0] (id: edit): image: the input images (6.00 megapixels) and the 2048×1536 output (3.15) make 9.15 megapixels; flux-2-pro takes at most 9 megapixels of input and output together',
+    ],
+    'model-inputs-alone-over-9mp': [
+        '11:12: steps[1] (id: both): image: the input images from files alone make 12.00 megapixels; flux-2-flex takes at most 9 megapixels of input and output together',
+    ],
+    'model-klein-prompt-upsampling': [
+        '7:24: steps[0] (id: edit): prompt_upsampling: flux-2-klein-9b offers no prompt upsampling; remove `prompt_upsampling: true` (false is what it does)',
+    ],
+    'model-klein-too-many-references': [
+        '12:12: steps[0] (id: edit): image: lists 5 images; flux-2-klein-4b takes at most 4',
+    ],
+    'model-output-over-4mp': [
+        '7:12: steps[0] (id: edit): width: 2048×2048 is 4.19 megapixels; flux-2-max makes at most 4',
+    ],
+    'model-references-over-eight': [
+        '16:12: steps[0] (id: edit): image: has 9 items; at most 8 are allowed',
+    ],
+    'model-safety-over-5': [
+        '7:23: steps[0] (id: edit): safety_tolerance: 6 is above the maximum of 5 for flux-2-pro',
+    ],
+    'model-size-on-kontext': [
+        '6:12: steps[0] (id: edit): width: flux-kontext-pro does not take `width` (only the FLUX.2 models do); set the shape with `aspect_ratio`',
+        '7:13: steps[0] (id: edit): height: flux-kontext-pro does not take `height` (only the FLUX.2 models do); set the shape with `aspect_ratio`',
+    ],
+    'model-steps-on-klein': [
+        '7:12: steps[0] (id: edit): steps: flux-2-klein-4b does not take `steps` (only flux-2-flex does)',
+    ],
+    'model-steps-out-of-range': [
+        '7:12: steps[0] (id: edit): steps: 60 is above the maximum of 50 for flux-2-flex',
+    ],
+    'model-template-bad-value': [
+        '3:8: model: "flux-2-prp" is not a valid model (did you mean \'flux-2-pro\'?); expected one of \'flux-kontext-pro\', \'flux-kontext-max\', \'flux-2-pro\', \'flux-2-max\', \'flux-2-flex\', \'flux-2-klein-4b\', \'flux-2-klein-9b\' (variant model=flux-2-prp)',
+        '3:8: model: "flux-3" is not a valid model (did you mean \'flux-2-pro\'?); expected one of \'flux-kontext-pro\', \'flux-kontext-max\', \'flux-2-pro\', \'flux-2-max\', \'flux-2-flex\', \'flux-2-klein-4b\', \'flux-2-klein-9b\' (variant model=flux-3)',
+    ],
+    'model-template-field-per-variant': [
+        '9:12: steps[0] (id: edit): width: flux-kontext-pro and flux-kontext-max do not take `width` (only the FLUX.2 models do); set the shape with `aspect_ratio` (variants model=flux-kontext-pro, model=flux-kontext-max)',
+        '10:13: steps[0] (id: edit): height: flux-kontext-pro and flux-kontext-max do not take `height` (only the FLUX.2 models do); set the shape with `aspect_ratio` (variants model=flux-kontext-pro, model=flux-kontext-max)',
+        '11:15: steps[0] (id: edit): guidance: flux-kontext-pro, flux-kontext-max and flux-2-pro do not take `guidance` (only flux-2-flex does) (variants model=flux-kontext-pro, model=flux-kontext-max, model=flux-2-pro)',
+    ],
+    'model-template-missing-value': [
+        "3:8: model: 'model' has no value in this variant, so the step has no model (variant color=blue)",
+    ],
+    'model-template-not-one-key': [
+        '8:12: steps[0] (id: edit): model: "{{ model | lower }}" is not a model name, or a template naming one matrix key ("{{ model }}")',
+    ],
+    'model-template-unknown-key': [
+        "8:12: steps[0] (id: edit): model: '{{ modle }}' names 'modle', which is not a matrix key (did you mean 'model'?); a templated model takes each variant's model from a matrix key that lists them",
+    ],
+    'model-template-without-matrix': [
+        "3:8: model: '{{ model }}' names 'model', which is not a matrix key; a templated model takes each variant's model from a matrix key that lists them",
+    ],
+    'model-width-float': [
+        '7:12: steps[0] (id: edit): width: expected a whole number of pixels, got 1024.0',
+    ],
+    'model-width-not-multiple': [
+        '7:12: steps[0] (id: edit): width: 1000 is not a multiple of 16; use 992 or 1008',
+    ],
+    'model-width-without-height': [
+        "5:10: defaults.width: `width` needs `height` too; set both, or neither to follow the first input image's size (1024×1024 without one) (steps[0])",
+    ],
 }
 
 
@@ -317,6 +401,7 @@ def test_every_file_in_the_corpus_has_a_case() -> None:
     files = {path.stem for path in INVALID.glob("*.yaml")}
     assert files == set(CASES)
     assert len(CASES) >= 40
+    assert len([c for c in CASES if c.startswith("model-")]) >= 20  # the models' rules
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -370,12 +370,16 @@ def _params(step: StepResult) -> str:
     parts: list[str] = []
     if isinstance(params.get("aspect_ratio"), str):
         parts.append(str(params["aspect_ratio"]))
+    if isinstance(params.get("width"), int) and isinstance(params.get("height"), int):
+        parts.append(f"{params['width']}×{params['height']}")  # FLUX.2's requested size
     if isinstance(params.get("output_format"), str):
         parts.append(str(params["output_format"]))
     if isinstance(params.get("safety_tolerance"), int):
         parts.append(f"tolerance {params['safety_tolerance']}")
     if params.get("prompt_upsampling") is True:
         parts.append("upsampling")
+    parts += [f"{name} {params[name]}" for name in ("steps", "guidance")
+              if isinstance(params.get(name), int | float)]  # flux-2-flex's
     return " · ".join(parts)
 
 

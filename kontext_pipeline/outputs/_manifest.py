@@ -171,7 +171,7 @@ def build_manifest(plan: Plan, records: Sequence[StepRecord],
             cache_hits=sum(1 for r in records if r.cache == "hit"),
             calls=sum(1 for r in records if r.cache == "miss" and r.status in ("done",
                                                                                "failed")),
-            credits=sum(r.credits for r in records),
+            credits=round(sum(r.credits for r in records), 2),
             failed=sum(1 for r in records if r.status in ("failed", "skipped"))),
         steps=steps)
 

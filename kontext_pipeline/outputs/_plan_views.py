@@ -10,9 +10,10 @@ from typing import Any
 from kontext_pipeline.plan._locked import CheckResult
 from kontext_pipeline.plan._plan import Plan, Task
 from kontext_pipeline.plan._resolution import Resolved, cost_of_misses
+from kontext_pipeline.recipe._models import MODELS
 
-__all__ = ["cost", "credits_text", "dollars", "lock_diff", "paid", "plan_json", "plan_text",
-           "task_json"]
+__all__ = ["cost", "credits_text", "dollars", "lock_diff", "number", "paid", "plan_json",
+           "plan_text", "task_json"]
 
 _KEY_CHARS = 12
 
@@ -22,9 +23,14 @@ def dollars(credits: float) -> str:
     return f"${credits / 100:.2f}"
 
 
+def number(credits: float) -> str:
+    """Credits to the hundredth, without trailing zeros: ``4``, ``12.5``, ``3.04``."""
+    return f"{round(credits, 2):.2f}".rstrip("0").rstrip(".")
+
+
 def credits_text(credits: float, *, money: bool = True) -> str:
-    """``1 credit ($0.01)``, ``12 credits ($0.12)``; without ``money``, no dollars."""
-    text = f"{credits} credit{'' if credits == 1 else 's'}"
+    """``1 credit ($0.01)``, ``12.35 credits ($0.12)``; without ``money``, no dollars."""
+    text = f"{number(credits)} credit{'' if credits == 1 else 's'}"
     return f"{text} ({dollars(credits)})" if money else text
 
 
@@ -53,11 +59,18 @@ _COUNTED = {"files": "from exported files", "lock": "held by the lock"}
 
 def _status(resolved: Resolved) -> str:
     if resolved.key is None:
-        return f"miss (after {resolved.waits_on})  {resolved.task.credits} credits"
+        return f"miss (after {resolved.waits_on})  {_estimate(resolved.task)}"
     key = resolved.key[:_KEY_CHARS]
     if resolved.hit:
         return f"{_SOURCES[resolved.source or 'cache']}  key {key}"
-    return f"miss  key {key}  {resolved.task.credits} credits"
+    return f"miss  key {key}  {_estimate(resolved.task)}"
+
+
+def _estimate(task: Task) -> str:
+    """``4 credits``, or for a model priced per megapixel ``~12.35 credits (estimate)``."""
+    if MODELS[task.model].price.per_image:
+        return credits_text(task.credits, money=False)
+    return f"~{credits_text(task.credits, money=False)} (estimate)"
 
 
 def _lock_status(check: CheckResult, task: Task) -> tuple[str, str | None]:
@@ -68,7 +81,7 @@ def _lock_status(check: CheckResult, task: Task) -> tuple[str, str | None]:
         return "none", None
     step = next((d.reason for d in mine if d.kind == "changed"), None)
     said = [step] if step is not None else []
-    said += [d.reason for d in mine if d.path is not None]
+    said += [d.reason for d in mine if d.path is not None or d.kind == "unexported"]
     return ("changed" if step is not None else "agrees"), "; ".join(said) or None
 
 
@@ -79,20 +92,37 @@ def _lock_line(check: CheckResult, task: Task) -> str:
     return said if state == "changed" else f"{state}; {said}"
 
 
-def lock_diff(check: CheckResult) -> dict[str, list[str]]:
+def lock_diff(check: CheckResult,
+              resolved: Sequence[Resolved] = ()) -> dict[str, list[str]]:
     """The records a run of the plan would add to the lock, change and remove (``variant /
-    step`` each), if every step finishes."""
-    def steps(kind: str) -> list[str]:
-        return [f"{d.variant} / {d.step}" for d in check.differences if d.kind == kind]
+    step`` each), if every step finishes. A record changes when its request does, when an
+    output is to be exported under a new name, and (given ``resolved``, what the cache and the
+    lock hold) when its step is made again, or is held by the lock while some of its files
+    are not as recorded (they leave the record)."""
+    def steps(*kinds: str) -> list[str]:
+        return list(dict.fromkeys(f"{d.variant} / {d.step}" for d in check.differences
+                                  if d.kind in kinds))
 
-    return {"added": steps("new"), "changed": steps("changed"), "removed": steps("gone")}
+    changed = steps("changed", "unexported")
+    if not any(d.kind == "no lock" for d in check.differences):
+        new = {(d.variant, d.step) for d in check.differences if d.kind == "new"}
+        files = {(d.variant, d.step) for d in check.differences if d.path is not None}
+        again = [f"{r.task.variant} / {r.task.step}" for r in resolved
+                 if (r.task.variant, r.task.step) not in new
+                 and (not r.hit or (r.source == "lock"
+                                    and (r.task.variant, r.task.step) in files))]
+        order = {f"{r.task.variant} / {r.task.step}": i for i, r in enumerate(resolved)}
+        changed = sorted(dict.fromkeys([*changed, *again]),
+                         key=lambda step: order.get(step, len(order)))
+    return {"added": steps("new"), "changed": changed, "removed": steps("gone")}
 
 
-def _lock_footer(check: CheckResult, tasks: int) -> list[str]:
+def _lock_footer(check: CheckResult, tasks: int,
+                 resolved: Sequence[Resolved]) -> list[str]:
     if any(d.kind == "no lock" for d in check.differences):
         return [f"lock {check.lock}: none yet; a run writes it ({tasks} step"
                 f"{'' if tasks == 1 else 's'})"]
-    diff = lock_diff(check)
+    diff = lock_diff(check, resolved)
     renamed = [d.reason for d in check.differences if d.kind == "renamed"]
     if not renamed and not any(diff.values()):
         return [f"lock {check.lock}: a run leaves it as it is"]
@@ -152,7 +182,7 @@ def plan_text(plan: Plan, resolved: Sequence[Resolved],
     lines.append(f"{cached} of {tasks} cached{held}; the rest "
                  f"{'cost' if paid(plan.provider) else 'are'} {price}")
     if lock is not None:
-        lines.extend(_lock_footer(lock, tasks))
+        lines.extend(_lock_footer(lock, tasks, resolved))
     return "\n".join(lines)
 
 
@@ -200,7 +230,7 @@ def plan_json(plan: Plan, resolved: Sequence[Resolved],
         "lock": None if lock is None else {
             "file": lock.lock,
             "exists": not any(d.kind == "no lock" for d in lock.differences),
-            **lock_diff(lock),
+            **lock_diff(lock, resolved),
             "renamed": next((d.reason for d in lock.differences if d.kind == "renamed"), None)},
     }
     return json.dumps(document, indent=2, ensure_ascii=False)

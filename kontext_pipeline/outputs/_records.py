@@ -25,7 +25,7 @@ class StepRecord:
     inputs_sha256: tuple[str, ...] = ()
     entry: CacheEntry | None = None
     error: str | None = None
-    credits: int = 0
+    credits: float = 0  # FLUX.2's echoed cost may be fractional
     duration_s: float = 0.0
 
     @property

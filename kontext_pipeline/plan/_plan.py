@@ -7,17 +7,19 @@ reads an earlier step's output gets its key once that output's bytes exist.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kontext_pipeline._support.diagnostics import Problem
-from kontext_pipeline._support.images import sha256_file
+from kontext_pipeline._support.images import INPUT_FORMATS, sha256_file
 from kontext_pipeline.errors import TemplateError, UsageError
 from kontext_pipeline.recipe._findings import did_you_mean
-from kontext_pipeline.recipe._keys import CREDITS, cache_key, request_document
+from kontext_pipeline.recipe._keys import cache_key, request_document
 from kontext_pipeline.recipe._matrix import Variant, format_value
+from kontext_pipeline.recipe._models import estimate_credits, megapixels, output_size
 from kontext_pipeline.recipe._prompts import (
     Failure,
     render_variants,
@@ -57,6 +59,7 @@ class Task:
     seed: int
     params: Params
     images: tuple[ImageSource, ...]
+    input_sizes: tuple[tuple[int, int] | None, ...] = ()  # each image's, where the plan knows it
 
     @property
     def id(self) -> str:
@@ -64,9 +67,20 @@ class Task:
         return f"{self.pipeline}/{self.variant}/{self.step}"
 
     @property
-    def credits(self) -> int:
-        """What the request costs when it is not cached."""
-        return CREDITS[self.model]
+    def output_size(self) -> tuple[int, int]:
+        """The size of the image the request makes (see :func:`~..recipe._models.output_size`),
+        from the requested size, else the first input's size where the plan knows it."""
+        first = self.input_sizes[0] if self.input_sizes else None
+        return output_size(self.model, width=self.params.width, height=self.params.height,
+                           aspect_ratio=self.params.aspect_ratio, source=first)
+
+    @property
+    def credits(self) -> float:
+        """What the request costs when it is not cached, estimated: a Kontext model's price;
+        for a model priced per megapixel, the price of :attr:`output_size` and of the input
+        images whose size the plan knows. The API's echoed cost is what a run records."""
+        return estimate_credits(self.model, megapixels(*self.output_size),
+                                [megapixels(*size) for size in self.input_sizes if size])
 
     def request_document(self, input_sha256: Sequence[str]) -> dict[str, Any]:
         """The canonical document behind the cache key, given the input images' hashes."""
@@ -101,9 +115,9 @@ class Plan:
     tasks: tuple[Task, ...]
 
     @property
-    def credits(self) -> int:
-        """What the run costs if nothing is cached."""
-        return sum(task.credits for task in self.tasks)
+    def credits(self) -> float:
+        """What the run costs if nothing is cached (an estimate for FLUX.2's steps)."""
+        return round(sum(task.credits for task in self.tasks), 2)
 
     def tasks_of(self, variant: str) -> list[Task]:
         return [task for task in self.tasks if task.variant == variant]
@@ -135,14 +149,44 @@ def build_plan(
     if renders.failures:
         raise TemplateError(_failure_problems(spec, renders.failures, len(variants)))
     tasks: list[Task] = []
+    sizes = _InputSizes(spec)
     for variant in variants:
+        made: dict[str, tuple[int, int]] = {}  # each step's output size, in this variant
         for step, prompt in zip(spec.steps, renders.prompts[variant.id], strict=True):
             images = tuple(
                 ImageSource(name, spec.inputs[name].path, hashes[name]) if name in spec.inputs
                 else ImageSource(name) for name in step.image)
-            tasks.append(Task(spec.name, variant.id, step.id, step.index, provider, step.model,
-                              prompt, step.seed, step.params, images))
+            model = step.models[variant.id]
+            task = Task(spec.name, variant.id, step.id, step.index, provider, model, prompt,
+                        step.seed, step.params_for(model), images,
+                        tuple(made.get(name) or sizes.of(name) for name in step.image))
+            made[step.id] = task.output_size
+            tasks.append(task)
     return Plan(spec, provider, variables, tuple(variants), tuple(tasks))
+
+
+class _InputSizes:
+    """The recipe inputs' sizes, each read from its header when first asked for (validation
+    has read each whole input already); None for a name that is no input, or unreadable."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.known: dict[str, tuple[int, int] | None] = {}
+
+    def of(self, name: str) -> tuple[int, int] | None:
+        if name not in self.spec.inputs:
+            return None
+        if name not in self.known:
+            from PIL import Image  # noqa: PLC0415  (Pillow is slow to import)
+
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(self.spec.inputs[name].path, formats=INPUT_FORMATS) as image:
+                        self.known[name] = image.size
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+                self.known[name] = None  # the estimate goes without it
+        return self.known[name]
 
 
 def _override(spec: Spec, overrides: Mapping[str, str]) -> dict[str, Any]:

@@ -15,15 +15,17 @@ __all__ = [
     "EventSink",
     "Provider",
     "ProviderEvent",
+    "request_params",
 ]
 
 
 @dataclass(frozen=True)
 class EditRequest:
     """One image request: the rendered prompt, a concrete seed, parameters with defaults explicit
-    (``aspect_ratio`` None: not sent) and each input image, in order: its bytes, or a file that
-    the provider reads only once the request has an active-task slot (so waiting requests hold
-    no image in memory)."""
+    and each input image (reference), in recipe order: its bytes, or a file that the provider
+    reads only once the request has an active-task slot (so waiting requests hold no image in
+    memory). A parameter that is None is not sent (``aspect_ratio``, ``width``, ``height``: the
+    model's own choice), nor is one the model does not take (see ``Model.body_fields``)."""
 
     model: str
     prompt: str
@@ -32,6 +34,10 @@ class EditRequest:
     output_format: str = "png"
     safety_tolerance: int = 2
     prompt_upsampling: bool = False
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
     images: tuple[bytes | Path, ...] = field(default=(), repr=False)
     image_sha256: tuple[str, ...] = ()  # when given, what each image read must hash to
     label: str = ""  # how events and messages name the task, e.g. "poster/default/recolor"
@@ -39,7 +45,8 @@ class EditRequest:
 
 @dataclass(frozen=True)
 class EditResult:
-    """A finished image. ``cost`` is in credits when the API reported it."""
+    """A finished image. ``cost`` is in credits when the API reported it (FLUX.2's may be
+    fractional)."""
 
     image: bytes = field(repr=False)
     image_format: str
@@ -47,7 +54,7 @@ class EditResult:
     height: int
     request_id: str
     seed: int | None
-    cost: int | None
+    cost: float | None
     polls: int
     submitted_at: float
     finished_at: float
@@ -55,6 +62,16 @@ class EditResult:
     @property
     def duration_s(self) -> float:
         return self.finished_at - self.submitted_at
+
+
+def request_params(request: EditRequest) -> dict[str, Any]:
+    """The request fields of ``request`` by their recipe names (as ``Params.as_dict`` names
+    them), for ``Model.body_fields``."""
+    return {"aspect_ratio": request.aspect_ratio, "width": request.width,
+            "height": request.height, "steps": request.steps, "guidance": request.guidance,
+            "output_format": request.output_format,
+            "safety_tolerance": request.safety_tolerance,
+            "prompt_upsampling": request.prompt_upsampling}
 
 
 @dataclass(frozen=True)
@@ -65,7 +82,7 @@ class Accepted:
     task_id: str
     polling_url: str
     api_base: str
-    cost: int | None
+    cost: float | None
     submitted_at: float
 
 

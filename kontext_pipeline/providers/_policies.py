@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from kontext_pipeline._support.timeouts import within
+from kontext_pipeline.recipe._models import ACCOUNT_LIMIT, MODELS
 
 __all__ = [
     "DEFAULT_MODEL_LIMITS",
@@ -28,11 +29,12 @@ __all__ = [
     "parse_retry_after",
 ]
 
-DEFAULT_TOTAL_LIMIT = 24
+DEFAULT_TOTAL_LIMIT = ACCOUNT_LIMIT
 """BFL allows 24 active tasks per account…"""
 
-DEFAULT_MODEL_LIMITS: Mapping[str, int] = {"flux-kontext-max": 6}
-"""…and 6 of them for flux-kontext-max."""
+DEFAULT_MODEL_LIMITS: Mapping[str, int] = {
+    model.name: model.concurrency for model in MODELS.values() if model.concurrency < ACCOUNT_LIMIT}
+"""…and fewer of some models (6 of flux-kontext-max): the models table's limits."""
 
 
 @dataclass(frozen=True)

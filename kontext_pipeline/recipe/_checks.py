@@ -16,16 +16,13 @@ from kontext_pipeline.recipe._findings import Findings, did_you_mean
 from kontext_pipeline.recipe._templating import is_secret_name
 
 __all__ = ["MAX_ASPECT", "check_env", "check_inputs", "check_outputs", "check_params",
-           "check_steps", "image_refs", "step_ids"]
+           "check_steps", "image_refs", "step_ids", "steps_of"]
 
 MAX_ASPECT = 21 / 9
 """Aspect ratios from 21:9 to 9:21 are accepted by the API."""
 
-_PARAMS = ("aspect_ratio", "output_format", "safety_tolerance", "prompt_upsampling")
-_MAX_TOLERANCE_WITH_IMAGE = 2
-
-
-def _steps(data: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+def steps_of(data: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """Each step that is a mapping, with its index."""
     steps = data.get("steps")
     if not isinstance(steps, list):
         return []
@@ -72,7 +69,7 @@ def check_steps(data: Mapping[str, Any], findings: Findings) -> None:
         if step_id in inputs:
             findings.add(("steps", index, "id"), f"step id '{step_id}' is also an input name; "
                          "rename one so that `image` is unambiguous")
-    for index, step in _steps(data):
+    for index, step in steps_of(data):
         refs = image_refs(step)
         path = ("steps", index, "image")
         if len(set(refs)) != len(refs):
@@ -103,23 +100,30 @@ def _check_ref(ref: str, index: int, *, first_index: Mapping[str, int],
                        "step id")
 
 
-def check_inputs(data: Mapping[str, Any], base_dir: Path, findings: Findings) -> None:
+def check_inputs(data: Mapping[str, Any], base_dir: Path,
+                 findings: Findings) -> dict[str, tuple[int, int]]:
     """Each input is a relative path to a complete image within the API's limits, inside the
-    recipe's directory, and used by some step."""
-    used = {ref for _, step in _steps(data) for ref in image_refs(step)}
+    recipe's directory, and used by some step. Returns the size (width, height) of each input
+    that is such an image, by name."""
+    used = {ref for _, step in steps_of(data) for ref in image_refs(step)}
     root = base_dir.resolve()
+    sizes: dict[str, tuple[int, int]] = {}
     for name, source in _inputs(data).items():
         if not isinstance(source, str) or not source:
             continue
         path = ("inputs", name)
         problem = _input_problem(source, root)
-        if problem:
+        if isinstance(problem, str):
             findings.add(path, problem)
+        else:
+            sizes[name] = problem
         if name not in used:
             findings.warn(path, f"input '{name}' is not used by any step", at="key")
+    return sizes
 
 
-def _input_problem(source: str, root: Path) -> str | None:
+def _input_problem(source: str, root: Path) -> str | tuple[int, int]:
+    """What is wrong with the input ``source``, or its size when nothing is."""
     if "\0" in source:
         return f"'{source}' holds a NUL character, which no file name can contain; remove it"
     relative = Path(source)
@@ -131,14 +135,14 @@ def _input_problem(source: str, root: Path) -> str | None:
         return (f"'{source}' leads outside the recipe's directory; keep input images beside "
                 "the recipe or below it")
     try:
-        inspect_image(resolved)
+        info = inspect_image(resolved)
     except ImageCheckError as exc:
         if "\\" in source and not os.path.lexists(candidate):
             forward = source.replace("\\", "/")
             return (f"'{source}' {exc}; write paths with '/', which every system reads: "
                     f"'{forward}'")
         return f"'{source}' {exc}"
-    return None
+    return info.width, info.height
 
 
 def check_outputs(data: Mapping[str, Any], findings: Findings) -> None:
@@ -187,32 +191,13 @@ def check_env(data: Mapping[str, Any], findings: Findings) -> None:
 
 
 def check_params(data: Mapping[str, Any], findings: Findings) -> None:
-    """Aspect ratios within the API's range; safety tolerance within what the API applies."""
+    """Aspect ratios within the API's range (what each model takes, and the ranges that depend
+    on the model, are :func:`._model_checks.check_models`')."""
     defaults = data.get("defaults")
     defaults = defaults if isinstance(defaults, dict) else {}
     _check_aspect(defaults.get("aspect_ratio"), ("defaults", "aspect_ratio"), findings)
-    inheriting: list[int] = []
-    for index, step in _steps(data):
+    for index, step in steps_of(data):
         _check_aspect(step.get("aspect_ratio"), ("steps", index, "aspect_ratio"), findings)
-        has_image = bool(image_refs(step)) or (index > 0 and "image" not in step)
-        if not has_image:
-            continue
-        if "safety_tolerance" not in step:
-            inheriting.append(index)
-        elif _above_image_cap(step["safety_tolerance"]):
-            findings.warn(("steps", index, "safety_tolerance"), _TOLERANCE_CAPPED)
-    if inheriting and _above_image_cap(defaults.get("safety_tolerance")):
-        users = ", ".join(f"steps[{i}]" for i in inheriting)
-        findings.warn(("defaults", "safety_tolerance"), f"{_TOLERANCE_CAPPED} ({users})")
-
-
-_TOLERANCE_CAPPED = (f"the API applies at most {_MAX_TOLERANCE_WITH_IMAGE} to a step with an "
-                     "input image")
-
-
-def _above_image_cap(value: Any) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool)
-            and value > _MAX_TOLERANCE_WITH_IMAGE)
 
 
 def _check_aspect(value: Any, path: tuple[str | int, ...], findings: Findings) -> None:

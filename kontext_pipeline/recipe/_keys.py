@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
-    "CREDITS",
     "KEY_SCHEMA",
     "MAX_SEED",
     "MIN_SEED",
@@ -32,10 +31,6 @@ MIN_SEED = 1
 """The API reads seed 0 as "pick one at random": a recipe's seeds are never 0."""
 
 MAX_SEED = 2**32 - 1
-
-CREDITS = {"flux-kontext-pro": 4, "flux-kontext-max": 8}
-"""What one image costs, per model (1 credit = $0.01)."""
-
 
 def derive_seed(base_seed: int, step_id: str) -> int:
     """The seed of a step without its own: a function of the base seed and the step id only,

@@ -17,6 +17,7 @@ from typing import Any
 from kontext_pipeline.recipe._findings import Findings, did_you_mean
 from kontext_pipeline.recipe._keys import derive_seed
 from kontext_pipeline.recipe._matrix import Variant
+from kontext_pipeline.recipe._models import DEFAULT_MODEL, resolve_model
 from kontext_pipeline.recipe._templating import (
     CONTEXT_NAMES,
     ENV_PREFIX,
@@ -33,18 +34,18 @@ from kontext_pipeline.recipe._templating import (
 )
 from kontext_pipeline.recipe._yamlsource import Position
 
-__all__ = ["DEFAULT_MODEL", "PIPELINE_FIELDS", "Failure", "Renders", "check_prompts",
+__all__ = ["PIPELINE_FIELDS", "Failure", "Renders", "check_prompts",
            "env_names", "recipe_model", "recipe_seed", "render_variants", "step_model_and_seed",
            "template_position", "variant_list"]
 
-DEFAULT_MODEL = "flux-kontext-pro"
 PIPELINE_FIELDS = ("name", "description", "model", "seed")
 _VARIANT_FIELDS = ("id", "values")
 _SHOWN_VARIANTS = 3
 
 
 def recipe_model(data: Mapping[str, Any]) -> str:
-    """The recipe's ``model`` (:data:`DEFAULT_MODEL` when it has none, or not as text)."""
+    """The recipe's ``model`` as written (:data:`~._models.DEFAULT_MODEL` when it has none, or
+    not as text): a model's name, or a template naming a matrix key."""
     model = data.get("model")
     return model if isinstance(model, str) else DEFAULT_MODEL
 
@@ -56,9 +57,9 @@ def recipe_seed(data: Mapping[str, Any]) -> int:
 
 
 def step_model_and_seed(data: Mapping[str, Any], step: Mapping[str, Any]) -> tuple[str, int]:
-    """A step's model and seed: its own, else the recipe's model and a seed derived from the
-    recipe's seed and the step's id. A value of the wrong type (which the schema reports)
-    counts as none."""
+    """A step's model (as written: see :func:`recipe_model`) and seed: its own, else the
+    recipe's model and a seed derived from the recipe's seed and the step's id. A value of the
+    wrong type (which the schema reports) counts as none."""
     model, seed = step.get("model"), step.get("seed")
     return (model if isinstance(model, str) else recipe_model(data),
             seed if isinstance(seed, int) else derive_seed(recipe_seed(data), str(step["id"])))
@@ -122,16 +123,20 @@ def render_variants(
     env: Mapping[str, str],
 ) -> Renders:
     """Render ``steps`` for each variant in turn, every render counted against one budget (the
-    variants after the one where it runs out are not rendered)."""
+    variants after the one where it runs out are not rendered). A templated model (in
+    ``pipeline`` and in each step) is seen as the variant's model."""
     recipe = RecipeBudget()
     prompts: dict[str, tuple[str, ...]] = {}
     failures: dict[Failure, list[str]] = {}
     for variant in variants:
         if recipe.spent is not None:
             break  # reported once, at the step where it ran out
+        model = pipeline.get("model")
+        seen = ({**pipeline, "model": resolve_model(model, variant.values)}
+                if isinstance(model, str) else pipeline)
         context = base_context(variables=variables,
                                variant=VariantContext(variant.id, variant.values),
-                               pipeline=pipeline, inputs=inputs, env=env)
+                               pipeline=seen, inputs=inputs, env=env)
         results = render_steps(steps, context, recipe)
         texts = tuple(r for r in results if isinstance(r, str))
         if len(texts) == len(steps):

@@ -43,7 +43,7 @@ _DEVICE_NAME = re.compile(r"(con|prn|aux|nul|com\d|lpt\d)(\..*)?")
 
 _RECIPE = """\
 # yaml-language-server: $schema=pipeline.schema.json
-# A kontext-pipeline recipe: FLUX.1 Kontext edits written down as data. Try it:
+# A kontext-pipeline recipe: FLUX.1 Kontext and FLUX.2 edits written down as data. Try it:
 #   kontext-pipeline validate recipe.yaml                # every mistake, with its line
 #   kontext-pipeline run recipe.yaml --provider preview  # offline and free (clearly fake images)
 #   kontext-pipeline plan recipe.yaml                    # what a real run would cost
@@ -55,13 +55,23 @@ version: 1                          # the recipe format; always 1
 @NAME_LINE@
 description: Paint the front door, then make it a snowy evening.  # free text, for people
 model: flux-kontext-pro             # every step's model: flux-kontext-pro or flux-kontext-max
-#                                     (4 and 8 credits an image); a step may set its own
+#                                     (4 and 8 credits an image), or flux-2-pro, flux-2-max,
+#                                     flux-2-flex, flux-2-klein-4b, flux-2-klein-9b (priced per
+#                                     megapixel; docs/recipe-reference.md has the table); a
+#                                     step may set its own, and "{{ model }}" takes it from the
+#                                     matrix (compare models side by side)
 seed: 42                            # base seed, 1 to 4294967295: a step without a seed of its
 #                                     own derives one from this and its id
 defaults:                           # request parameters for every step that does not set them
-  output_format: png                # png (the default) or jpeg
-  safety_tolerance: 2               # 0 strictest ... 6; with an input image the API applies <= 2
-  # aspect_ratio: "4:3"             # W:H from 21:9 to 9:21, quoted; sent only when set
+  output_format: png                # png (the default), jpeg or webp
+  safety_tolerance: 2               # 0 strictest ... 6 (FLUX.2: 5); Kontext with an input
+#                                     image applies <= 2
+  # aspect_ratio: "4:3"             # Kontext: W:H from 21:9 to 9:21, quoted; sent only when set
+  # width: 1024                     # FLUX.2: the output's size, multiples of 16 from 64, at
+  # height: 768                     #   most 4 megapixels; unset: the first input image's size
+  # steps: 50                       # flux-2-flex only: 1 to 50 steps (default 50)
+  # guidance: 5                     # flux-2-flex only: 1.5 to 10 (default 5)
+  # (a default applies to the steps whose model takes it)
   # prompt_upsampling: false        # true lets the API rewrite prompts (then not reproducible)
 vars:                               # template variables; `--var door=green` overrides one
   door: red                         # the prompts below use it as {{ door }}
@@ -72,9 +82,10 @@ vars:                               # template variables; `--var door=green` ove
 #                                     besides KONTEXT_VAR_*; never the rest, never secrets
 inputs:                             # named input images, relative to this file, inside its folder
   house: images/example.png         # written by `kontext-pipeline init`; use your own picture
-steps:                              # the edits, in order; each is one FLUX.1 Kontext request
+steps:                              # the edits, in order; each is one request to its model
   - id: door                        # unique id, by which `image`, `outputs` and logs name it
-    image: house                    # an input or an EARLIER step (a list of up to 4: multi-ref)
+    image: house                    # an input or an EARLIER step (a list: multi-reference, up
+#                                     to 4 images, 8 for flux-2-pro, -max and -flex)
     prompt: Paint the front door {{ door }}, keep everything else unchanged  # a Jinja template
   - id: evening                     # no `image`: this step edits the previous step's output
     prompt: >-                      # `>-` folds the lines below into one line
@@ -82,7 +93,8 @@ steps:                              # the edits, in order; each is one FLUX.1 Ko
       keep the house and its {{ door }} door exactly as they are
     seed: 7                         # this step's own seed, instead of the derived one
     # model: flux-kontext-max       # a step may also set aspect_ratio, output_format,
-    #                                 safety_tolerance and prompt_upsampling
+    #                                 safety_tolerance and prompt_upsampling (and width,
+    #                                 height, steps, guidance where its model takes them)
 outputs:                            # what to export into --out (default out/<name>): file -> step
   door: door                        # door.png, the first step's result
   evening: evening                  # evening.png (without `outputs`: only the last step)

@@ -21,6 +21,8 @@ from kontext_pipeline.recipe._checks import (
 )
 from kontext_pipeline.recipe._findings import Findings
 from kontext_pipeline.recipe._matrix import Variant, expand_matrix
+from kontext_pipeline.recipe._model_checks import check_models
+from kontext_pipeline.recipe._models import DEFAULT_MODEL, MODELS, REQUEST_FIELDS, resolve_model
 from kontext_pipeline.recipe._prompts import (
     check_prompts,
     env_names,
@@ -37,20 +39,38 @@ __all__ = ["DEFAULT_PARAMS", "InputImage", "Params", "Spec", "Step", "load_spec"
 
 @dataclass(frozen=True)
 class Params:
-    """Request parameters of one step, every default explicit. ``aspect_ratio`` None: not sent."""
+    """Request parameters of one step for one ``model``, every default explicit. None: not sent
+    (``aspect_ratio``, ``width`` and ``height``: the model's own choice), or a field the model
+    does not take (:meth:`as_dict` leaves those out)."""
 
+    model: str = DEFAULT_MODEL
     aspect_ratio: str | None = None
     output_format: str = "png"
     safety_tolerance: int = 2
     prompt_upsampling: bool = False
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "aspect_ratio": self.aspect_ratio,
-            "output_format": self.output_format,
-            "safety_tolerance": self.safety_tolerance,
-            "prompt_upsampling": self.prompt_upsampling,
-        }
+        """The fields the model takes, by name: what the cache key holds. For the Kontext models
+        these are the four fields keys have always held, so their keys never moved."""
+        return {name: getattr(self, name) for name in MODELS[self.model].fields}
+
+    @classmethod
+    def of(cls, model: str, written: Mapping[str, Any]) -> Params:
+        """The parameters of a request to ``model`` from the request fields ``written`` for a
+        step (its own over ``defaults``): those the model takes, its defaults made explicit
+        (``steps`` and ``guidance`` of flux-2-flex). A default the model does not take does not
+        apply to it; validation refuses a step's own field that its model does not take."""
+        info = MODELS[model]
+        values = {name: written[name] for name in info.fields if name in written}
+        if info.steps is not None:
+            values.setdefault("steps", int(info.steps.default))
+        if info.guidance is not None:  # 5 and 5.0 are one request: one key
+            values["guidance"] = float(values.get("guidance", info.guidance.default))
+        return cls(model=model, **values)
 
 
 DEFAULT_PARAMS = Params()
@@ -69,7 +89,12 @@ class InputImage:
 class Step:
     """One step of a recipe. ``image`` holds the names it reads, the default filled in: the
     previous step's id, or nothing for a text-to-image first step. ``prompt`` is the template
-    validation compiled (and rendered for every variant)."""
+    validation compiled (and rendered for every variant).
+
+    ``model`` is the step's model as written (its own, else the recipe's): a model's name, or a
+    template naming a matrix key (``"{{ model }}"``); ``models`` holds its model in each variant,
+    by variant id. ``request`` holds the request fields written for it (its own over
+    ``defaults``); :meth:`params_for` makes them a request to one model."""
 
     index: int
     id: str
@@ -78,7 +103,8 @@ class Step:
     seed: int
     seed_explicit: bool
     model: str
-    params: Params
+    models: Mapping[str, str] = field(hash=False)
+    request: Mapping[str, Any] = field(hash=False)
     prompt_position: Position
     prompt: Prompt = field(compare=False, repr=False)
 
@@ -87,10 +113,15 @@ class Step:
         """How messages name the step: ``steps[2] (id: relight)``."""
         return f"steps[{self.index}] (id: {self.id})"
 
+    def params_for(self, model: str) -> Params:
+        """The step's request parameters for ``model`` (one of :attr:`models`' values)."""
+        return Params.of(model, self.request)
+
 
 @dataclass(frozen=True)
 class Spec:
-    """A valid recipe. ``warnings`` holds what validation found worth saying but not fatal."""
+    """A valid recipe. ``warnings`` holds what validation found worth saying but not fatal;
+    ``model`` is the recipe's model as written (see :attr:`Step.model`)."""
 
     path: Path
     file: str
@@ -148,9 +179,10 @@ def load_spec(
     data = document.data
     variants = _variants(data, findings)
     check_steps(data, findings)
-    check_inputs(data, recipe.parent, findings)
+    sizes = check_inputs(data, recipe.parent, findings)
     check_outputs(data, findings)
     check_params(data, findings)
+    check_models(data, variants, sizes, findings)
     check_env(data, findings)
     lines = text.splitlines()
     prompts = check_prompts(data, variants, template_environ(env or {}, env_names(data)),
@@ -200,14 +232,13 @@ def _freeze(recipe: Path, *, file: str, text: str, document: Document,
             variants: list[Variant], prompts: Mapping[int, Prompt],
             warnings: list[Problem]) -> Spec:
     data = document.data
-    defaults = Params(**data.get("defaults", {}))
+    defaults = data.get("defaults", {})
     root = recipe.parent
     inputs = {name: InputImage(name, source, Path(os.path.realpath(root / source)))
               for name, source in data.get("inputs", {}).items()}
     steps: list[Step] = []
     for index, raw in enumerate(data["steps"]):
-        given = {k: raw[k] for k in Params.__dataclass_fields__ if k in raw}
-        params = Params(**{**defaults.as_dict(), **given})
+        request = {**defaults, **{k: raw[k] for k in REQUEST_FIELDS if k in raw}}
         previous = (steps[-1].id,) if steps else ()
         image = tuple(image_refs(raw)) if "image" in raw else previous
         model, seed = step_model_and_seed(data, raw)
@@ -219,7 +250,8 @@ def _freeze(recipe: Path, *, file: str, text: str, document: Document,
             seed=seed,
             seed_explicit="seed" in raw,
             model=model,
-            params=params,
+            models={v.id: resolve_model(model, v.values) for v in variants},
+            request=request,
             prompt_position=document.value_position(("steps", index, "prompt")),
             prompt=prompts[index],
         ))

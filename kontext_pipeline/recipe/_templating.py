@@ -20,6 +20,7 @@ from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 
 from kontext_pipeline.recipe._findings import did_you_mean
+from kontext_pipeline.recipe._models import resolve_model
 from kontext_pipeline.recipe._sandbox import SandboxEnvironment, guard_template, weight
 from kontext_pipeline.recipe._sandbox_budget import BudgetExhaustedError, RecipeBudget, budget
 from kontext_pipeline.recipe._sandbox_names import FILTERS, TESTS
@@ -290,7 +291,8 @@ def render_steps(
             text = ""
         else:
             results.append(text)
-        earlier[step.id] = {"prompt": text, "seed": step.seed, "model": step.model}
+        earlier[step.id] = {"prompt": text, "seed": step.seed,
+                            "model": resolve_model(step.model, context)}
     return results
 
 

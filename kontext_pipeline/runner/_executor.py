@@ -183,8 +183,10 @@ class _Run:
                               aspect_ratio=params.aspect_ratio,
                               output_format=params.output_format,
                               safety_tolerance=params.safety_tolerance,
-                              prompt_upsampling=params.prompt_upsampling, images=paths,
-                              image_sha256=hashes, label=task.id)
+                              prompt_upsampling=params.prompt_upsampling, width=params.width,
+                              height=params.height, steps=params.steps,
+                              guidance=params.guidance, images=paths, image_sha256=hashes,
+                              label=task.id)
 
         def relay(event: ProviderEvent) -> None:
             self.emit(RunEvent(event.kind, task, event.progress, event.message))

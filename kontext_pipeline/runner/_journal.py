@@ -59,7 +59,8 @@ class JournalEntry:
         cost = data["cost"]
         accepted = Accepted(task_id=str(data["task_id"]), polling_url=str(data["polling_url"]),
                             api_base=str(data["api_base"]),
-                            cost=cost if isinstance(cost, int) else None,
+                            cost=(cost if isinstance(cost, int | float)
+                                  and not isinstance(cost, bool) else None),
                             submitted_at=float(data["submitted_at"]))
         return cls(key=str(data["key"]), provider=str(data["provider"]),
                    label=str(data["label"]), accepted=accepted)

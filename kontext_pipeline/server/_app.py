@@ -1,6 +1,8 @@
 """The BFL-compatible ASGI application.
 
-Endpoints as BFL's: ``POST /v1/flux-kontext-pro|max`` (``x-key`` required), polling at the
+Endpoints as BFL's: ``POST /v1/<model>`` for each model of the models table (``x-key``
+required; FLUX.2's results at the requested size, each submit answered with its ``cost`` by the
+table's prices for the actual megapixels, ``input_mp`` and ``output_mp``), polling at the
 returned ``polling_url`` (``/{region}/v1/get_result?id=``, a different path than the legacy
 ``/v1/get_result?id=``, which works too) and signed result URLs that expire
 (``/delivery/{id}/sample.{ext}?se=…&sig=…``, no key). Tasks answer ``Pending`` (or the 2026
@@ -36,6 +38,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from kontext_pipeline._support.threads import background_pool
+from kontext_pipeline.recipe._models import MODELS, estimate_credits, megapixels, output_size
 from kontext_pipeline.server._imaging import RenderSpec, render
 from kontext_pipeline.server._limits import read_body, signed_query, task_id_errors, too_large
 from kontext_pipeline.server._network import (
@@ -47,7 +50,6 @@ from kontext_pipeline.server._network import (
 )
 from kontext_pipeline.server._notify import deliver
 from kontext_pipeline.server._state import (
-    DEFAULT_COSTS,
     ServerConfig,
     ServerState,
     TaskRecord,
@@ -71,7 +73,7 @@ _OUTCOMES = {
     "task-not-found": "Task not found",
 }
 _MODERATION_DETAILS = {"Moderation Reasons": ["Derivative Works Filter"]}
-_MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
+_MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 # pictures are drawn while tasks are pending, at a low priority: they must not slow down
@@ -85,8 +87,7 @@ def create_app(config: ServerConfig | None = None, state: ServerState | None = N
     to decide what webhook host names resolve to."""
     service = _Service(state or ServerState(config or ServerConfig()), resolve)
     routes = [
-        Route("/v1/flux-kontext-pro", service.submit, methods=["POST"]),
-        Route("/v1/flux-kontext-max", service.submit, methods=["POST"]),
+        *(Route(model.endpoint, service.submit, methods=["POST"]) for model in MODELS.values()),
         Route("/v1/get_result", service.get_result, methods=["GET"]),
         Route("/{region}/v1/get_result", service.get_result, methods=["GET"]),
         Route("/delivery/{task_id}/sample.{ext}", service.delivery, methods=["GET"]),
@@ -177,7 +178,7 @@ class _Service:
         if refusal is not None:
             return refusal
         model = request.url.path.rsplit("/", 1)[1]
-        received = await self._received(request)
+        received = await self._received(request, model)
         if isinstance(received, Response):
             return received
         body, submission, target = received
@@ -197,14 +198,14 @@ class _Service:
                 task, target, submission.webhook_secret, base))
             self._notifying.add(notifying)
             notifying.add_done_callback(self._notifying.discard)
-        answer: dict[str, Any] = {"id": task.id, "cost": DEFAULT_COSTS.get(model, 0),
+        answer: dict[str, Any] = {"id": task.id, "cost": task.cost,
                                   "input_mp": round(submission.input_pixels / 1e6, 2),
-                                  "output_mp": 1.0}
+                                  "output_mp": round(megapixels(*task.size), 2)}
         if self.config.return_polling_url:
             answer["polling_url"] = f"{base}/{self.config.region}/v1/get_result?id={task.id}"
         return JSONResponse(answer)
 
-    async def _received(self, request: Request) -> tuple[
+    async def _received(self, request: Request, model: str) -> tuple[
             dict[str, Any], Submission, WebhookTarget | None] | Response:
         """A submit's body, read within the limits, valid, with its webhook's target; or the
         answer that refuses it (413, 422)."""
@@ -219,7 +220,7 @@ class _Service:
                                              "msg": f"JSON decode error: {why}", "input": {}}]},
                                 status_code=422)
         _log_body(request, body)
-        submission, errors = await run_in_threadpool(validate_submission, body)
+        submission, errors = await run_in_threadpool(validate_submission, body, model)
         if submission is None:
             return JSONResponse({"detail": errors}, status_code=422)
         if not submission.webhook_url:
@@ -239,12 +240,18 @@ class _Service:
             latency = max(0.0, latency + rng.uniform(-jitter, jitter))
         seed = submission.seed if submission.seed is not None else rng.randrange(2**32)
         phases = self.config.in_flight()
+        size = output_size(model, width=submission.width, height=submission.height,
+                           aspect_ratio=submission.aspect_ratio,
+                           source=submission.input_sizes[0] if submission.input_sizes else None)
+        cost = estimate_credits(model, megapixels(*size),
+                                [megapixels(w, h) for w, h in submission.input_sizes])
         task = TaskRecord(
             id=str(uuid.uuid4()), model=model, prompt=submission.prompt, seed=seed,
             params={"aspect_ratio": submission.aspect_ratio,
                     "output_format": submission.output_format},
             images=submission.images, created=now, ready_at=now + latency, phases=phases,
-            stepwise=self.config.every_phase and len(phases) > 1, started=time.time())
+            stepwise=self.config.every_phase and len(phases) > 1, started=time.time(),
+            size=size, cost=int(cost) if cost.is_integer() else cost)
         for match in _TRIGGER.finditer(submission.prompt):
             name, arg = match["name"], match["arg"]
             if name in _OUTCOMES:
@@ -262,7 +269,8 @@ class _Service:
         spec = RenderSpec(images=submission.images, prompt=submission.prompt, seed=task.seed,
                           model=task.model, aspect_ratio=submission.aspect_ratio,
                           output_format=submission.output_format,
-                          watermark=self.config.watermark)
+                          watermark=self.config.watermark,
+                          size=task.size if MODELS[task.model].sizes is not None else None)
         return _RENDERERS.submit(render, spec)
 
     async def get_result(self, request: Request) -> Response:
@@ -290,7 +298,7 @@ class _Service:
             if task.rendering is not None:
                 await asyncio.wrap_future(task.rendering)
             if not task.charged:
-                self.state.credits_charged += DEFAULT_COSTS.get(task.model, 0)
+                self.state.credits_charged = round(self.state.credits_charged + task.cost, 2)
                 task.charged = True
             took = task.ready_at - task.created  # when it was made: the same on every poll
             result = {"sample": self._signed_url(base, task), "seed": task.seed,

@@ -19,14 +19,12 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from kontext_pipeline._support.images import INPUT_FORMATS
+from kontext_pipeline.recipe._models import KONTEXT_SIZES
+from kontext_pipeline.recipe._models import output_size as result_size
 
 __all__ = ["OUTPUT_SIZES", "RenderSpec", "output_size", "render"]
 
-OUTPUT_SIZES: tuple[tuple[int, int], ...] = (
-    (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184),
-    (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752),
-    (1456, 720), (1504, 688), (1568, 672),
-)
+OUTPUT_SIZES = KONTEXT_SIZES
 """About one megapixel, snapped to Kontext's grid of preferred sizes (width, height)."""
 
 _COLORS = {
@@ -37,6 +35,7 @@ _COLORS = {
     "brown": (120, 80, 45), "gray": (128, 128, 128), "grey": (128, 128, 128),
 }
 _TINT = 0.6
+_SMALLEST = 480  # pixels: the shorter side a picture is drawn at, at least
 
 
 @dataclass(frozen=True)
@@ -50,25 +49,21 @@ class RenderSpec:
     aspect_ratio: str | None
     output_format: str
     watermark: str = "PREVIEW"
+    size: tuple[int, int] | None = None  # FLUX.2's: exactly this (width, height)
 
     def digest(self) -> bytes:
         hasher = hashlib.sha256()
+        sized = (str(self.size).encode(),) if self.size else ()  # Kontext's pictures unmoved
         for part in (*self.images, self.prompt.encode(), str(self.seed).encode(),
-                     self.model.encode(), str(self.aspect_ratio).encode()):
+                     self.model.encode(), str(self.aspect_ratio).encode(), *sized):
             hasher.update(hashlib.sha256(part).digest())
         return hasher.digest()
 
 
 def output_size(aspect_ratio: str | None, source: tuple[int, int] | None) -> tuple[int, int]:
-    """The grid size nearest the requested ratio, else the input's ratio, else square."""
-    if aspect_ratio:
-        width, _, height = aspect_ratio.partition(":")
-        ratio = int(width) / int(height)
-    elif source:
-        ratio = source[0] / source[1]
-    else:
-        ratio = 1.0
-    return min(OUTPUT_SIZES, key=lambda size: abs(math.log(size[0] / size[1] / ratio)))
+    """A Kontext result's size: the grid size nearest the requested ratio, else the input's
+    ratio, else square."""
+    return result_size("flux-kontext-pro", aspect_ratio=aspect_ratio, source=source)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -110,7 +105,10 @@ def render(spec: RenderSpec) -> bytes:
     rng = random.Random(spec.digest())
     images = [Image.open(io.BytesIO(data), formats=INPUT_FORMATS) for data in spec.images]
     first = images[0].convert("RGB") if images else None
-    size = output_size(spec.aspect_ratio, first.size if first else None)
+    wanted = spec.size or output_size(spec.aspect_ratio, first.size if first else None)
+    # a small result is drawn larger and scaled down: its frame and caption need room
+    grow = max(1.0, min(_SMALLEST / min(wanted), math.sqrt(4e6 / (wanted[0] * wanted[1]))))
+    size = (round(wanted[0] * grow), round(wanted[1] * grow))
     width, height = size
     caption = max(56, height // 9)
     margin = max(16, width // 40)
@@ -125,15 +123,20 @@ def render(spec: RenderSpec) -> bytes:
     canvas = Image.new("RGB", size, frame)
     canvas.paste(base, (margin, margin))
     thumb_width = inner[0] // 5
-    for index, extra in enumerate(images[1:4]):
+    rows = max(1, (inner[1] - 8) // (thumb_width + 8))
+    for index, extra in enumerate(images[1:]):  # up to 7 more references, in columns
         thumb = ImageOps.contain(extra.convert("RGB"), (thumb_width, thumb_width))
-        x = width - margin - thumb_width - 8
-        y = margin + 8 + index * (thumb_width + 8)
+        x = width - margin - (index // rows + 1) * (thumb_width + 8)
+        y = margin + 8 + index % rows * (thumb_width + 8)
         canvas.paste(ImageOps.expand(thumb, border=3, fill=(255, 255, 255)), (x, y))
     _caption(canvas, spec, top=height - margin - caption, height=caption, margin=margin)
+    if size != wanted:
+        canvas = canvas.resize(wanted, Image.Resampling.LANCZOS)
     out = io.BytesIO()
     if spec.output_format == "jpeg":
         canvas.save(out, "JPEG", quality=90)
+    elif spec.output_format == "webp":
+        canvas.save(out, "WEBP", quality=90, method=0)
     else:
         canvas.save(out, "PNG", compress_level=1)  # speed over size: a local stand-in
     return out.getvalue()

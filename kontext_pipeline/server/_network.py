@@ -77,7 +77,7 @@ def checked_public_url(value: str) -> str | None:
 
 def endpoint_of(method: str, path: str) -> str | None:
     """Which endpoint a request is for, as faults name them."""
-    if method == "POST" and path.startswith("/v1/flux-kontext-"):
+    if method == "POST" and path.startswith(("/v1/flux-kontext-", "/v1/flux-2-")):
         return "submit"
     if path.endswith("/v1/get_result"):
         return "poll"

@@ -12,22 +12,19 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kontext_pipeline.recipe._models import ACCOUNT_LIMIT, MODELS
 from kontext_pipeline.server._limits import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
     from kontext_pipeline.server._notify import Delivery
 
 __all__ = [
-    "DEFAULT_COSTS",
     "FaultConfig",
     "RequestRecord",
     "ServerConfig",
     "ServerState",
     "TaskRecord",
 ]
-
-DEFAULT_COSTS: Mapping[str, int] = {"flux-kontext-pro": 4, "flux-kontext-max": 8}
-
 
 @dataclass(frozen=True)
 class FaultConfig:
@@ -73,8 +70,10 @@ class ServerConfig:
     every_phase: bool = True
     api_keys: frozenset[str] | None = None
     no_credit_keys: frozenset[str] = frozenset({"bfl_no_credits"})
-    active_limit: int = 24
-    model_limits: Mapping[str, int] = field(default_factory=lambda: {"flux-kontext-max": 6})
+    active_limit: int = ACCOUNT_LIMIT
+    model_limits: Mapping[str, int] = field(default_factory=lambda: {
+        model.name: model.concurrency for model in MODELS.values()
+        if model.concurrency < ACCOUNT_LIMIT})
     url_ttl: float = 600.0
     return_polling_url: bool = True
     retry_after: int | None = 1
@@ -113,6 +112,8 @@ class TaskRecord:
     outcome: str = "Ready"
     details: dict[str, Any] | None = None
     charged: bool = False
+    size: tuple[int, int] = (1024, 1024)  # the result's (width, height)
+    cost: float = 0  # credits, charged once it is Ready (the models table's price)
     rendering: Future[bytes] | None = None
     phases: tuple[str, ...] = ("Pending",)
     stepwise: bool = False
@@ -168,7 +169,7 @@ class ServerState:
     submits: Counter[str] = field(default_factory=Counter)
     peak_active: int = 0
     peak_by_model: Counter[str] = field(default_factory=Counter)
-    credits_charged: int = 0
+    credits_charged: float = 0
     webhooks: list[Delivery] = field(default_factory=list)
     scripted: dict[str, deque[str]] = field(default_factory=dict)
     rng: random.Random = field(init=False)

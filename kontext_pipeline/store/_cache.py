@@ -98,7 +98,7 @@ class CacheEntry:
     model: str
     seed: int
     request_id: str
-    credits: int
+    credits: float  # FLUX.2's echoed cost may be fractional
     duration_s: float
     created_at: float
     request: dict[str, Any] = field(default_factory=dict)
@@ -129,7 +129,7 @@ class ImplausibleSizeError(ValueError):
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "size": (int,), "width": (int,), "height": (int,), "seed": (int,), "credits": (int,),
+    "size": (int,), "width": (int,), "height": (int,), "seed": (int,), "credits": (int, float),
     "duration_s": (int, float), "created_at": (int, float), "request": (dict,)}
 """The type of each field of an entry that is not a string (``bool`` is not an ``int`` here)."""
 

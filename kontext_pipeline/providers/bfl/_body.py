@@ -9,11 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kontext_pipeline.providers._base import EditRequest
+from kontext_pipeline.providers._base import EditRequest, request_params
+from kontext_pipeline.recipe._models import MODELS
 
 __all__ = ["IMAGE_FIELDS", "ChangedInputError", "request_body"]
 
-IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
+IMAGE_FIELDS = ("input_image", *(f"input_image_{n}" for n in range(2, 9)))
+"""The references' fields, in recipe order (a model takes the first ``Model.references``)."""
 
 
 class ChangedInputError(Exception):
@@ -25,18 +27,18 @@ class ChangedInputError(Exception):
 
 
 def request_body(request: EditRequest, extra: Mapping[str, str] | None = None) -> bytes:
-    """The submit's JSON, built as bytes: each image is read, base64-encoded and joined in
+    """The submit's JSON, built as bytes: the request fields the model takes, in its own form
+    (from the models table: ``disable_pup`` for FLUX.2 [pro] and [max], no upsampling field for
+    [klein], ``output_format`` always), then each image read, base64-encoded and joined in
     without passing through a ``str`` (a 4 MP photo would otherwise be copied 4 times).
-    ``extra``: more fields (the webhook's)."""
-    body: dict[str, Any] = {
-        "prompt": request.prompt,
-        "seed": request.seed,
-        "output_format": request.output_format,
-        "safety_tolerance": request.safety_tolerance,
-        "prompt_upsampling": request.prompt_upsampling,
-    }
-    if request.aspect_ratio is not None:
-        body["aspect_ratio"] = request.aspect_ratio
+    ``extra``: more fields (the webhook's). Raises ValueError for more images than the model
+    takes (validation refuses such a recipe)."""
+    model = MODELS[request.model]
+    if len(request.images) > model.references:
+        raise ValueError(f"{request.model} takes at most {model.references} input images, "
+                         f"not {len(request.images)}")
+    body: dict[str, Any] = {"prompt": request.prompt, "seed": request.seed,
+                            **model.body_fields(request_params(request))}
     body.update(extra or {})
     parts = [json.dumps(body).encode("utf-8")[:-1]]  # without the closing brace
     for index, (field, image) in enumerate(zip(IMAGE_FIELDS, request.images, strict=False)):

@@ -10,6 +10,7 @@ bodies up to 1 MB, results up to ``max_result_bytes``, each exchange within its 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -198,7 +199,8 @@ class Exchanges:
                                        "API key in its task id or polling URL; they are not "
                                        "used (nor written anywhere)")
         cost = answer.get("cost")
-        task.cost = cost if isinstance(cost, int) and not isinstance(cost, bool) else None
+        task.cost = (cost if isinstance(cost, int | float) and not isinstance(cost, bool)
+                     and math.isfinite(cost) and cost >= 0 else None)
         task.submitted_at = self._clock()
         check_polling_host(task.label, api_base, task.polling_url)
         task.event("submitted")

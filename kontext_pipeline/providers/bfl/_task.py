@@ -23,7 +23,7 @@ class TaskState:
     emit: EventSink
     task_id: str = ""
     polling_url: str = ""
-    cost: int | None = None
+    cost: float | None = None
     polls: int = 0
     submitted_at: float = 0.0  # on the provider's clock
     resumed: bool = False  # submitted by an earlier run: its latency says nothing typical
