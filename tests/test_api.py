@@ -173,7 +173,12 @@ def test_a_moderated_step_is_a_failure_not_an_exception(bfl_server: Start,
                                            "preview"),
     ({"concurrency": 0}, "concurrency must be a whole number from 1 to 24; got 0"),
     ({"concurrency": True}, "concurrency must be a whole number from 1 to 24; got True"),
-    ({"max_credits": -1}, "max_credits must be a whole number of credits, 0 or more; got -1"),
+    ({"max_credits": -1}, "max_credits must be a number of credits (a fraction too), 0 or "
+                          "more; got -1"),
+    ({"max_credits": float("nan")}, "max_credits must be a number of credits (a fraction "
+                                    "too), 0 or more; got nan"),
+    ({"max_credits": "8"}, "max_credits must be a number of credits (a fraction too), 0 or "
+                           "more; got '8'"),
     ({"vars": {"color": None}}, "vars['color'] must be text, a number or a boolean; got "
                                 "NoneType"),
     ({"vars": {"colour": "red"}}, f"--var colour: {CHAIN} has no variable 'colour' (did you "

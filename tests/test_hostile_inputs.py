@@ -591,7 +591,7 @@ OPTIONS = [
         "run", "Invalid value for '--concurrency': 0 is not in the range 1<=x<=24.")),
         id="concurrency-0"),
     pytest.param(Option(("run", "--max-credits", "-1", "recipe.yaml"), EXIT_INVALID, usage(
-        "run", "Invalid value for '--max-credits': -1 is not in the range x>=0.")),
+        "run", "Invalid value for '--max-credits': -1.0 is not in the range x>=0.")),
         id="negative-budget"),
     pytest.param(Option(("run", "--out", "recipe.yaml", "recipe.yaml"), EXIT_INVALID, usage(
         "run", "Invalid value for '--out': Directory 'recipe.yaml' is a file.")),

@@ -182,6 +182,19 @@ def test_the_schema_holds_each_models_params_and_references_as_the_models_table_
         assert min(limits, default=8) == model.references, model.name
 
 
+def test_the_schemas_ranges_are_the_models_tables() -> None:
+    params = json.loads(manifest_schema_text())["$defs"]["step"]["properties"]["params"]
+    fields = params["properties"]
+    for name in ("steps", "guidance"):
+        ranges = {(r.minimum, r.maximum) for m in MODELS.values()
+                  if (r := m.steps if name == "steps" else m.guidance) is not None}
+        assert ranges == {(fields[name]["minimum"], fields[name]["maximum"])}, name
+    sizes = {(s.minimum, s.multiple) for m in MODELS.values() if (s := m.sizes) is not None}
+    for name in ("width", "height"):
+        assert sizes == {(fields[name]["minimum"], fields[name]["multipleOf"])}, name
+    assert fields["safety_tolerance"]["maximum"] == max(m.safety for m in MODELS.values())
+
+
 def _named(rule: dict[str, Any]) -> list[str]:
     condition = rule["if"]["properties"]["model"]
     return list(condition.get("enum", [condition.get("const")]))

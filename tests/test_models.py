@@ -14,11 +14,13 @@ from kontext_pipeline.plan._plan import Plan, build_plan
 from kontext_pipeline.recipe._models import (
     MEGAPIXEL,
     MODELS,
+    PRICE_MEGAPIXEL,
     REQUEST_FIELDS,
     Model,
     estimate_credits,
     megapixels,
     model_key,
+    price_megapixels,
     resolve_model,
     takers,
 )
@@ -103,9 +105,14 @@ def test_a_field_a_model_does_not_take_is_never_sent() -> None:
 
 
 def test_prices_per_image_and_per_megapixel() -> None:
-    assert MEGAPIXEL == 1_000_000
-    assert megapixels(1000, 1000) == 1.0
-    assert megapixels(1024, 1024) == 1.048576
+    # the size limits' megapixel is BFL's help's ("Maximum 4 megapixels (e.g., 2048 × 2048)"),
+    # the prices' the smaller, conservative one
+    assert MEGAPIXEL == 2**20
+    assert megapixels(1024, 1024) == 1.0
+    assert megapixels(2048, 2048) == 4.0
+    assert PRICE_MEGAPIXEL == 1_000_000
+    assert price_megapixels(1000, 1000) == 1.0
+    assert price_megapixels(1024, 1024) == 1.048576
     assert estimate_credits("flux-kontext-pro", 4.0, [3.0, 3.0]) == 4
     assert estimate_credits("flux-kontext-max", 0.5) == 8
     assert estimate_credits("flux-2-pro", 1.0) == 3
@@ -118,7 +125,7 @@ def test_prices_per_image_and_per_megapixel() -> None:
 
 
 def test_an_estimate_is_rounded_up_to_a_hundredth_of_a_credit() -> None:
-    one = megapixels(1024, 1024)
+    one = price_megapixels(1024, 1024)
     assert estimate_credits("flux-2-pro", one) == 3.08  # 3.072864
     assert estimate_credits("flux-2-pro", one, [one]) == 4.65  # 4.645728
     assert estimate_credits("flux-2-klein-4b", 1.0, [0.123]) == 1.42  # 1.4123
@@ -241,14 +248,14 @@ def test_klein_takes_prompt_upsampling_false_and_sends_none(write_recipe: WriteR
 
 
 def five_megapixels(folder: Path) -> None:
-    Image.new("L", (2500, 2000), 128).save(folder / "big.png")
+    Image.new("L", (2560, 2048), 128).save(folder / "big.png")  # 5 × 2^20 pixels
 
 
 @pytest.mark.parametrize("step", [
-    "{id: a, prompt: p, width: 2000, height: 2000}",  # exactly 4 megapixels
+    "{id: a, prompt: p, width: 2048, height: 2048}",  # exactly 4 megapixels
     "{id: a, prompt: p, width: 64, height: 64}",
-    "{id: a, image: big, prompt: p, width: 2000, height: 1488}",  # 5 + 2.976
-    "{id: a, image: big, prompt: p, width: 2000, height: 2000}",  # 5 + 4: exactly 9
+    "{id: a, image: big, prompt: p, width: 2048, height: 2032}",  # 5 + 3.97
+    "{id: a, image: big, prompt: p, width: 2048, height: 2048}",  # 5 + 4: exactly 9
 ])
 def test_sizes_at_the_edges_are_accepted(write_recipe: WriteRecipe, step: str) -> None:
     path = write_recipe(f"""
@@ -265,7 +272,7 @@ def test_sizes_at_the_edges_are_accepted(write_recipe: WriteRecipe, step: str) -
     assert [s.id for s in spec.steps] == ["first", "a"]
 
 
-def test_a_chained_input_is_not_counted_and_klein_has_no_total(
+def test_a_chained_input_counts_as_its_steps_output_and_klein_has_no_total(
         write_recipe: WriteRecipe) -> None:
     path = write_recipe("""
         version: 1
@@ -275,11 +282,39 @@ def test_a_chained_input_is_not_counted_and_klein_has_no_total(
           - {id: first, model: flux-2-pro, prompt: p}
           - {id: both, model: flux-2-pro, image: [big, first], prompt: p, width: 2000,
              height: 2000}
-          - {id: klein, model: flux-2-klein-4b, image: [big, also], prompt: p, width: 2000,
-             height: 2000}
+          - {id: klein, model: flux-2-klein-4b, image: [big, also, both], prompt: p,
+             width: 2048, height: 2048}
     """)
     five_megapixels(path.parent)
-    assert [s.id for s in load_recipe(path).steps] == ["first", "both", "klein"]
+    with pytest.raises(SpecError) as refused:
+        load_recipe(path)
+    # 5 (big) + 1 (first's 1024×1024 result) + 3.81; klein's 14.81 has no limit
+    assert [p.message for p in refused.value.problems] == [
+        "steps[1] (id: both): image: the input images (6.00 megapixels) and the 2000×2000 "
+        "output (3.81) make 9.81 megapixels; flux-2-pro takes at most 9 megapixels of input "
+        "and output together",
+    ]
+
+
+def test_an_output_that_follows_its_input_counts_per_variant(write_recipe: WriteRecipe) -> None:
+    path = write_recipe("""
+        version: 1
+        name: followed
+        matrix: {m: [flux-2-pro, flux-2-klein-4b]}
+        inputs: {big: big.png}
+        steps:
+          - {id: first, model: flux-2-pro, prompt: p, width: 2048, height: 2048}
+          - {id: both, model: "{{ m }}", image: [big, first], prompt: p}
+    """)
+    five_megapixels(path.parent)
+    with pytest.raises(SpecError) as refused:
+        load_recipe(path)
+    # big's 2560×2048 made at most 4 megapixels, multiples of 16: 2288×1824 (3.98)
+    assert [p.message for p in refused.value.problems] == [
+        "steps[1] (id: both): image: the input images (9.00 megapixels) and the 2288×1824 "
+        "output (3.98, the first image's size) make 12.98 megapixels; flux-2-pro takes at "
+        "most 9 megapixels of input and output together (variant m=flux-2-pro)",
+    ]
 
 
 def test_a_default_applies_only_where_taken_and_a_step_field_is_checked_per_model(

@@ -333,11 +333,17 @@ CASES: dict[str, list[str]] = {
     'model-height-below-minimum': [
         '8:13: steps[0] (id: edit): height: 48 is below the minimum of 64',
     ],
+    'model-chained-input-over-9mp': [
+        '12:12: steps[1] (id: both): image: the input images (9.72 megapixels) and the 1024×1024 output (1.00) make 10.72 megapixels; flux-2-pro takes at most 9 megapixels of input and output together',
+    ],
+    'model-followed-output-over-9mp': [
+        "8:12: steps[0] (id: edit): image: the input images (5.72 megapixels) and the 2496×1664 output (3.96, the first image's size) make 9.68 megapixels; flux-2-max takes at most 9 megapixels of input and output together",
+    ],
     'model-input-output-over-9mp': [
-        '8:12: steps[0] (id: edit): image: the input images (6.00 megapixels) and the 2048×1536 output (3.15) make 9.15 megapixels; flux-2-pro takes at most 9 megapixels of input and output together',
+        '8:12: steps[0] (id: edit): image: the input images (5.72 megapixels) and the 2048×2048 output (4.00) make 9.72 megapixels; flux-2-pro takes at most 9 megapixels of input and output together',
     ],
     'model-inputs-alone-over-9mp': [
-        '11:12: steps[1] (id: both): image: the input images from files alone make 12.00 megapixels; flux-2-flex takes at most 9 megapixels of input and output together',
+        "11:12: steps[1] (id: both): image: the input images (12.44 megapixels) and the 2496×1664 output (3.96, the first image's size) make 16.41 megapixels; flux-2-flex takes at most 9 megapixels of input and output together",
     ],
     'model-klein-prompt-upsampling': [
         '7:24: steps[0] (id: edit): prompt_upsampling: flux-2-klein-9b offers no prompt upsampling; remove `prompt_upsampling: true` (false is what it does)',
@@ -346,7 +352,7 @@ CASES: dict[str, list[str]] = {
         '12:12: steps[0] (id: edit): image: lists 5 images; flux-2-klein-4b takes at most 4',
     ],
     'model-output-over-4mp': [
-        '7:12: steps[0] (id: edit): width: 2048×2048 is 4.19 megapixels; flux-2-max makes at most 4',
+        '7:12: steps[0] (id: edit): width: 2064×2048 is 4.03 megapixels; flux-2-max makes at most 4',
     ],
     'model-references-over-eight': [
         '16:12: steps[0] (id: edit): image: has 9 items; at most 8 are allowed',

@@ -53,8 +53,9 @@ __all__ = ["run"]
                    "files, without any request (an unreadable lock is ignored).")
 @click.option("--no-lock", "no_lock", is_flag=True,
               help="Neither read nor write the recipe's lock (<recipe stem>.lock).")
-@click.option("--max-credits", type=click.IntRange(0), default=None,
-              help="Refuse (exit 3) if the steps that are not cached would cost more.")
+@click.option("--max-credits", type=click.FloatRange(0), default=None,
+              help="Refuse (exit 3) if the steps that are not cached would cost more "
+                   "(fractions too: FLUX.2 is priced per megapixel).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the manifest as JSON on stdout, and nothing else.")
 @click.option("--webhook-url", metavar="URL", default=None,
@@ -64,7 +65,7 @@ __all__ = ["run"]
               help="Where to receive the pushed results (with --webhook-url).")
 def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], provider: str,
         api_base: str | None, cache_dir: str | None, concurrency: int, frozen: bool,
-        relock: bool, no_lock: bool, max_credits: int | None, as_json: bool,
+        relock: bool, no_lock: bool, max_credits: float | None, as_json: bool,
         webhook_url: str | None, webhook_listen: str | None) -> None:
     """Run recipes: every step cached by its inputs, outputs and manifest.json in --out, and
     what was made recorded in the lock beside each recipe."""

@@ -26,6 +26,7 @@ from kontext_pipeline._support.files import write_atomic
 from kontext_pipeline.errors import OutputError
 from kontext_pipeline.outputs._manifest import Manifest, StepResult
 from kontext_pipeline.outputs._plan_views import cost, credits_text, dollars, paid
+from kontext_pipeline.outputs._plan_views import number as credits_number
 from kontext_pipeline.outputs._report_pictures import (
     Picture,
     input_key,
@@ -288,7 +289,7 @@ def _totals(manifest: Manifest) -> tuple[Figure, ...]:
     made = sum(1 for step in manifest.steps if step.status == "done" and step.cache == "miss")
     seconds = sum(step.duration_s for step in manifest.steps)
     if paid(manifest.provider):
-        price = Figure(str(totals.credits),
+        price = Figure(credits_number(totals.credits),
                        f"credit{_s(totals.credits)} ({dollars(totals.credits)})")
     elif totals.credits:  # the preview provider
         price = Figure("free", f"would cost {credits_text(totals.credits)} on BFL")

@@ -4,7 +4,7 @@ the report word costs with the same functions."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from kontext_pipeline.plan._locked import CheckResult
@@ -12,15 +12,19 @@ from kontext_pipeline.plan._plan import Plan, Task
 from kontext_pipeline.plan._resolution import Resolved, cost_of_misses
 from kontext_pipeline.recipe._models import MODELS
 
-__all__ = ["cost", "credits_text", "dollars", "lock_diff", "number", "paid", "plan_json",
-           "plan_text", "task_json"]
+__all__ = ["cost", "credits_text", "dollars", "estimated", "lock_diff", "number", "paid",
+           "plan_json", "plan_text", "task_json"]
 
 _KEY_CHARS = 12
 
 
 def dollars(credits: float) -> str:
-    """Credits as dollars: 1 credit is $0.01."""
-    return f"${credits / 100:.2f}"
+    """Credits as dollars: 1 credit is $0.01; ``$0.08``, and for fractional credits (to the
+    hundredth, as :func:`number` shows them) to the hundredth of a cent: ``$0.0865``."""
+    hundredths = round(credits, 2)
+    if float(hundredths).is_integer():
+        return f"${hundredths / 100:.2f}"
+    return "$" + f"{hundredths / 100:.4f}".rstrip("0")
 
 
 def number(credits: float) -> str:
@@ -28,10 +32,21 @@ def number(credits: float) -> str:
     return f"{round(credits, 2):.2f}".rstrip("0").rstrip(".")
 
 
-def credits_text(credits: float, *, money: bool = True) -> str:
-    """``1 credit ($0.01)``, ``12.35 credits ($0.12)``; without ``money``, no dollars."""
-    text = f"{number(credits)} credit{'' if credits == 1 else 's'}"
-    return f"{text} ({dollars(credits)})" if money else text
+def credits_text(credits: float, *, money: bool = True, estimate: bool = False) -> str:
+    """``1 credit ($0.01)``, ``12.35 credits ($0.1235)``; without ``money``, no dollars; an
+    ``estimate`` labelled so: ``~12.35 credits ($0.1235, estimate)``,
+    ``~12.35 credits (estimate)``."""
+    text = f"{'~' if estimate else ''}{number(credits)} credit{'' if credits == 1 else 's'}"
+    label = ", estimate" if estimate else ""
+    if money:
+        return f"{text} ({dollars(credits)}{label})"
+    return f"{text} (estimate)" if estimate else text
+
+
+def estimated(tasks: Iterable[Task]) -> bool:
+    """Whether the price of ``tasks`` together is an estimate: any of them is priced per
+    megapixel (the API's charge then depends on sizes it alone knows for sure)."""
+    return any(not MODELS[task.model].price.per_image for task in tasks)
 
 
 def paid(provider: str) -> bool:
@@ -39,12 +54,13 @@ def paid(provider: str) -> bool:
     return provider == "bfl"
 
 
-def cost(credits: float, provider: str, *, money: bool = True) -> str:
+def cost(credits: float, provider: str, *, money: bool = True, estimate: bool = False) -> str:
     """What ``credits`` cost on ``provider``: :func:`credits_text`, or for the preview provider
     ``free (would cost 12 credits ($0.12) on BFL)`` (just ``free`` for nothing)."""
+    text = credits_text(credits, money=money, estimate=estimate)
     if paid(provider):
-        return credits_text(credits, money=money)
-    return f"free (would cost {credits_text(credits, money=money)} on BFL)" if credits else "free"
+        return text
+    return f"free (would cost {text} on BFL)" if credits else "free"
 
 
 def _images(task: Task) -> str:
@@ -68,9 +84,7 @@ def _status(resolved: Resolved) -> str:
 
 def _estimate(task: Task) -> str:
     """``4 credits``, or for a model priced per megapixel ``~12.35 credits (estimate)``."""
-    if MODELS[task.model].price.per_image:
-        return credits_text(task.credits, money=False)
-    return f"~{credits_text(task.credits, money=False)} (estimate)"
+    return credits_text(task.credits, money=False, estimate=estimated([task]))
 
 
 def _lock_status(check: CheckResult, task: Task) -> tuple[str, str | None]:
@@ -174,7 +188,8 @@ def plan_text(plan: Plan, resolved: Sequence[Resolved],
             if lock is not None:
                 lines.append(f"       lock: {_lock_line(lock, task)}")
     cached = sum(1 for r in resolved if r.hit)
-    price = cost(cost_of_misses(resolved), plan.provider)
+    price = cost(cost_of_misses(resolved), plan.provider,
+                 estimate=estimated(r.task for r in resolved if not r.hit))
     from_lock = [f"{n} {said}" for source, said in _COUNTED.items()
                  if (n := sum(1 for r in resolved if r.source == source))]
     held = f" ({', '.join(from_lock)})" if from_lock else ""

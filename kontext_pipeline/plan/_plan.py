@@ -19,7 +19,7 @@ from kontext_pipeline.errors import TemplateError, UsageError
 from kontext_pipeline.recipe._findings import did_you_mean
 from kontext_pipeline.recipe._keys import cache_key, request_document
 from kontext_pipeline.recipe._matrix import Variant, format_value
-from kontext_pipeline.recipe._models import estimate_credits, megapixels, output_size
+from kontext_pipeline.recipe._models import estimate_credits, output_size, price_megapixels
 from kontext_pipeline.recipe._prompts import (
     Failure,
     render_variants,
@@ -79,8 +79,8 @@ class Task:
         """What the request costs when it is not cached, estimated: a Kontext model's price;
         for a model priced per megapixel, the price of :attr:`output_size` and of the input
         images whose size the plan knows. The API's echoed cost is what a run records."""
-        return estimate_credits(self.model, megapixels(*self.output_size),
-                                [megapixels(*size) for size in self.input_sizes if size])
+        return estimate_credits(self.model, price_megapixels(*self.output_size),
+                                [price_megapixels(*size) for size in self.input_sizes if size])
 
     def request_document(self, input_sha256: Sequence[str]) -> dict[str, Any]:
         """The canonical document behind the cache key, given the input images' hashes."""

@@ -6,10 +6,11 @@ problem naming the variants it concerns (as prompt problems do). The rules: a fi
 does not take (a ``defaults`` field applies only to the steps whose model takes it, and is an
 error when none does), more references than the model takes, ``width`` and ``height`` (at least
 64, multiples of 16, both or neither, an output of at most 4 megapixels, and at most 9 megapixels
-of input images and output together where the model says so; a chained input's size is not
-known before the run and is not counted), ``safety_tolerance``, ``steps`` and ``guidance`` within
-the model's ranges, and the warning about a Kontext step with an input image and a tolerance
-the API lowers to 2.
+of input images and output together where the model says so: a chained input counts as its
+step's output, and an output that follows its first input as that input's size, both by
+:func:`~._models.output_size` as the plan counts them), ``safety_tolerance``, ``steps`` and
+``guidance`` within the model's ranges, and the warning about a Kontext step with an input
+image and a tolerance the API lowers to 2.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kontext_pipeline._support.diagnostics import Severity
-from kontext_pipeline.recipe._checks import image_refs, steps_of
+from kontext_pipeline.recipe._checks import image_refs, step_ids, steps_of
 from kontext_pipeline.recipe._findings import Findings, did_you_mean
 from kontext_pipeline.recipe._matrix import Variant
 from kontext_pipeline.recipe._models import (
@@ -30,6 +31,7 @@ from kontext_pipeline.recipe._models import (
     Model,
     megapixels,
     model_key,
+    output_size,
     takers,
 )
 from kontext_pipeline.recipe._prompts import recipe_model, variant_list
@@ -50,12 +52,22 @@ def check_models(data: Mapping[str, Any], variants: Sequence[Variant] | None,
     report = _Report(findings, variants or ())
     taken: set[str] = set()
     checked = False
+    made: dict[str, dict[str, tuple[int, int] | None]] = {}  # by variant: each step's output
+    ids_of = step_ids(data)
     for index, step in steps_of(data):
+        refs = (image_refs(step) if "image" in step
+                else [r for r in ids_of[index - 1:index] if r is not None] if index else [])
         for model, ids in _models_of(data, step, index, variants, report).items():
             checked = True
             taken.update(model.fields)
-            _Step(step, index, defaults=defaults if isinstance(defaults, dict) else {},
-                  sizes=sizes, model=model, ids=ids, report=report).check()
+            rules = _Step(step, index, defaults=defaults if isinstance(defaults, dict) else {},
+                          sizes=sizes, made=made, refs=refs, model=model, ids=ids,
+                          report=report)
+            rules.check()
+            own = ids_of[index]
+            if own is not None:
+                for variant in ids:
+                    made.setdefault(variant, {})[own] = rules.output(variant)
     if checked and isinstance(defaults, dict):
         for name, value in defaults.items():
             if name in REQUEST_FIELDS and name not in taken and not _harmless(name, value):
@@ -165,10 +177,36 @@ class _Step:
     """The rules for one step with one model, in the variants ``ids``."""
 
     def __init__(self, step: Mapping[str, Any], index: int, *, defaults: Mapping[str, Any],
-                 sizes: Mapping[str, tuple[int, int]], model: Model, ids: Sequence[str],
-                 report: _Report) -> None:
+                 sizes: Mapping[str, tuple[int, int]],
+                 made: Mapping[str, Mapping[str, tuple[int, int] | None]], refs: Sequence[str],
+                 model: Model, ids: Sequence[str], report: _Report) -> None:
         self.step, self.index, self.defaults, self.sizes = step, index, defaults, sizes
+        self.made, self.refs = made, refs  # earlier steps' outputs by variant; inputs' names
         self.model, self.ids, self.report = model, ids, report
+        self.requested: tuple[int, int] | None = None  # a valid width × height
+        self.sized = False  # width or height is set (valid or not)
+
+    def input_size(self, variant: str, name: str) -> tuple[int, int] | None:
+        """The size of the input ``name`` in ``variant``: a file's, or an earlier step's
+        output; None where validation does not know it."""
+        return self.sizes.get(name) or self.made.get(variant, {}).get(name)
+
+    def output(self, variant: str) -> tuple[int, int] | None:
+        """The size of the step's result in ``variant``, as the plan computes it; None when
+        the step's size is invalid or its first input's size is unknown."""
+        first = self.input_size(variant, self.refs[0]) if self.refs else None
+        if self.model.sizes is None:
+            ratio = self.value("aspect_ratio")
+            try:
+                return output_size(self.model.name, source=first, aspect_ratio=(
+                    ratio[0] if ratio and isinstance(ratio[0], str) else None))
+            except (ValueError, ZeroDivisionError):  # a bad ratio: the schema reported it
+                return None
+        if self.sized:
+            return self.requested
+        if self.refs and first is None:
+            return None
+        return output_size(self.model.name, source=first)
 
     def value(self, name: str) -> tuple[Any, JsonPath, bool] | None:
         """The value the step has for ``name``, where it is written, and whether it is
@@ -247,6 +285,8 @@ class _Step:
                 self.add(path, f"`{name}` needs `{other}` too; set both, or neither to follow "
                                "the first input image's size (1024×1024 without one)", inherited)
                 good = False
+        self.sized = width is not None or height is not None or any(
+            self.value(name) is not None for name in ("width", "height"))
         output = None
         if good and width is not None and height is not None:
             output = width[0], height[0]
@@ -257,27 +297,36 @@ class _Step:
                                f"megapixels; {_M} make{_S} at most {rules.max_output_mp:g}",
                          inherited)
                 output = None
+        self.requested = output
         if rules.max_total_mp is not None:
-            self.total(rules.max_total_mp, output)
+            for variant in self.ids:
+                self.total(rules.max_total_mp, variant)
 
-    def total(self, most: float, output: tuple[int, int] | None) -> None:
-        refs = image_refs(self.step)
-        known = [self.sizes[r] for r in dict.fromkeys(refs) if r in self.sizes]
+    def total(self, most: float, variant: str) -> None:
+        """Input images and output together, in ``variant``: a chained input is its step's
+        output, and an output that follows the first input is counted at that size."""
+        names = list(dict.fromkeys(self.refs))
+        known = [size for size in (self.input_size(variant, r) for r in names) if size]
         if not known:
             return
         inputs = sum(megapixels(*size) for size in known)
-        what = "the input images" if len(known) == len(refs) else "the input images from files"
+        what = ("the input images" if len(known) == len(names)
+                else "the input images of known size")
         both = f"; {_M} take{_S} at most {most:g} megapixels of input and output together"
         path = ("steps", self.index, "image")
+        output = self.output(variant)
         if output is None:
             if inputs > most:
-                self.add(path, f"{what} alone make {inputs:.2f} megapixels{both}", False)
+                self.report.add(path, f"{what} alone make {inputs:.2f} megapixels{both}",
+                                [variant], model=self.model.name)
             return
         made = megapixels(*output)
+        follows = "" if self.sized else ", the first image's size"
         if inputs + made > most:
-            self.add(path, f"{what} ({inputs:.2f} megapixels) and the {output[0]}×{output[1]} "
-                           f"output ({made:.2f}) make {inputs + made:.2f} megapixels{both}",
-                     False)
+            self.report.add(path, f"{what} ({inputs:.2f} megapixels) and the "
+                                  f"{output[0]}×{output[1]} output ({made:.2f}{follows}) make "
+                                  f"{inputs + made:.2f} megapixels{both}",
+                            [variant], model=self.model.name)
 
     def tolerance(self) -> None:
         found = self.integer("safety_tolerance")

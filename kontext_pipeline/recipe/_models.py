@@ -5,9 +5,11 @@ adding one entry to :data:`MODELS`.
 
 The facts are BFL's (``bfl-api.md``): endpoints, reference counts, fields, ranges and prices.
 
-Megapixels: BFL does not say whether its megapixel is 10^6 or 2^20 pixels. Here one megapixel
-is :data:`MEGAPIXEL` = 1,000,000 pixels throughout (limits, prices, messages), as for the
-20-megapixel input limit; 1024×1024 is 1.05 megapixels and 2048×2048 (4.19) is over 4.
+Megapixels come in two sizes here. The size limits (4 megapixels of output, 9 of input and
+output together) count :data:`MEGAPIXEL` = 2^20 pixels, as BFL's own help does ("Maximum 4
+megapixels (e.g., 2048 × 2048)"): 2048×2048 is exactly 4 and 1024×1024 exactly 1. The prices
+count :data:`PRICE_MEGAPIXEL` = 1,000,000 pixels: BFL does not say which its price uses, and
+the smaller megapixel never makes an estimate lower than the charge (1024×1024 is 1.05 of them).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "KONTEXT_SIZES",
     "MEGAPIXEL",
     "MODELS",
+    "PRICE_MEGAPIXEL",
     "REQUEST_FIELDS",
     "Model",
     "Price",
@@ -33,12 +36,16 @@ __all__ = [
     "megapixels",
     "model_key",
     "output_size",
+    "price_megapixels",
     "resolve_model",
     "takers",
 ]
 
-MEGAPIXEL = 1_000_000
-"""Pixels in a megapixel, for every limit and price here."""
+MEGAPIXEL = 1 << 20
+"""Pixels in a megapixel of the size limits and of the sizes in messages (2048×2048 is 4)."""
+
+PRICE_MEGAPIXEL = 1_000_000
+"""Pixels in a megapixel of the prices (conservative: BFL does not say; 1024×1024 is 1.05)."""
 
 ACCOUNT_LIMIT = 24
 """Active tasks a BFL account may have at once, all models together."""
@@ -225,13 +232,21 @@ def output_size(model: str, *, width: int | None = None, height: int | None = No
 
 
 def megapixels(width: int, height: int) -> float:
-    """``width`` × ``height`` in megapixels of :data:`MEGAPIXEL` pixels."""
+    """``width`` × ``height`` in megapixels of :data:`MEGAPIXEL` pixels, as the size limits
+    count them."""
     return width * height / MEGAPIXEL
+
+
+def price_megapixels(width: int, height: int) -> float:
+    """``width`` × ``height`` in megapixels of :data:`PRICE_MEGAPIXEL` pixels, as the prices
+    (:func:`estimate_credits`) count them."""
+    return width * height / PRICE_MEGAPIXEL
 
 
 def estimate_credits(model: str, output_mp: float, input_mps: Sequence[float] = ()) -> float:
     """What one request to ``model`` costs, in credits, for an output of ``output_mp``
-    megapixels from input images of ``input_mps`` megapixels each (a Kontext model's flat price
+    megapixels from input images of ``input_mps`` megapixels each (megapixels of
+    :data:`PRICE_MEGAPIXEL` pixels) (a Kontext model's flat price
     whatever the sizes). Rounded up to a hundredth of a credit ($0.0001), so an estimate is
     never below the formula. Raises KeyError for a model not in :data:`MODELS`."""
     exact = MODELS[model].price.credits(output_mp, input_mps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import os
 import types
 from collections.abc import Mapping
@@ -72,7 +73,7 @@ def run(
     cache_dir: str | os.PathLike[str] | None = None,
     concurrency: int | None = None,
     frozen: bool = False,
-    max_credits: int | None = None,
+    max_credits: float | None = None,
     lock: bool = True,
 ) -> RunResult:
     """Run ``recipe`` and export its outputs into ``out`` (default ``out/<recipe name>``).
@@ -109,7 +110,7 @@ async def arun(
     cache_dir: str | os.PathLike[str] | None = None,
     concurrency: int | None = None,
     frozen: bool = False,
-    max_credits: int | None = None,
+    max_credits: float | None = None,
     lock: bool = True,
 ) -> RunResult:
     """:func:`run`, awaited in the caller's event loop (notebooks, servers): reading the recipe
@@ -150,11 +151,11 @@ def _concurrency(value: int | None) -> int:
     return value
 
 
-def _check_budget(value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or value < 0):
-        raise UsageError(f"max_credits must be a whole number of credits, 0 or more; got "
-                         f"{value!r}")
+def _check_budget(value: float | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or not math.isfinite(value) or value < 0):
+        raise UsageError(f"max_credits must be a number of credits (a fraction too), 0 or "
+                         f"more; got {value!r}")
 
 
 def _overrides(values: Mapping[str, VarValue] | None) -> dict[str, str]:

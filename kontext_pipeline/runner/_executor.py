@@ -27,6 +27,7 @@ from kontext_pipeline.outputs._records import StepRecord
 from kontext_pipeline.plan._plan import Plan, Task
 from kontext_pipeline.providers._base import Accepted, EditRequest, Provider, ProviderEvent
 from kontext_pipeline.providers._policies import DEFAULT_TOTAL_LIMIT
+from kontext_pipeline.recipe._models import MODELS
 from kontext_pipeline.runner._journal import Journal, JournalEntry
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._claims import LOCKS, Claim
@@ -81,6 +82,7 @@ class _Run:
         self.results: dict[tuple[str, str, str], asyncio.Future[StepRecord]] = {}
         self.requests: dict[str, asyncio.Future[StepRecord]] = {}  # by key, while in flight
         self.unlocked = False  # warned already that claims are not exclusive here
+        self.unpriced = False  # warned already that the API echoed no cost for a FLUX.2 step
         # Each step holds one of these from before it claims its key until it lets the claim
         # go; it never waits for one while holding a claim, and holds one claim at a time (so
         # no two steps, of one run or of two, ever wait on each other).
@@ -206,6 +208,12 @@ class _Run:
             return StepRecord(task, "failed", "miss", key, hashes, error=str(error),
                               duration_s=time.monotonic() - started)
         credits = result.cost if result.cost is not None else task.credits
+        if result.cost is None and not MODELS[task.model].price.per_image and not self.unpriced:
+            self.unpriced = True  # once per run: the answer's form is the API's, not the step's
+            self.emit(RunEvent("warning", task, message=(
+                f"the API echoed no cost for this step; its estimate, ~{task.credits:g} "
+                "credits, is recorded instead (and so for any other step of this run priced "
+                "per megapixel without one)")))
         entry = CacheEntry(
             key=key, object=_sha256(result.image), size=len(result.image),
             format=result.image_format, width=result.width, height=result.height,

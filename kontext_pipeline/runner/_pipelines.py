@@ -19,7 +19,7 @@ from kontext_pipeline._support.threads import QuietWorker
 from kontext_pipeline.errors import BudgetExceededError, FrozenCacheMissError, OutputError
 from kontext_pipeline.outputs._export import Exported, check_out_dir, export_outputs
 from kontext_pipeline.outputs._manifest import MANIFEST, Manifest, build_manifest, last_run
-from kontext_pipeline.outputs._plan_views import cost, dollars, number, paid
+from kontext_pipeline.outputs._plan_views import cost, credits_text, estimated, number, paid
 from kontext_pipeline.outputs._records import StepRecord
 from kontext_pipeline.outputs._thumbnails import THUMBNAILS, ThumbnailStore
 from kontext_pipeline.plan._explain import explain_misses
@@ -61,6 +61,7 @@ class RunStart:
     reasons: Mapping[str, str] = field(default_factory=dict)  # task id -> why it runs
     provider: str = "bfl"
     elsewhere: int = 0  # accepted, and being made by another run sharing the cache now
+    estimate: bool = False  # ``credits`` is an estimate (a step priced per megapixel)
 
     def describe(self) -> str:
         to_run = self.tasks - self.cached - self.collecting - self.elsewhere
@@ -68,7 +69,7 @@ class RunStart:
                    else "")
         if self.elsewhere:
             collect += f", {self.elsewhere} being made by another run"
-        price = cost(self.credits, self.provider)
+        price = cost(self.credits, self.provider, estimate=self.estimate)
         return (f"{self.tasks} step{'' if self.tasks == 1 else 's'}: {self.cached} cached, "
                 f"{to_run} to run{collect}, "
                 f"{'expected cost ' if paid(self.provider) else ''}{price}")
@@ -102,7 +103,7 @@ async def run_plans(
     out_dirs: Sequence[Path],
     open_provider: Callable[[], Provider],
     frozen: bool = False,
-    max_credits: int | None = None,
+    max_credits: float | None = None,
     on_start: Callable[[RunStart], None] | None = None,
     on_event: RunEventSink | None = None,
     on_note: Callable[[str], None] | None = None,
@@ -145,18 +146,21 @@ async def run_plans(
     # one whose claim is held was not interrupted: a live run sharing the cache is making it
     elsewhere = sum(1 for r in accepted if r.key is not None and journal.held(r.key))
     credits = round(cost_of_misses(resolved) - cost_of_misses(accepted), 2)
+    taken = {r.task.id for r in accepted}
+    estimate = estimated(r.task for r in resolved if not r.hit and r.task.id not in taken)
     if frozen and cached < len(resolved):
         raise FrozenCacheMissError(missing_lines(resolved))
     if max_credits is not None and credits > max_credits:
         raise BudgetExceededError(
-            f"the steps that are not cached would cost {number(credits)} credits "
-            f"({dollars(credits)}), "
-            f"more than --max-credits {max_credits}; nothing was submitted")
+            f"the steps that are not cached would cost "
+            f"{credits_text(credits, estimate=estimate)}, "
+            f"more than --max-credits {number(max_credits)}; nothing was submitted")
     if on_start is not None:
         providers = {plan.provider for plan in plans}
         on_start(RunStart(len(resolved), cached, credits, len(accepted) - elsewhere,
                           _reasons(plans, out_dirs, resolved),
-                          providers.pop() if len(providers) == 1 else "bfl", elsewhere))
+                          providers.pop() if len(providers) == 1 else "bfl", elsewhere,
+                          estimate))
     _warn(resolved, on_event)
     provider = None if cached == len(resolved) else open_provider()
     # the report's thumbnails are made while the run waits on the API, not after it

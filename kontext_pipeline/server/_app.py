@@ -1,8 +1,9 @@
 """The BFL-compatible ASGI application.
 
 Endpoints as BFL's: ``POST /v1/<model>`` for each model of the models table (``x-key``
-required; FLUX.2's results at the requested size, each submit answered with its ``cost`` by the
-table's prices for the actual megapixels, ``input_mp`` and ``output_mp``), polling at the
+required; FLUX.2's results at the requested size or the one that follows the first input, each
+submit answered with its ``cost`` by the server's own prices (:mod:`._pricing`) for the decoded
+sizes, unrounded, ``input_mp`` and ``output_mp``), polling at the
 returned ``polling_url`` (``/{region}/v1/get_result?id=``, a different path than the legacy
 ``/v1/get_result?id=``, which works too) and signed result URLs that expire
 (``/delivery/{id}/sample.{ext}?se=…&sig=…``, no key). Tasks answer ``Pending`` (or the 2026
@@ -38,7 +39,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from kontext_pipeline._support.threads import background_pool
-from kontext_pipeline.recipe._models import MODELS, estimate_credits, megapixels, output_size
+from kontext_pipeline.recipe._models import MODELS, output_size
 from kontext_pipeline.server._imaging import RenderSpec, render
 from kontext_pipeline.server._limits import read_body, signed_query, task_id_errors, too_large
 from kontext_pipeline.server._network import (
@@ -49,6 +50,7 @@ from kontext_pipeline.server._network import (
     public_base,
 )
 from kontext_pipeline.server._notify import deliver
+from kontext_pipeline.server._pricing import charge, followed_size
 from kontext_pipeline.server._state import (
     ServerConfig,
     ServerState,
@@ -198,9 +200,10 @@ class _Service:
                 task, target, submission.webhook_secret, base))
             self._notifying.add(notifying)
             notifying.add_done_callback(self._notifying.discard)
-        answer: dict[str, Any] = {"id": task.id, "cost": task.cost,
-                                  "input_mp": round(submission.input_pixels / 1e6, 2),
-                                  "output_mp": round(megapixels(*task.size), 2)}
+        answer: dict[str, Any] = {"id": task.id}
+        if self.config.echo_cost:
+            answer.update(cost=task.cost, input_mp=round(submission.input_pixels / 1e6, 2),
+                          output_mp=round(task.size[0] * task.size[1] / 1e6, 2))
         if self.config.return_polling_url:
             answer["polling_url"] = f"{base}/{self.config.region}/v1/get_result?id={task.id}"
         return JSONResponse(answer)
@@ -240,18 +243,21 @@ class _Service:
             latency = max(0.0, latency + rng.uniform(-jitter, jitter))
         seed = submission.seed if submission.seed is not None else rng.randrange(2**32)
         phases = self.config.in_flight()
-        size = output_size(model, width=submission.width, height=submission.height,
-                           aspect_ratio=submission.aspect_ratio,
-                           source=submission.input_sizes[0] if submission.input_sizes else None)
-        cost = estimate_credits(model, megapixels(*size),
-                                [megapixels(w, h) for w, h in submission.input_sizes])
+        first = submission.input_sizes[0] if submission.input_sizes else None
+        if MODELS[model].sizes is None:  # Kontext: its grid, by the ratio asked for or the input's
+            size = output_size(model, aspect_ratio=submission.aspect_ratio, source=first)
+        elif submission.width and submission.height:
+            size = submission.width, submission.height
+        else:
+            size = followed_size(first)
+        cost = charge(model, size, submission.input_sizes)
         task = TaskRecord(
             id=str(uuid.uuid4()), model=model, prompt=submission.prompt, seed=seed,
             params={"aspect_ratio": submission.aspect_ratio,
                     "output_format": submission.output_format},
             images=submission.images, created=now, ready_at=now + latency, phases=phases,
             stepwise=self.config.every_phase and len(phases) > 1, started=time.time(),
-            size=size, cost=int(cost) if cost.is_integer() else cost)
+            size=size, cost=cost)
         for match in _TRIGGER.finditer(submission.prompt):
             name, arg = match["name"], match["arg"]
             if name in _OUTCOMES:
@@ -298,7 +304,7 @@ class _Service:
             if task.rendering is not None:
                 await asyncio.wrap_future(task.rendering)
             if not task.charged:
-                self.state.credits_charged = round(self.state.credits_charged + task.cost, 2)
+                self.state.credits_charged = round(self.state.credits_charged + task.cost, 6)
                 task.charged = True
             took = task.ready_at - task.created  # when it was made: the same on every poll
             result = {"sample": self._signed_url(base, task), "seed": task.seed,

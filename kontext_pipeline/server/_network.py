@@ -10,6 +10,7 @@ import httpx
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kontext_pipeline.recipe._models import MODELS
 from kontext_pipeline.server._state import RequestRecord, ServerState
 
 __all__ = [
@@ -77,7 +78,7 @@ def checked_public_url(value: str) -> str | None:
 
 def endpoint_of(method: str, path: str) -> str | None:
     """Which endpoint a request is for, as faults name them."""
-    if method == "POST" and path.startswith(("/v1/flux-kontext-", "/v1/flux-2-")):
+    if method == "POST" and path.startswith("/v1/") and path.removeprefix("/v1/") in MODELS:
         return "submit"
     if path.endswith("/v1/get_result"):
         return "poll"

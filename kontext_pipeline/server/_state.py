@@ -61,7 +61,9 @@ class ServerConfig:
     of its socket that the request reached; never the request's ``Host`` header). Webhooks go
     to loopback addresses only, unless their host is in ``webhook_hosts`` (lower case) or
     ``webhooks_anywhere``. ``/_stats`` wants a key like the API's endpoints unless
-    ``public_stats``. A submit body over ``max_body_bytes`` is refused (413).
+    ``public_stats``. A submit body over ``max_body_bytes`` is refused (413). Without
+    ``echo_cost`` a submit's answer has no ``cost``, ``input_mp`` and ``output_mp`` (as older
+    answers of the API).
     """
 
     latency: float = 2.0
@@ -76,6 +78,7 @@ class ServerConfig:
         if model.concurrency < ACCOUNT_LIMIT})
     url_ttl: float = 600.0
     return_polling_url: bool = True
+    echo_cost: bool = True
     retry_after: int | None = 1
     faults: FaultConfig = FaultConfig()
     watermark: str = "PREVIEW"
@@ -113,7 +116,7 @@ class TaskRecord:
     details: dict[str, Any] | None = None
     charged: bool = False
     size: tuple[int, int] = (1024, 1024)  # the result's (width, height)
-    cost: float = 0  # credits, charged once it is Ready (the models table's price)
+    cost: float = 0  # credits, charged once it is Ready (the server's own price, _pricing)
     rendering: Future[bytes] | None = None
     phases: tuple[str, ...] = ("Pending",)
     stepwise: bool = False

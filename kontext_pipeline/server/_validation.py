@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from kontext_pipeline._support.images import INPUT_FORMATS
 from kontext_pipeline.recipe._models import MODELS, Model, Sizes, megapixels
+from kontext_pipeline.server._pricing import followed_size
 
 __all__ = [
     "MAX_IMAGE_BYTES",
@@ -157,8 +158,10 @@ def _accepted_fields(info: Model) -> set[str]:
 
 def _size_errors(limits: Sizes, width: int, height: int,
                  sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
-    """The output size's limits: megapixels of the output alone, and of inputs and output."""
-    output = megapixels(width, height) if width and height else 0.0
+    """The output size's limits: megapixels of the output alone, and of inputs and output (an
+    output without a size counted at the size it follows the first input at)."""
+    made = (width, height) if width and height else followed_size(sizes[0] if sizes else None)
+    output = megapixels(*made)
     if output > limits.max_output_mp:
         return [{"type": "value_error", "loc": ["body"], "input": None,
                  "msg": f"Value error, width × height must be at most "
@@ -199,8 +202,12 @@ def _parameter_errors(body: dict[str, Any], info: Model) -> list[dict[str, Any]]
         errors.append(_error("enum", "output_format",
                              "Input should be 'jpeg', 'png' or 'webp'", fmt))
     tolerance = body.get("safety_tolerance", 2)
-    if not _is_int(tolerance) or not 0 <= tolerance <= info.safety:
-        errors.append(_error("less_than_equal", "safety_tolerance",
+    if not _is_int(tolerance):
+        errors.append(_error("int_type", "safety_tolerance", "Input should be a valid integer",
+                             tolerance))
+    elif not 0 <= tolerance <= info.safety:
+        errors.append(_error("greater_than_equal" if tolerance < 0 else "less_than_equal",
+                             "safety_tolerance",
                              f"Input should be an integer from 0 to {info.safety}", tolerance))
     for name in ("prompt_upsampling", "disable_pup"):
         flag = body.get(name, False)

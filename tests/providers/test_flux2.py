@@ -46,12 +46,13 @@ SENT["flux-2-max"] = SENT["flux-2-pro"]
 SENT["flux-2-klein-9b"] = SENT["flux-2-klein-4b"]
 # (result size, echoed cost) for 512×384 from REFERENCES[model] 64×48 images (0.003072 MP
 # each): Kontext's grid size for 3:2 and flat price; FLUX.2's first megapixel (the output is
-# less than one) plus the per-input price of the references, rounded up to 1/100 credit
+# less than one) plus the per-input price of the references (8 or 4 × 0.003072 MP of 10^6
+# pixels), unrounded as BFL echoes it
 SIZE_AND_COST: dict[str, tuple[tuple[int, int], float]] = {
     "flux-kontext-pro": ((1248, 832), 4), "flux-kontext-max": ((1248, 832), 8),
-    "flux-2-pro": ((512, 384), 3.04), "flux-2-max": ((512, 384), 7.08),
-    "flux-2-flex": ((512, 384), 5.13), "flux-2-klein-4b": ((512, 384), 1.41),
-    "flux-2-klein-9b": ((512, 384), 1.51)}
+    "flux-2-pro": ((512, 384), 3.036864), "flux-2-max": ((512, 384), 7.073728),
+    "flux-2-flex": ((512, 384), 5.12288), "flux-2-klein-4b": ((512, 384), 1.401229),
+    "flux-2-klein-9b": ((512, 384), 1.502458)}
 
 
 def b64_digest(data: bytes) -> str:
@@ -118,7 +119,7 @@ def test_a_flux2_result_follows_the_first_reference_without_a_size(bfl_server: S
     assert "height" not in body
     text = run(generate(provider_for(server), request("flux-2-klein-4b")))
     assert (text.width, text.height) == (1024, 1024)
-    assert text.cost == 1.41  # 1.4 for the first megapixel, 0.1 × 0.048576 further
+    assert text.cost == 1.404858  # 1.4 for the first megapixel, 0.1 × 0.048576 further
 
 
 def big_png(size: tuple[int, int]) -> bytes:
@@ -131,8 +132,8 @@ def big_png(size: tuple[int, int]) -> bytes:
     ("flux-2-pro", {"width": 1000, "height": 768}, "width: Input should be a multiple of 16"),
     ("flux-2-max", {"width": 1024, "height": 32},
      "height: Input should be 0 or greater than or equal to 64"),
-    ("flux-2-pro", {"width": 2048, "height": 2048},
-     "Value error, width × height must be at most 4 megapixels, not 4.19"),
+    ("flux-2-pro", {"width": 2064, "height": 2048},
+     "Value error, width × height must be at most 4 megapixels, not 4.03"),
     ("flux-2-flex", {"steps": 51}, "steps: Input should be from 1 to 50"),
     ("flux-2-flex", {"steps": 0}, "steps: Input should be from 1 to 50"),
     ("flux-2-flex", {"guidance": 1.0}, "guidance: Input should be from 1.5 to 10"),
@@ -158,15 +159,29 @@ def test_input_and_output_over_9_megapixels_are_refused(bfl_server: Start) -> No
     server = bfl_server()
     with pytest.raises(RequestRejectedError) as caught:
         run(generate(provider_for(server), request(
-            "flux-2-pro", big_png((2560, 2048)), width=2000, height=2000)))
+            "flux-2-pro", big_png((2576, 2048)), width=2048, height=2048)))
+    assert str(caught.value) == (  # 5.03 + 4 megapixels of 2^20 pixels
+        "test/step: the API rejected the request (HTTP 422) (Value error, input images and "
+        "output must total at most 9 megapixels, not 9.03)")
+    # klein has no total limit: the same request passes, and is priced per megapixel (of 10^6)
+    result = run(generate(provider_for(server), request(
+        "flux-2-klein-4b", big_png((2576, 2048)), width=2048, height=2048)))
+    assert (result.width, result.height) == (2048, 2048)
+    assert result.cost == 2.246995  # 1.4 + 0.1 × 3.194304 further MP + 0.1 × 5.275648 input MP
+
+
+def test_an_output_that_follows_its_input_counts_in_the_9_megapixels(
+        bfl_server: Start) -> None:
+    server = bfl_server()
+    with pytest.raises(RequestRejectedError) as caught:
+        run(generate(provider_for(server), request("flux-2-pro", big_png((2576, 2048)))))
+    # 2576×2048 (5.03) made at most 4 megapixels in multiples of 16: 2288×1824 (3.98)
     assert str(caught.value) == (
         "test/step: the API rejected the request (HTTP 422) (Value error, input images and "
-        "output must total at most 9 megapixels, not 9.24)")
-    # klein has no total limit: the same request passes, and is priced per megapixel
+        "output must total at most 9 megapixels, not 9.01)")
     result = run(generate(provider_for(server), request(
-        "flux-2-klein-4b", big_png((2560, 2048)), width=2000, height=2000)))
-    assert (result.width, result.height) == (2000, 2000)
-    assert result.cost == 2.23  # 1.4 + 0.1 × 3 further MP + 0.1 × 5.24288 input MP
+        "flux-2-klein-4b", big_png((2576, 2048)))))
+    assert (result.width, result.height) == (2288, 1824)
 
 
 def test_more_references_than_a_model_takes_are_never_sent(bfl_server: Start) -> None:

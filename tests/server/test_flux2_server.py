@@ -64,6 +64,7 @@ def test_every_model_of_the_table_has_its_endpoint(model: str) -> None:
 
 def test_a_model_not_in_the_table_is_not_found() -> None:
     answer = post(ServerState(ServerConfig()), "/v1/flux-2-dev", {"prompt": "x"})
+    assert endpoint_of("POST", "/v1/flux-2-dev") is None  # not a submit that faults name
     assert answer.status_code == 404
 
 
@@ -106,6 +107,20 @@ def test_out_of_range_values_are_each_reported_with_loc_and_msg() -> None:
          "msg": "Input should be a valid number", "input": "high"}]}
 
 
+@pytest.mark.parametrize(("tolerance", "kind", "msg"), [
+    (-1, "greater_than_equal", "Input should be an integer from 0 to 5"),
+    (6, "less_than_equal", "Input should be an integer from 0 to 5"),
+    (2.5, "int_type", "Input should be a valid integer"),
+])
+def test_a_safety_tolerance_out_of_range_says_which_side(
+        tolerance: float, kind: str, msg: str) -> None:
+    answer = post(ServerState(ServerConfig()), "/v1/flux-2-pro",
+                  {"prompt": "x", "safety_tolerance": tolerance})
+    assert answer.status_code == 422
+    assert answer.json() == {"detail": [{"type": kind, "loc": ["body", "safety_tolerance"],
+                                         "msg": msg, "input": tolerance}]}
+
+
 def test_the_result_has_the_requested_size_and_format_and_the_answer_its_price() -> None:
     references = {"input_image": b64(png(size=(1000, 500))),
                   "input_image_2": b64(png(size=(500, 500)))}
@@ -124,7 +139,7 @@ def test_without_a_size_the_result_follows_the_first_input() -> None:
     answer, picture, _ = made("flux-2-pro", {"prompt": "x", "input_image": b64(png(
         size=(800, 608))), "width": 0, "height": 0})
     assert picture.size == (800, 608)
-    assert (answer["cost"], answer["output_mp"]) == (3.73, 0.49)  # 3 + 1.5 × 0.4864 input MP
+    assert (answer["cost"], answer["output_mp"]) == (3.7296, 0.49)  # 3 + 1.5 × 0.4864 input MP
     _, square, _ = made("flux-2-klein-9b", {"prompt": "x"})
     assert square.size == (1024, 1024)
 
