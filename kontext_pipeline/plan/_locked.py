@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kontext_pipeline._support.files import IrregularFileError, open_regular
-from kontext_pipeline.errors import UsageError
 from kontext_pipeline.plan._explain import Change, request_changes
-from kontext_pipeline.plan._plan import Plan, Task, build_plan
-from kontext_pipeline.recipe._matrix import format_value
+from kontext_pipeline.plan._plan import Plan, Task, build_plan, var_overrides
 from kontext_pipeline.store._lock import Lock, LockedFile, LockedStep, lock_path, read_lock
 
 __all__ = ["MAX_FILE_BYTES", "CheckResult", "Difference", "DifferenceKind", "check",
@@ -318,18 +316,8 @@ def check(recipe: str | os.PathLike[str], *,
     from kontext_pipeline.recipe._spec import load_spec  # noqa: PLC0415  (import stays light)
 
     spec = load_spec(recipe, env=os.environ)
-    plan = build_plan(spec, overrides=_overrides(vars), env=os.environ, provider="bfl")
+    plan = build_plan(spec, overrides=var_overrides(vars), env=os.environ, provider="bfl")
     return check_plan(plan, read_plan_lock(plan))
-
-
-def _overrides(values: Mapping[str, str | int | float | bool] | None) -> dict[str, str]:
-    overrides = {}
-    for name, value in (values or {}).items():
-        if not isinstance(name, str) or not isinstance(value, str | int | float | bool):
-            raise UsageError(f"vars[{name!r}] must be text, a number or a boolean; got "
-                             f"{type(value).__name__}")
-        overrides[name] = format_value(value)
-    return overrides
 
 
 def _count(n: int, noun: str) -> str:

@@ -29,7 +29,7 @@ from kontext_pipeline.recipe._prompts import (
 from kontext_pipeline.recipe._spec import Params, Spec
 from kontext_pipeline.recipe._templating import template_environ
 
-__all__ = ["ImageSource", "Plan", "Task", "build_plan"]
+__all__ = ["ImageSource", "Plan", "Task", "build_plan", "var_overrides"]
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,18 @@ class _InputSizes:
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
                 self.known[name] = None  # the estimate goes without it
         return self.known[name]
+
+
+def var_overrides(values: Mapping[str, str | int | float | bool] | None) -> dict[str, str]:
+    """``vars`` as the Python API takes them (text, numbers, booleans) turned into ``--var``
+    values: text as is, the others as the recipe's YAML writes them."""
+    overrides = {}
+    for name, value in (values or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str | int | float | bool):
+            raise UsageError(f"vars[{name!r}] must be text, a number or a boolean; got "
+                             f"{type(value).__name__}")
+        overrides[name] = format_value(value)
+    return overrides
 
 
 def _override(spec: Spec, overrides: Mapping[str, str]) -> dict[str, Any]:

@@ -115,7 +115,10 @@ async def arun(
 ) -> RunResult:
     """:func:`run`, awaited in the caller's event loop (notebooks, servers): reading the recipe
     and planning it (which hashes the input images) happen in a worker thread."""
-    from kontext_pipeline.plan._plan import build_plan  # noqa: PLC0415  (import stays light)
+    from kontext_pipeline.plan._plan import (  # noqa: PLC0415  (import stays light)
+        build_plan,
+        var_overrides,
+    )
     from kontext_pipeline.recipe._spec import load_spec  # noqa: PLC0415
     from kontext_pipeline.runner._pipelines import run_plans  # noqa: PLC0415
     from kontext_pipeline.runner._providers import PROVIDERS, open_provider  # noqa: PLC0415
@@ -128,7 +131,7 @@ async def arun(
     environ = dict(os.environ)
     if api_key is not None:
         environ["BFL_API_KEY"] = api_key
-    overrides = _overrides(vars)
+    overrides = var_overrides(vars)
     spec = await asyncio.to_thread(load_spec, recipe, env=environ)
     plan = await asyncio.to_thread(build_plan, spec, overrides=overrides, env=environ,
                                    provider=provider)
@@ -156,18 +159,6 @@ def _check_budget(value: float | None) -> None:
                               or not math.isfinite(value) or value < 0):
         raise UsageError(f"max_credits must be a number of credits (a fraction too), 0 or "
                          f"more; got {value!r}")
-
-
-def _overrides(values: Mapping[str, VarValue] | None) -> dict[str, str]:
-    from kontext_pipeline.recipe._matrix import format_value  # noqa: PLC0415
-
-    overrides = {}
-    for name, value in (values or {}).items():
-        if not isinstance(name, str) or not isinstance(value, str | int | float | bool):
-            raise UsageError(f"vars[{name!r}] must be text, a number or a boolean; got "
-                             f"{type(value).__name__}")
-        overrides[name] = format_value(value)
-    return overrides
 
 
 def _result(report: PipelineReport) -> RunResult:
