@@ -85,6 +85,14 @@ def endpoint_of(method: str, path: str) -> str | None:
     return "download" if path.startswith("/delivery/") else None
 
 
+async def _read_to_the_end(receive: Receive) -> None:
+    """Take in the rest of a request before its connection is dropped: closing a socket with
+    unread bytes (or with bytes still on the way) makes the kernel reset the connection, and the
+    client would see a reset some times and a plain close other times for the same fault."""
+    while (await receive()).get("more_body", False):
+        pass
+
+
 class Network:
     """Records each request (method, path, key, status, submit body) and drops the connections
     that ``drops`` says it drops, before the application sees them."""
@@ -109,6 +117,7 @@ class Network:
         try:
             endpoint = endpoint_of(scope["method"], scope["path"])
             if endpoint is not None and self.drops(endpoint):
+                await _read_to_the_end(receive)
                 raise ConnectionDropped(endpoint)
             await self.app(scope, receive, record_status)
         finally:
