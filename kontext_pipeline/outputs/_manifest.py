@@ -5,6 +5,7 @@ The fields are named as in the file. The writer writes every field, as
 every field it uses and ignores the fields it does not know, so that a manifest from a later
 version still reads; the fields added since the first version (``images``,
 ``output_file_sha256``, ``image``) may be absent from an older one, and ``request_id`` too.
+``shard`` is written only by a run of one shard (``--shard I/N``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kontext_pipeline._support import jsonsafe
 from kontext_pipeline.errors import UsageError
 from kontext_pipeline.outputs._records import Status
 from kontext_pipeline.plan._explain import LastRun
+from kontext_pipeline.plan._shards import Shard, parse_shard
 
 if TYPE_CHECKING:
     from kontext_pipeline.outputs._export import Exported
@@ -113,13 +115,15 @@ class Totals:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A run of one recipe: its totals and every step of every variant, in run order."""
+    """A run of one recipe: its totals and every step of every variant, in run order;
+    ``shard``: the share of the variants the run had (``--shard``), None for all of them."""
 
     pipeline: str
     spec_sha256: str
     provider: str
     totals: Totals
     steps: tuple[StepResult, ...]
+    shard: Shard | None = None
 
     @property
     def variants(self) -> list[str]:
@@ -132,6 +136,7 @@ class Manifest:
         return {
             "pipeline": self.pipeline, "spec_sha256": self.spec_sha256,
             "provider": self.provider,
+            **({} if self.shard is None else {"shard": str(self.shard)}),
             "totals": {"steps": totals.steps, "cache_hits": totals.cache_hits,
                        "calls": totals.calls, "credits": totals.credits,
                        "failed": totals.failed},
@@ -155,13 +160,15 @@ def manifest_schema_text() -> str:
 
 def build_manifest(plan: Plan, records: Sequence[StepRecord],
                    exported: Mapping[tuple[str, str], Exported], *,
-                   base: str | os.PathLike[str] | None = None) -> Manifest:
+                   base: str | os.PathLike[str] | None = None,
+                   shard: Shard | None = None) -> Manifest:
     """The manifest of a run of ``plan``: a record per task, in run order. ``exported`` holds
     the file each step's image was exported to (see :func:`.export_outputs`): an output sets
     ``output``, ``output_file_sha256`` and ``image``, an intermediate step ``image`` alone.
 
     Each step lists the ``images`` it read, in order; an input's ``path`` is relative to
-    ``base`` (the manifest's folder) with ``/`` separators, or absolute without ``base``."""
+    ``base`` (the manifest's folder) with ``/`` separators, or absolute without ``base``.
+    ``shard``: the share of the variants ``plan`` was narrowed to (``--shard``)."""
     steps = tuple(_step_result(record, exported.get((record.task.variant, record.task.step)),
                                base) for record in records)
     return Manifest(
@@ -173,7 +180,7 @@ def build_manifest(plan: Plan, records: Sequence[StepRecord],
                                                                                "failed")),
             credits=round(sum(r.credits for r in records), 2),
             failed=sum(1 for r in records if r.status in ("failed", "skipped"))),
-        steps=steps)
+        steps=steps, shard=shard)
 
 
 def _step_result(record: StepRecord, exported: Exported | None,
@@ -284,7 +291,20 @@ def parse_manifest(document: Any) -> Manifest:
         totals=Totals(*(count(name) for name in ("steps", "cache_hits", "calls", "credits",
                                                  "failed"))),
         steps=tuple(_step(record, f"steps[{index}]") for index, record in enumerate(steps)),
+        shard=_shard(top["shard"]) if "shard" in top else None,
     )
+
+
+def _shard(value: Any) -> Shard:
+    if not isinstance(value, str):
+        raise ValueError(f"shard: expected a string, got {_kind(value)}")
+    try:
+        shard = parse_shard(value)
+    except UsageError:
+        shard = None
+    if shard is None or str(shard) != value:
+        raise ValueError(f"shard: expected I/N (1 <= I <= N), got {json.dumps(value)}")
+    return shard
 
 
 _STEP_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
