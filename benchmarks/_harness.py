@@ -4,6 +4,7 @@ timing. Each benchmark prints one table of figures and ratios against their limi
 from __future__ import annotations
 
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -63,6 +64,42 @@ def server(latency: float, *extra: str) -> Iterator[Server]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextmanager
+def moto_server(log_dir: Path) -> Iterator[str]:
+    """moto's S3-compatible server in its own process on a loopback port the kernel picks (as
+    tests/s3_helpers.py starts it for the tests); yields its URL. Output goes to a file."""
+    log = log_dir / "moto.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        yield _answering(process, log)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _answering(process: subprocess.Popen[bytes], log: Path) -> str:
+    deadline = time.monotonic() + 30
+    while True:
+        text = log.read_text(encoding="utf-8", errors="replace")
+        found = re.search(r"Running on (http://127\.0\.0\.1:\d+)", text)
+        if found:
+            try:
+                httpx.get(found.group(1), timeout=1, trust_env=False)
+                return found.group(1)
+            except httpx.TransportError:
+                pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"moto's S3 server did not start; its output:\n{text[-2000:]}")
+        time.sleep(0.05)
+
+
+def create_bucket(url: str, name: str) -> None:
+    httpx.put(f"{url}/{name}", timeout=10, trust_env=False).raise_for_status()
 
 
 @contextmanager

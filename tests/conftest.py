@@ -19,6 +19,7 @@ from kontext_pipeline.cli import cli
 from kontext_pipeline.outputs._manifest import MANIFEST, manifest_schema_text
 from kontext_pipeline.server._run import BackgroundServer
 from kontext_pipeline.server._state import FaultConfig, ServerConfig
+from tests.s3_helpers import S3Bucket, S3Server, fresh_bucket
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "pipelines"
@@ -128,3 +129,38 @@ def bfl_server() -> Iterator[Start]:
     yield start
     for server in started:
         server.__exit__(None, None, None)
+
+
+StartS3 = Callable[[], S3Server]
+"""What the ``s3_server_factory`` fixture gives: start a server of the test's own."""
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3-compatible server on loopback, one for the whole session, started by the
+    first test that asks for it. Tests that kill or stop a server use ``s3_server_factory``."""
+    server = S3Server(tmp_path_factory.mktemp("s3-server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> S3Bucket:
+    """A fresh bucket on the session's server: ``.url`` (``s3://kp-<uuid>/team``), ``.environ``
+    (the AWS variables that reach it), ``.name`` and ``.server`` (to list or tamper)."""
+    return fresh_bucket(s3_server)
+
+
+@pytest.fixture
+def s3_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartS3]:
+    """Start servers of the test's own (to kill one mid-run); all are ended after the test."""
+    started: list[S3Server] = []
+
+    def start() -> S3Server:
+        server = S3Server(tmp_path_factory.mktemp("s3-server"))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -24,9 +24,12 @@ from kontext_pipeline.errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from kontext_pipeline._support.diagnostics import Problem
     from kontext_pipeline.recipe._spec import Spec
     from kontext_pipeline.store._cache import Cache
+    from kontext_pipeline.store._shared import SharedCache
 
 __all__ = ["EXIT_CODES", "cli", "exit_code"]
 
@@ -149,6 +152,35 @@ recipe_argument = click.argument(
 cache_dir_option = click.option(
     "--cache-dir", envvar="KONTEXT_CACHE_DIR", type=click.Path(path_type=str),
     help="Cache directory (or KONTEXT_CACHE_DIR; default: the user cache directory).")
+
+
+def shared_cache_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--shared-cache URL`` and ``--shared-cache-readonly``, each also from the environment."""
+    command = click.option(
+        "--shared-cache-readonly", "shared_readonly", is_flag=True,
+        envvar="KONTEXT_SHARED_CACHE_READONLY",
+        help="Look results up in the shared cache, never upload (or "
+             "KONTEXT_SHARED_CACHE_READONLY=1): for pull requests.")(command)
+    return click.option(
+        "--shared-cache", "shared_cache", metavar="URL", envvar="KONTEXT_SHARED_CACHE",
+        help="A cache on object storage behind the local one, for a team or CI fleet: "
+             "s3://BUCKET/PREFIX (or gs://, az://; or KONTEXT_SHARED_CACHE). Credentials and "
+             "endpoint from the storage's environment (AWS_*).")(command)
+
+
+def open_shared(url: str | None, *, readonly: bool,
+                going_on: str | None = None) -> SharedCache | None:
+    """The shared cache at ``url`` (None without one); warnings go to standard error."""
+    if not url:
+        return None
+    from kontext_pipeline._support.text import printable  # noqa: PLC0415
+    from kontext_pipeline.store._shared import SharedCache  # noqa: PLC0415
+
+    def warn(message: str) -> None:
+        echo(f"warning: {printable(message)}", err=True)
+
+    return SharedCache.open(url, os.environ, readonly=readonly, on_warning=warn,
+                            going_on=going_on)
 
 
 def open_cache(cache_dir: str | None) -> Cache:

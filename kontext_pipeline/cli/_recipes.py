@@ -13,15 +13,19 @@ from kontext_pipeline.cli._base import (
     cli,
     load,
     open_cache,
+    open_shared,
     provider_option,
     recipe_argument,
+    shared_cache_options,
     var_option,
 )
 from kontext_pipeline.cli._output import echo, echo_json
+from kontext_pipeline.cli._sharding import shard_option
 from kontext_pipeline.errors import SpecError
 
 if TYPE_CHECKING:
     from kontext_pipeline._support.diagnostics import Problem
+    from kontext_pipeline.plan._shards import Shard
 
 __all__ = ["plan", "schema", "validate"]
 
@@ -61,11 +65,14 @@ def _count(n: int, noun: str) -> str:
 @var_option
 @provider_option
 @cache_dir_option
+@shared_cache_options
+@shard_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=str),
               help="Where the last run of the recipe went (default: out/<recipe name>): steps "
                    "that will run say what changed since.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(*, recipe: str, variables: dict[str, str], provider: str, cache_dir: str | None,
+         shared_cache: str | None, shared_readonly: bool, shard: Shard | None,
          out: str | None, as_json: bool) -> None:
     """Show variants, steps, rendered prompts, seeds, models, cache status and the cost, and
     why each step that will run does."""
@@ -77,6 +84,7 @@ def plan(*, recipe: str, variables: dict[str, str], provider: str, cache_dir: st
     from kontext_pipeline.plan._locked import check_plan, read_plan_lock  # noqa: PLC0415
     from kontext_pipeline.plan._plan import build_plan  # noqa: PLC0415
     from kontext_pipeline.plan._resolution import lock_reasons, resolve  # noqa: PLC0415
+    from kontext_pipeline.plan._shards import shard_plans  # noqa: PLC0415
     from kontext_pipeline.runner._locking import (  # noqa: PLC0415
         LOCKING_PROVIDER,
         refill_from_files,
@@ -84,14 +92,19 @@ def plan(*, recipe: str, variables: dict[str, str], provider: str, cache_dir: st
     from kontext_pipeline.store._lock import lock_path  # noqa: PLC0415
 
     spec = load(recipe)
-    result = build_plan(spec, overrides=variables, env=os.environ, provider=provider)
+    (result,) = shard_plans([build_plan(spec, overrides=variables, env=os.environ,
+                                        provider=provider)], shard)
     lock = read_plan_lock(result) if provider == LOCKING_PROVIDER else None
     checked = check_plan(result, lock) if provider == LOCKING_PROVIDER else None
     cache = open_cache(cache_dir)
-    # the exported files judged as a run judges them, checked but not stored: plan writes
-    # nothing into the cache
+    shared = open_shared(shared_cache, readonly=shared_readonly,
+                         going_on="the plan shows the local cache only")
+    # the exported files judged as a run judges them, checked but not stored, and the shared
+    # cache's entries read, not taken: plan writes nothing into the cache
     resolved = resolve(result, cache, lock, from_files=refill_from_files(
-        cache, lock_path(spec.path).parent, store=False))
+        cache, lock_path(spec.path).parent, store=False),
+        shared=None if shared is None else (
+            lambda task, key: shared.peek(key, task.params.output_format)))
     reasons = explain_misses(resolved, last_run(Path(out) if out else Path("out") / spec.name))
     reasons.update(lock_reasons(resolved))
     if as_json:

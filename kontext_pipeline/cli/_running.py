@@ -16,10 +16,13 @@ from kontext_pipeline.cli._base import (
     cli,
     load_all,
     open_cache,
+    open_shared,
     provider_option,
+    shared_cache_options,
     var_option,
 )
 from kontext_pipeline.cli._output import echo, echo_json
+from kontext_pipeline.cli._sharding import shard_option
 from kontext_pipeline.errors import StepsFailedError, UsageError
 
 if TYPE_CHECKING:
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from kontext_pipeline.cli._progress import Progress
+    from kontext_pipeline.plan._shards import Shard
     from kontext_pipeline.providers._inbox import Webhook
     from kontext_pipeline.runner._pipelines import PipelineReport
 
@@ -43,6 +47,8 @@ __all__ = ["run"]
 @click.option("--api-base", envvar="BFL_API_BASE", default=None,
               help="BFL API base URL (or BFL_API_BASE; default https://api.bfl.ai).")
 @cache_dir_option
+@shared_cache_options
+@shard_option
 @click.option("--concurrency", type=click.IntRange(1, 24), default=24, show_default=True,
               help="Most tasks active at once (flux-kontext-max: at most 6).")
 @click.option("--frozen", is_flag=True,
@@ -64,7 +70,8 @@ __all__ = ["run"]
 @click.option("--webhook-listen", metavar="HOST:PORT", default=None,
               help="Where to receive the pushed results (with --webhook-url).")
 def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], provider: str,
-        api_base: str | None, cache_dir: str | None, concurrency: int, frozen: bool,
+        api_base: str | None, cache_dir: str | None, shared_cache: str | None,
+        shared_readonly: bool, shard: Shard | None, concurrency: int, frozen: bool,
         relock: bool, no_lock: bool, max_credits: float | None, as_json: bool,
         webhook_url: str | None, webhook_listen: str | None) -> None:
     """Run recipes: every step cached by its inputs, outputs and manifest.json in --out, and
@@ -73,16 +80,18 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
     import json  # noqa: PLC0415
 
     from kontext_pipeline.plan._plan import build_plan  # noqa: PLC0415
+    from kontext_pipeline.plan._shards import shard_plans  # noqa: PLC0415
     from kontext_pipeline.runner._pipelines import run_plans  # noqa: PLC0415
     from kontext_pipeline.runner._providers import open_provider  # noqa: PLC0415
 
     webhook = _webhook(webhook_url, webhook_listen)
     _check_lock_options(frozen=frozen, relock=relock, no_lock=no_lock, provider=provider)
     specs = load_all(recipes)
-    plans = [build_plan(spec, overrides=variables, env=os.environ, provider=provider)
-             for spec in specs]
+    plans = shard_plans([build_plan(spec, overrides=variables, env=os.environ,
+                                    provider=provider) for spec in specs], shard)
     out_dirs = _out_dirs([s.name for s in specs], out)
     store = open_cache(cache_dir)
+    shared = open_shared(shared_cache, readonly=shared_readonly)
     display = _progress(as_json)
 
     async def run_all() -> list[PipelineReport]:
@@ -98,7 +107,7 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
                                                     api_base=api_base, concurrency=concurrency,
                                                     webhook=webhook),
                 on_start=display.start, on_event=display.event, on_note=display.note,
-                lock=not no_lock, relock=relock)
+                lock=not no_lock, relock=relock, shared=shared, shard=shard)
 
     try:
         with _sigterm_interrupts():
@@ -114,6 +123,9 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
 
         for report in reports:
             echo(summary(report) + (f", {report.lock}" if report.lock is not None else ""))
+    if shared is not None and shared.uploaded:
+        echo(f"shared cache {shared.url}: {shared.uploaded} new result"
+             f"{'' if shared.uploaded == 1 else 's'} uploaded", err=True)
     failures = [line for report in reports for line in report.failures]
     if failures:
         raise StepsFailedError(failures)

@@ -69,8 +69,10 @@ def _images(task: Task) -> str:
     return "image " + ", ".join(image.name for image in task.images)
 
 
-_SOURCES = {"cache": "cached", "files": "from its exported file", "lock": "held by the lock"}
-_COUNTED = {"files": "from exported files", "lock": "held by the lock"}
+_SOURCES = {"cache": "cached", "files": "from its exported file", "lock": "held by the lock",
+            "shared": "in the shared cache"}
+_COUNTED = {"files": "from exported files", "lock": "held by the lock",
+            "shared": "in the shared cache"}
 
 
 def _status(resolved: Resolved) -> str:

@@ -13,11 +13,16 @@ are gone (an intermediate step whose image was never committed) still counts as 
 the lock, when it is not one of the recipe's outputs and every step that reads it has its result
 too: nothing needs its bytes. Otherwise it runs again, before the steps that read it (its
 ``needed_by``), and they wait for its new output.
+
+A shared cache (``shared``) is looked up last, for a task neither the cache nor the lock's files
+hold: a run takes the result into the local cache, a plan only reads what it would take. With
+one, the variants are walked on worker threads: each lookup is a request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -25,12 +30,17 @@ from kontext_pipeline.plan._plan import Plan, Task
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._lock import Lock, LockedStep
 
-__all__ = ["FromFiles", "Resolved", "Source", "cost_of_misses", "lock_reasons", "missing_lines",
-           "resolve"]
+__all__ = ["FromFiles", "FromShared", "Resolved", "Source", "cost_of_misses", "lock_reasons",
+           "missing_lines", "resolve"]
 
-Source = Literal["cache", "files", "lock"]
+Source = Literal["cache", "files", "lock", "shared"]
 """Where a task's result is: the cache; the lock's exported files (now refilled into the
-cache); the lock's record alone (no bytes: nothing downstream needs them)."""
+cache); the lock's record alone (no bytes: nothing downstream needs them); the shared cache."""
+
+FromShared = Callable[["Task", str], "CacheEntry | None"]
+"""The shared cache's entry of a task's key (taken into the local cache, for a run), or None."""
+
+_SHARED_WORKERS = 16
 
 FromFiles = Callable[[Task, LockedStep], "CacheEntry | str"]
 """Takes a task's result from the files its lock record lists: the cache entry made of one that
@@ -85,7 +95,8 @@ class Resolved:
 
 
 def resolve(plan: Plan, cache: Cache, lock: Lock | None = None, *,
-            from_files: FromFiles | None = None) -> list[Resolved]:
+            from_files: FromFiles | None = None,
+            shared: FromShared | None = None) -> list[Resolved]:
     """The status of every task of ``plan``, in plan order. ``lock``: the recipe's lock (only
     for a plan of the provider it was made with; the pipeline's name is in no key, so a lock
     written before a rename still holds its results); ``from_files`` takes a locked task's
@@ -97,19 +108,36 @@ def resolve(plan: Plan, cache: Cache, lock: Lock | None = None, *,
     files are the record; else the cache's. Either way ``warning`` says so."""
     if lock is not None and lock.provider != plan.provider:
         lock = None
-    resolved: list[Resolved] = []
-    for variant in plan.variants:
-        resolved.extend(_variant(plan.tasks_of(variant.id), cache, lock, from_files,
-                                 set(plan.spec.outputs.values())))
-    return resolved
+    outputs = set(plan.spec.outputs.values())
+
+    sources = _Sources(cache, lock, from_files, shared)
+
+    def walk(variant: str) -> list[Resolved]:
+        return _variant(plan.tasks_of(variant), sources, outputs)
+
+    variants = [variant.id for variant in plan.variants]
+    if shared is None or len(variants) < 2:
+        return [item for variant in variants for item in walk(variant)]
+    with ThreadPoolExecutor(min(_SHARED_WORKERS, len(variants)),
+                            thread_name_prefix="resolve") as pool:
+        return [item for items in pool.map(walk, variants) for item in items]
 
 
-def _variant(tasks: Sequence[Task], cache: Cache, lock: Lock | None,
-             from_files: FromFiles | None, outputs: set[str]) -> list[Resolved]:
+@dataclass(frozen=True)
+class _Sources:
+    """Where a task's result may be, in the order looked at."""
+
+    cache: Cache
+    lock: Lock | None
+    from_files: FromFiles | None
+    shared: FromShared | None
+
+
+def _variant(tasks: Sequence[Task], sources: _Sources, outputs: set[str]) -> list[Resolved]:
     known: dict[str, str] = {}  # step id -> sha256 of its output, where it is known
     found: dict[str, Resolved] = {}
     for task in tasks:
-        found[task.step] = item = _first(task, known, cache, lock, from_files)
+        found[task.step] = item = _first(task, known, sources)
         digest = item.entry.object if item.entry is not None else (
             item.locked.output_sha256 if item.locked is not None else None)
         if digest is not None:
@@ -135,9 +163,10 @@ def _variant(tasks: Sequence[Task], cache: Cache, lock: Lock | None,
     return [found[task.step] for task in tasks]
 
 
-def _first(task: Task, known: Mapping[str, str], cache: Cache, lock: Lock | None,
-           from_files: FromFiles | None) -> Resolved:
-    """The task's status from the cache and the lock, before the steps that read it count."""
+def _first(task: Task, known: Mapping[str, str], sources: _Sources) -> Resolved:
+    """The task's status from the cache, the lock and the shared cache, before the steps that
+    read it count."""
+    lock, from_files, shared = sources.lock, sources.from_files, sources.shared
     hashes: list[str] = []
     for image in task.images:
         digest = image.sha256 if not image.is_step else known.get(image.name)
@@ -147,17 +176,18 @@ def _first(task: Task, known: Mapping[str, str], cache: Cache, lock: Lock | None
     key = task.key(hashes)
     record = lock.steps.get((task.variant, task.step)) if lock is not None else None
     locked = record if record is not None and record.key == key else None
-    lookup = cache.lookup(key, task.params.output_format)
+    lookup = sources.cache.lookup(key, task.params.output_format)
     if lookup.entry is not None and locked is not None and (
             lookup.entry.object != locked.output_sha256):
         return _disagreeing(task, key, lookup.entry, locked, from_files)
     if lookup.entry is not None:
         return Resolved(task, key, lookup.entry, locked=locked, source="cache")
-    if locked is None:
-        return Resolved(task, key, problem=lookup.problem)
-    taken = from_files(task, locked) if from_files is not None else None
+    taken = from_files(task, locked) if from_files is not None and locked is not None else None
     if isinstance(taken, CacheEntry):
         return Resolved(task, key, taken, problem=lookup.problem, locked=locked, source="files")
+    found = shared(task, key) if shared is not None else None
+    if found is not None:
+        return Resolved(task, key, found, problem=lookup.problem, locked=locked, source="shared")
     return Resolved(task, key, problem=taken or lookup.problem, locked=locked)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import math
 import os
 import types
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from kontext_pipeline.runner._pipelines import PipelineReport
 
 __all__ = ["Failure", "RunResult", "VarValue", "arun", "run"]
+
+_LOG = logging.getLogger("kontext_pipeline")
 
 VarValue = str | int | float | bool
 """A value of ``vars``: text as is, numbers and booleans as the recipe's YAML writes them."""
@@ -75,6 +78,9 @@ def run(
     frozen: bool = False,
     max_credits: float | None = None,
     lock: bool = True,
+    shared_cache: str | None = None,
+    shared_cache_readonly: bool | None = None,
+    shard: str | None = None,
 ) -> RunResult:
     """Run ``recipe`` and export its outputs into ``out`` (default ``out/<recipe name>``).
 
@@ -84,13 +90,18 @@ def run(
     ``concurrency`` (1 to 24, default 24) bounds the tasks active at once; ``frozen`` calls no
     provider (every step must be cached, or held by the lock); ``max_credits`` refuses a run
     that would cost more; ``lock`` (a ``bfl`` run) reads the recipe's lock and writes it again
-    (``False``: neither, as ``--no-lock``).
+    (``False``: neither, as ``--no-lock``); ``shared_cache`` (default ``KONTEXT_SHARED_CACHE``)
+    is a cache on object storage behind the local one (``s3://BUCKET/PREFIX``), only read when
+    ``shared_cache_readonly`` (default ``KONTEXT_SHARED_CACHE_READONLY``); ``shard``
+    (``"2/4"``) runs that share of the variants. What the run warns of (the shared cache
+    failing, an old output kept) goes to the ``kontext_pipeline`` logger.
     Inside a running event loop (a notebook), the run goes on in a thread of its own, which an
     interrupt does not stop before the run ends; there, ``await arun(...)`` is the better
     call."""
     work = arun(recipe, out=out, vars=vars, provider=provider, api_base=api_base,
                 api_key=api_key, cache_dir=cache_dir, concurrency=concurrency, frozen=frozen,
-                max_credits=max_credits, lock=lock)
+                max_credits=max_credits, lock=lock, shared_cache=shared_cache,
+                shared_cache_readonly=shared_cache_readonly, shard=shard)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -112,6 +123,9 @@ async def arun(
     frozen: bool = False,
     max_credits: float | None = None,
     lock: bool = True,
+    shared_cache: str | None = None,
+    shared_cache_readonly: bool | None = None,
+    shard: str | None = None,
 ) -> RunResult:
     """:func:`run`, awaited in the caller's event loop (notebooks, servers): reading the recipe
     and planning it (which hashes the input images) happen in a worker thread."""
@@ -119,10 +133,12 @@ async def arun(
         build_plan,
         var_overrides,
     )
+    from kontext_pipeline.plan._shards import parse_shard, shard_plans  # noqa: PLC0415
     from kontext_pipeline.recipe._spec import load_spec  # noqa: PLC0415
     from kontext_pipeline.runner._pipelines import run_plans  # noqa: PLC0415
     from kontext_pipeline.runner._providers import PROVIDERS, open_provider  # noqa: PLC0415
     from kontext_pipeline.store._cache import Cache, default_cache_dir  # noqa: PLC0415
+    from kontext_pipeline.store._shared import SharedCache  # noqa: PLC0415
 
     if provider not in PROVIDERS:
         raise UsageError(f"unknown provider '{provider}'; choose one of: {', '.join(PROVIDERS)}")
@@ -132,17 +148,28 @@ async def arun(
     if api_key is not None:
         environ["BFL_API_KEY"] = api_key
     overrides = var_overrides(vars)
+    share = parse_shard(shard) if shard is not None else None
+    url = shared_cache if shared_cache is not None else environ.get("KONTEXT_SHARED_CACHE")
+    readonly = (shared_cache_readonly if shared_cache_readonly is not None
+                else _truthy(environ.get("KONTEXT_SHARED_CACHE_READONLY", "")))
+    shared = (SharedCache.open(url, environ, readonly=readonly, on_warning=_LOG.warning)
+              if url else None)
     spec = await asyncio.to_thread(load_spec, recipe, env=environ)
-    plan = await asyncio.to_thread(build_plan, spec, overrides=overrides, env=environ,
-                                   provider=provider)
+    (plan,) = shard_plans([await asyncio.to_thread(build_plan, spec, overrides=overrides,
+                                                   env=environ, provider=provider)], share)
     out_dir = Path(out) if out is not None else Path("out") / spec.name
     cache = Cache(Path(cache_dir) if cache_dir is not None else default_cache_dir(environ))
     (report,) = await run_plans(
         [plan], cache=cache, out_dirs=[out_dir], frozen=frozen, max_credits=max_credits,
-        lock=lock,
+        lock=lock, shared=shared, shard=share, on_note=_LOG.warning,
         open_provider=lambda: open_provider(provider, environ=environ, api_base=api_base,
                                             concurrency=slots))
     return _result(report)
+
+
+def _truthy(text: str) -> bool:
+    """An environment variable's flag as click reads one (``1``, ``true``, ``yes``, ``on``)."""
+    return text.strip().lower() in {"1", "true", "yes", "y", "on", "t"}
 
 
 def _concurrency(value: int | None) -> int:

@@ -31,6 +31,7 @@ from kontext_pipeline.recipe._models import MODELS
 from kontext_pipeline.runner._journal import Journal, JournalEntry
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._claims import LOCKS, Claim
+from kontext_pipeline.store._shared import SharedCache
 
 __all__ = ["RunEvent", "RunEventSink", "StepRecord", "StoredSink", "claim_bound", "execute"]
 
@@ -72,8 +73,9 @@ def claim_bound(provider: Provider | None) -> int:
 class _Run:
     def __init__(self, *, cache: Cache, provider: Provider | None, on_event: RunEventSink,
                  known: Mapping[str, CacheEntry], journal: Journal | None,
-                 on_stored: StoredSink | None) -> None:
+                 on_stored: StoredSink | None, shared: SharedCache | None) -> None:
         self.cache = cache
+        self.shared = shared
         self.provider = provider
         self.emit = on_event
         self.known = known
@@ -117,6 +119,12 @@ class _Run:
         if lookup.entry is not None:
             self.emit(RunEvent("cached", task))
             return StepRecord(task, "done", "hit", key, hashes, lookup.entry)
+        if self.shared is not None and self.shared.on:  # made elsewhere since the run began?
+            entry = await asyncio.to_thread(self.shared.fetch_into, self.cache, key,
+                                            task.params.output_format)
+            if entry is not None:
+                self.emit(RunEvent("cached", task))
+                return StepRecord(task, "done", "hit", key, hashes, entry)
         if self.provider is None:
             return StepRecord(task, "missing", "miss", key, hashes,
                               error=lookup.problem or "not in the cache")
@@ -262,6 +270,7 @@ async def execute(
     known: Mapping[str, CacheEntry] | None = None,
     journal: Journal | None = None,
     on_stored: StoredSink | None = None,
+    shared: SharedCache | None = None,
 ) -> list[StepRecord]:
     """Run every task of ``plans``; returns one record per task, in plan order.
 
@@ -271,10 +280,11 @@ async def execute(
     ``known`` maps task ids to the cache entries already found for them (not looked up again).
     ``journal`` records the requests the API accepted until their results are stored; a request
     found in it (left by an interrupted run) is collected instead of being submitted again.
-    ``on_stored`` is told of each new result as soon as it is stored.
+    ``on_stored`` is told of each new result as soon as it is stored. ``shared``: a task the
+    cache lacks is looked up there before it is requested (once per key and run).
     """
     run = _Run(cache=cache, provider=provider, on_event=on_event or (lambda _event: None),
-               known=known or {}, journal=journal, on_stored=on_stored)
+               known=known or {}, journal=journal, on_stored=on_stored, shared=shared)
     loop = asyncio.get_running_loop()
     tasks = [task for plan in plans for task in plan.tasks]
     for task in tasks:

@@ -9,6 +9,7 @@ no HTTP client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,12 +26,14 @@ from kontext_pipeline.outputs._thumbnails import THUMBNAILS, ThumbnailStore
 from kontext_pipeline.plan._explain import explain_misses
 from kontext_pipeline.plan._plan import Plan
 from kontext_pipeline.plan._resolution import (
+    FromShared,
     Resolved,
     cost_of_misses,
     lock_reasons,
     missing_lines,
     resolve,
 )
+from kontext_pipeline.plan._shards import Shard
 from kontext_pipeline.providers._base import Provider
 from kontext_pipeline.runner._executor import RunEvent, RunEventSink, execute
 from kontext_pipeline.runner._journal import Journal
@@ -44,6 +47,7 @@ from kontext_pipeline.runner._locking import (
 )
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._lock import Lock, LockedStep, lock_path, update_lock
+from kontext_pipeline.store._shared import SharedCache
 
 __all__ = ["MANIFEST", "REPORT", "PipelineReport", "RunStart", "run_pipelines", "run_plans"]
 
@@ -62,6 +66,7 @@ class RunStart:
     provider: str = "bfl"
     elsewhere: int = 0  # accepted, and being made by another run sharing the cache now
     estimate: bool = False  # ``credits`` is an estimate (a step priced per megapixel)
+    shared: int = 0  # of the cached: taken from the shared cache
 
     def describe(self) -> str:
         to_run = self.tasks - self.cached - self.collecting - self.elsewhere
@@ -70,7 +75,9 @@ class RunStart:
         if self.elsewhere:
             collect += f", {self.elsewhere} being made by another run"
         price = cost(self.credits, self.provider, estimate=self.estimate)
-        return (f"{self.tasks} step{'' if self.tasks == 1 else 's'}: {self.cached} cached, "
+        shared = f" ({self.shared} from the shared cache)" if self.shared else ""
+        return (f"{self.tasks} step{'' if self.tasks == 1 else 's'}: {self.cached} cached"
+                f"{shared}, "
                 f"{to_run} to run{collect}, "
                 f"{'expected cost ' if paid(self.provider) else ''}{price}")
 
@@ -109,6 +116,8 @@ async def run_plans(
     on_note: Callable[[str], None] | None = None,
     lock: bool = True,
     relock: bool = False,
+    shared: SharedCache | None = None,
+    shard: Shard | None = None,
 ) -> list[PipelineReport]:
     """Run ``plans`` (exporting plan i into ``out_dirs[i]``) and return their reports.
     ``on_note`` is told of what concerns a whole run (an old output kept in ``--out``), always
@@ -119,6 +128,13 @@ async def run_plans(
     results it and the exported files it lists hold (refilling the cache), and writes it again
     at the end. ``relock``: a ``frozen`` run that ignores a lock it cannot read (``on_note`` is
     told), so as to write it again from the cache and the exported files.
+
+    ``shared``: a task that neither the cache nor the lock holds is taken from this shared cache
+    when it holds it (before the run starts, and again before a request), and each new result
+    is uploaded to it while the run goes on; the run waits for the uploads before it returns.
+    What goes wrong with it is told to ``on_note``, and never fails a step. ``shard``: the
+    plans are one shard's (:func:`~kontext_pipeline.plan._shards.shard_plans`), as each
+    manifest records.
 
     Raises :class:`~kontext_pipeline.errors.LockError` when a lock cannot be read,
     :class:`FrozenCacheMissError` or :class:`BudgetExceededError` before any request, and a
@@ -133,11 +149,31 @@ async def run_plans(
         cache.check_layout()
     else:
         cache.check_writable()
+    loop = asyncio.get_running_loop()
+
+    def note_soon(note: str) -> None:  # from any thread, told on the loop's
+        loop.call_soon_threadsafe(_say, on_note, note)
+
+    with _telling(shared, note_soon):
+        return await _run_resolved(plans, cache=cache, out_dirs=out_dirs, frozen=frozen,
+                                   max_credits=max_credits, open_provider=open_provider,
+                                   on_start=on_start, on_event=on_event, on_note=on_note,
+                                   lock=lock, relock=relock, shared=shared, shard=shard)
+
+
+async def _run_resolved(
+    plans: Sequence[Plan], *, cache: Cache, out_dirs: Sequence[Path],
+    open_provider: Callable[[], Provider], frozen: bool, max_credits: float | None,
+    on_start: Callable[[RunStart], None] | None, on_event: RunEventSink | None,
+    on_note: Callable[[str], None] | None, lock: bool, relock: bool,
+    shared: SharedCache | None, shard: Shard | None,
+) -> list[PipelineReport]:
     # reading the locks and hashing files is blocking work: off the event loop (a webhook
     # listener may be serving on it), each note told on the loop's thread afterwards
     notes: list[str] = []
-    locks, resolved, held = await asyncio.to_thread(_resolve, plans, cache, lock=lock,
-                                                    relock=relock, on_note=notes.append)
+    locks, resolved, held = await asyncio.to_thread(
+        _resolve, plans, cache, lock=lock, relock=relock, on_note=notes.append,
+        shared=_taking(shared, cache))
     _tell(notes, on_note)
     cached = sum(1 for r in resolved if r.hit)
     journal = Journal(cache.root / "journal")
@@ -160,36 +196,44 @@ async def run_plans(
         on_start(RunStart(len(resolved), cached, credits, len(accepted) - elsewhere,
                           _reasons(plans, out_dirs, resolved),
                           providers.pop() if len(providers) == 1 else "bfl", elsewhere,
-                          estimate))
+                          estimate, sum(1 for r in resolved if r.source == "shared")))
     _warn(resolved, on_event)
     provider = None if cached == len(resolved) else open_provider()
     # the report's thumbnails are made while the run waits on the API, not after it
     thumbnails = QuietWorker("thumbnails") if provider is not None else None
     store = ThumbnailStore(cache.root / THUMBNAILS)
 
-    def keep_thumbnail(entry: CacheEntry, data: bytes) -> None:
+    def stored(entry: CacheEntry, data: bytes) -> None:
         if thumbnails is not None:
             thumbnails.submit(lambda: store.keep(entry.object, data))
+        if shared is not None:
+            shared.upload(entry, data)
 
     try:
         known = {r.task.id: r.entry if r.entry is not None
                  else locked_entry(r.task, held[r.task.id])
                  for r in resolved if r.entry is not None or r.task.id in held}
         records = await execute(plans, cache=cache, provider=provider, on_event=on_event,
-                                known=known, journal=journal, on_stored=keep_thumbnail)
+                                known=known, journal=journal, on_stored=stored,
+                                shared=shared)
     finally:
         if provider is not None:
             await provider.aclose()
         if thumbnails is not None:  # what is left, the report makes on every core
             await asyncio.to_thread(thumbnails.close)
-    return await _finish_all(plans, records, out_dirs, locks, cache, lock=lock, held=held,
-                             on_note=on_note)
+    try:
+        return await _finish_all(plans, records, out_dirs, locks, cache, lock=lock, held=held,
+                                 on_note=on_note, shard=shard)
+    finally:
+        if shared is not None:  # the uploads went on meanwhile
+            await asyncio.to_thread(shared.close)
 
 
 async def _finish_all(plans: Sequence[Plan], records: Sequence[StepRecord],
                       out_dirs: Sequence[Path], locks: Sequence[Lock | None], cache: Cache, *,
                       lock: bool, held: Mapping[str, LockedStep],
-                      on_note: Callable[[str], None] | None) -> list[PipelineReport]:
+                      on_note: Callable[[str], None] | None,
+                      shard: Shard | None) -> list[PipelineReport]:
     """Export each recipe's results and write its manifest, report and lock, each on a worker
     thread (the notes told on the loop's afterwards)."""
     reports = []
@@ -200,13 +244,32 @@ async def _finish_all(plans: Sequence[Plan], records: Sequence[StepRecord],
         start += len(plan.tasks)
         try:
             report = await asyncio.to_thread(_finish, plan, mine, cache, out_dir,
-                                             on_note=notes.append, held=held, old=old)
+                                             on_note=notes.append, held=held, old=old,
+                                             shard=shard)
             if lock:
                 report = await asyncio.to_thread(_relocked, report, old, held)
         finally:
             _tell(notes, on_note)
         reports.append(report)
     return reports
+
+
+def _say(on_note: Callable[[str], None] | None, note: str) -> None:
+    if on_note is not None:
+        on_note(note)
+
+
+def _telling(shared: SharedCache | None,
+             on_warning: Callable[[str], None]) -> contextlib.AbstractContextManager[None]:
+    """What goes wrong with the shared cache (on worker threads, too) told as a note."""
+    return shared.telling(on_warning) if shared is not None else contextlib.nullcontext()
+
+
+def _taking(shared: SharedCache | None, cache: Cache) -> FromShared | None:
+    """The shared cache as a source of results that it puts into the local ``cache``."""
+    if shared is None:
+        return None
+    return lambda task, key: shared.fetch_into(cache, key, task.params.output_format)
 
 
 def _tell(notes: list[str], on_note: Callable[[str], None] | None) -> None:
@@ -218,7 +281,7 @@ def _tell(notes: list[str], on_note: Callable[[str], None] | None) -> None:
 
 
 def _resolve(plans: Sequence[Plan], cache: Cache, *, lock: bool, relock: bool,
-             on_note: Callable[[str], None]
+             on_note: Callable[[str], None], shared: FromShared | None
              ) -> tuple[list[Lock | None], list[Resolved], dict[str, LockedStep]]:
     """Each recipe's lock (None: none, or ``lock`` is off); what the cache and the locks hold
     of each task (the cache refilled from the files the locks list); and the locks' records
@@ -227,7 +290,7 @@ def _resolve(plans: Sequence[Plan], cache: Cache, *, lock: bool, relock: bool,
              for plan in plans]
     resolved = [r for plan, old in zip(plans, locks, strict=True)
                 for r in resolve(plan, cache, old, from_files=refill_from_files(
-                    cache, lock_path(plan.spec.path).parent))]
+                    cache, lock_path(plan.spec.path).parent), shared=shared)]
     held = {r.task.id: r.locked for r in resolved if r.source == "lock" and r.locked}
     return locks, resolved, held
 
@@ -240,10 +303,12 @@ def _warn(resolved: Sequence[Resolved], on_event: RunEventSink | None) -> None:
             continue
         if item.warning is not None:
             on_event(RunEvent("warning", item.task, message=item.warning))
-        elif item.source == "files" and item.problem:
+        elif item.source in ("files", "shared") and item.problem:
+            stand_in = ("its exported file" if item.source == "files"
+                        else "the shared cache's copy")
             on_event(RunEvent("warning", item.task, message=(
-                f"{item.problem.removesuffix('; the step runs again')}; its exported file "
-                "stood in for it")))
+                f"{item.problem.removesuffix('; the step runs again')}; {stand_in} stood "
+                "in for it")))
 
 
 def _reasons(plans: Sequence[Plan], out_dirs: Sequence[Path],
@@ -260,7 +325,7 @@ def _reasons(plans: Sequence[Plan], out_dirs: Sequence[Path],
 
 def _finish(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Path, *,
             on_note: Callable[[str], None] | None, held: Mapping[str, LockedStep],
-            old: Lock | None) -> PipelineReport:
+            old: Lock | None, shard: Shard | None) -> PipelineReport:
     """Export the outputs, then write the manifest and the report (unless a re-run changed
     nothing: then neither is written again). A step the lock holds without its bytes is not
     exported: no file holds its image (its last export, if any, stays). The files the lock
@@ -269,7 +334,7 @@ def _finish(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Pa
     recorded, kept = lock_exports(plan, old, out_dir)
     exported = export_outputs(plan, [r for r in records if r.task.id not in held], cache,
                               out_dir, on_warning=on_note, recorded=recorded, keep=kept)
-    manifest = build_manifest(plan, records, exported, base=out_dir)
+    manifest = build_manifest(plan, records, exported, base=out_dir, shard=shard)
     encoded = manifest.to_json().encode()
     if not _unchanged(out_dir, encoded):
         try:

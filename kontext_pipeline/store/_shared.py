@@ -1,0 +1,313 @@
+"""The shared cache: results on object storage, behind the local cache, for a team or a CI
+fleet to pay once.
+
+Layout (under the URL's prefix)::
+
+    v1/ab/<key>      one object per cache key: a header line (magic), the entry as one line of
+                     JSON, then the image bytes
+
+One object per key makes a result one request to read and one atomic PUT to write: a reader
+sees a whole result or none, and two writers of one key each leave a whole, valid one. What the
+store holds is input like the local cache: an object is served only if its header is an entry
+of its own key and the image's size, format and sha256 are the entry's; anything else is a miss
+with a warning (``damaged`` counts them).
+
+The store failing (unreachable, slow, refusing: after the library's retries) is never a step's
+failure: the first failure is told once through ``on_warning`` and the shared cache is off for
+the rest of the run, which goes on with the local cache. Uploads run on worker threads while the
+run goes on; :meth:`SharedCache.close` waits for them (each bounded by the timeout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kontext_pipeline._support import jsonsafe
+from kontext_pipeline.errors import UsageError
+from kontext_pipeline.store._cache import Cache, CacheEntry
+from kontext_pipeline.store._cache_checks import MAX_ENTRY_BYTES, MAX_OBJECT_BYTES, format_of, named
+from kontext_pipeline.store._shared_location import (
+    DEFAULT_TIMEOUT,
+    SharedLocation,
+    describe_failure,
+    open_store,
+)
+
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
+
+__all__ = ["LAYOUT", "SharedCache", "SharedStats", "frame", "unframe"]
+
+LAYOUT = "v1"
+MAGIC = b"kontext-pipeline shared cache v1\n"
+_PEEK = 64 * 1024  # an entry is a few kilobytes: a plan reads this much of each object
+_UPLOADERS = 4
+_TIMEOUT_VARIABLE = "KONTEXT_SHARED_CACHE_TIMEOUT"
+
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SharedStats:
+    """What the store holds under the cache's prefix."""
+
+    results: int
+    bytes: int
+
+
+class DamagedResultError(ValueError):
+    """An object that is not a result of its key; the message says how."""
+
+
+def frame(entry: CacheEntry, image: bytes) -> bytes:
+    """The object that holds ``entry`` and its image."""
+    header = json.dumps(entry.to_json(), sort_keys=True, separators=(",", ":")).encode()
+    return MAGIC + header + b"\n" + image
+
+
+def read_header(key: str, data: bytes) -> tuple[CacheEntry, int]:
+    """The entry in an object's first bytes, and where its image starts."""
+    if not data.startswith(MAGIC):
+        raise DamagedResultError("is not a kontext-pipeline result")
+    end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_ENTRY_BYTES)
+    if end < 0:
+        raise DamagedResultError("has no whole entry")
+    try:
+        entry = CacheEntry.from_json(jsonsafe.loads(data[len(MAGIC):end]))
+    except (ValueError, KeyError, TypeError):
+        raise DamagedResultError("holds no valid entry") from None
+    if entry.key != key:
+        raise DamagedResultError("is the result of another key")
+    return entry, end + 1
+
+
+def unframe(key: str, data: bytes, output_format: str | None) -> tuple[CacheEntry, bytes]:
+    """The entry and image of ``key`` in ``data``, each checked against the other."""
+    entry, start = read_header(key, data)
+    image = data[start:]
+    if len(image) != entry.size:
+        raise DamagedResultError(f"holds {len(image)} bytes of image, not {entry.size}")
+    if hashlib.sha256(image).hexdigest() != entry.object:
+        raise DamagedResultError("holds an image whose sha256 is not its entry's")
+    fmt = format_of(image[:12])
+    if fmt != entry.format or (output_format is not None and fmt != output_format):
+        raise DamagedResultError(f"holds {named(fmt or 'unknown')} image, not "
+                                 f"{named(output_format or entry.format)}")
+    return entry, image
+
+
+class SharedCache:
+    """The shared cache at ``location`` (an obstore ``store``). ``readonly``: look up, never
+    upload. ``on_warning`` is told of a damaged object and of the store's first failure; it
+    may be called from a worker thread."""
+
+    def __init__(self, location: SharedLocation, store: ObjectStore, *, readonly: bool = False,
+                 timeout: float = DEFAULT_TIMEOUT, on_warning: Warn | None = None,
+                 going_on: str = "the run goes on with the local cache only") -> None:
+        self.location = location
+        self.store = store
+        self.readonly = readonly
+        self.timeout = timeout
+        self.on_warning = on_warning or (lambda _message: None)
+        self.going_on = going_on
+        self.problem: str | None = None  # why the store is off for the rest of the run
+        self.fetched = self.uploaded = self.damaged = 0
+        self._lock = threading.Lock()
+        self._checked = False
+        self._missed: set[str] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+
+    @classmethod
+    def open(cls, url: str, environ: Mapping[str, str], *, readonly: bool = False,
+             on_warning: Warn | None = None, going_on: str | None = None) -> SharedCache:
+        """The shared cache at ``url`` with the environment's credentials and timeout;
+        :class:`UsageError` for a URL that names none, or a timeout that is no number."""
+        location = SharedLocation.parse(url)
+        timeout = _timeout(environ)
+        store = open_store(location, environ, timeout=timeout)
+        extra: dict[str, Any] = {} if going_on is None else {"going_on": going_on}
+        return cls(location, store, readonly=readonly, timeout=timeout, on_warning=on_warning,
+                   **extra)
+
+    @property
+    def url(self) -> str:
+        return self.location.url
+
+    @property
+    def on(self) -> bool:
+        """Whether the store is still used (it has not failed in this run)."""
+        return self.problem is None
+
+    @contextlib.contextmanager
+    def telling(self, on_warning: Warn) -> Iterator[None]:
+        """Tell ``on_warning`` (instead) of what goes wrong, for the time of a ``with``."""
+        previous, self.on_warning = self.on_warning, on_warning
+        try:
+            yield
+        finally:
+            self.on_warning = previous
+
+    @staticmethod
+    def path(key: str) -> str:
+        return f"{LAYOUT}/{key[:2]}/{key}"
+
+    def fetch(self, key: str, output_format: str | None = None) -> tuple[CacheEntry, bytes] | None:
+        """The result of ``key`` with its image, checked; None for a miss (also when the object
+        is damaged, or the store is off)."""
+        data = self._get(key)
+        if data is None:
+            return None
+        try:
+            found = unframe(key, data, output_format)
+        except DamagedResultError as exc:
+            self._damaged(key, str(exc))
+            return None
+        with self._lock:
+            self.fetched += 1
+        return found
+
+    def fetch_into(self, cache: Cache, key: str,
+                   output_format: str | None = None) -> CacheEntry | None:
+        """:meth:`fetch`, stored in the local ``cache``; the entry as stored."""
+        found = self.fetch(key, output_format)
+        if found is None:
+            return None
+        entry, image = found
+        return cache.store(image, entry)
+
+    def peek(self, key: str, output_format: str | None = None) -> CacheEntry | None:
+        """The entry of ``key`` from its object's first bytes, without its image (what a plan
+        needs to know of it: the image's sha256 and size); None for a miss."""
+        data = self._get(key, end=_PEEK)
+        if data is None:
+            return None
+        try:
+            if len(data) == _PEEK and data.find(b"\n", len(MAGIC)) < 0:  # a long entry
+                data = self._get(key, end=len(MAGIC) + MAX_ENTRY_BYTES + 1) or b""
+            entry, _ = read_header(key, data)
+        except DamagedResultError as exc:
+            self._damaged(key, str(exc))
+            return None
+        if output_format is not None and entry.format != output_format:
+            self._damaged(key, f"is {named(entry.format)} image, not {named(output_format)}")
+            return None
+        return entry
+
+    def upload(self, entry: CacheEntry, image: bytes) -> None:
+        """Upload a new result in the background (not in a read-only cache, nor once the store
+        has failed)."""
+        if self.readonly or not self.on:
+            return
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(_UPLOADERS, thread_name_prefix="shared-cache")
+            self._pending.append(self._pool.submit(self._put, entry, image))
+
+    def close(self) -> None:
+        """Wait for the uploads still running (each bounded by the timeout)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._pending.clear()
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def stats(self) -> SharedStats | None:
+        """How many results the store holds and their size; None if it cannot be listed."""
+        import obstore  # noqa: PLC0415
+
+        if not self.on:
+            return None
+        results = size = 0
+        try:
+            for batch in obstore.list(self.store, prefix=f"{LAYOUT}/", chunk_size=1000):
+                results += len(batch)
+                size += sum(int(item["size"]) for item in batch)
+        except Exception as exc:
+            self._fail(exc)
+            return None
+        return SharedStats(results, size)
+
+    def _put(self, entry: CacheEntry, image: bytes) -> None:
+        import obstore  # noqa: PLC0415
+
+        if not self.on:
+            return
+        try:
+            obstore.put(self.store, self.path(entry.key), frame(entry, image))
+        except Exception as exc:
+            self._fail(exc)
+            return
+        with self._lock:
+            self.uploaded += 1
+
+    def _get(self, key: str, *, end: int | None = None) -> bytes | None:
+        """The object of ``key`` (its first ``end`` bytes), or None: a miss, or the store off."""
+        import obstore  # noqa: PLC0415
+        from obstore.exceptions import NotFoundError  # noqa: PLC0415
+
+        if not self._usable() or key in self._missed:
+            return None
+        try:
+            if end is not None:
+                return bytes(obstore.get_range(self.store, self.path(key), start=0, end=end))
+            result = obstore.get(self.store, self.path(key))
+            size = int(result.meta["size"])
+            if not 0 < size <= len(MAGIC) + MAX_ENTRY_BYTES + MAX_OBJECT_BYTES:
+                self._damaged(key, f"is {size} bytes, more than any result")
+                return None
+            return bytes(result.bytes())
+        except (NotFoundError, FileNotFoundError):  # the library raises either
+            with self._lock:
+                self._missed.add(key)
+            return None
+        except Exception as exc:
+            self._fail(exc)
+            return None
+
+    def _usable(self) -> bool:
+        """Whether the store is on; the first time, whether its bucket answers at all (a
+        missing bucket would otherwise look like a store that holds nothing)."""
+        import obstore  # noqa: PLC0415
+
+        with self._lock:
+            first, self._checked = not self._checked, True
+        if first and self.on:
+            try:
+                next(iter(obstore.list(self.store, prefix=f"{LAYOUT}/", chunk_size=1)), None)
+            except Exception as exc:
+                self._fail(exc)
+        return self.on
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self.problem is not None:
+                return
+            self.problem = describe_failure(error, self.timeout)
+        self.on_warning(f"shared cache {self.url}: {self.problem}; {self.going_on}")
+
+    def _damaged(self, key: str, why: str) -> None:
+        with self._lock:
+            self.damaged += 1
+        self.on_warning(f"shared cache object {self.path(key)[:20]}… {why}; it is not used")
+
+
+def _timeout(environ: Mapping[str, str]) -> float:
+    text = environ.get(_TIMEOUT_VARIABLE)
+    if text is None or not text.strip():
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise UsageError(f"{_TIMEOUT_VARIABLE}={text[:40]!r} is not a number of seconds from "
+                         "0 to 3600")
+    return value

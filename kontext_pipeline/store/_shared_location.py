@@ -1,0 +1,124 @@
+"""Where a shared cache lives (``s3://bucket/prefix``, ``gs://…``, ``az://…``), opening it
+through obstore, and what its failures are called in a warning.
+
+Credentials, region and endpoint come from the library's standard environment (``AWS_*``,
+including ``AWS_ENDPOINT_URL``; ``GOOGLE_*``; ``AZURE_*``): nothing of them is in the URL,
+which a log may show (a URL holding ``user:password@`` is refused). An ``http://`` endpoint
+(MinIO or a test server on the same machine) is allowed because the user set it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from kontext_pipeline._support.text import printable
+from kontext_pipeline.errors import UsageError
+
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
+
+__all__ = ["DEFAULT_TIMEOUT", "SCHEMES", "SharedLocation", "describe_failure", "open_store"]
+
+SCHEMES = ("s3", "gs", "az")
+"""The stores a shared cache may be on: any S3-compatible one, Google Cloud Storage, Azure."""
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds one request to the store may take, retries included (``KONTEXT_SHARED_CACHE_TIMEOUT``
+changes it): a 4-megapixel PNG is some 10 MB."""
+
+_CONNECT_TIMEOUT = 5.0
+_RETRIES = 2  # a 5xx or a dropped connection is tried twice more, then the store is given up
+_ENDPOINTS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")
+_FORM = "s3://BUCKET/PREFIX (or gs://, az://)"
+
+
+@dataclass(frozen=True)
+class SharedLocation:
+    """A shared cache's URL, checked: ``scheme://bucket/prefix`` without credentials, query or
+    fragment; ``url`` is how messages name it."""
+
+    scheme: str
+    bucket: str
+    prefix: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.bucket}/{self.prefix}".rstrip("/")
+
+    @classmethod
+    def parse(cls, text: str) -> SharedLocation:
+        """The location ``text`` names; :class:`UsageError` (exit 2) if it names none."""
+        shown = printable(text[:200])
+        where = f"--shared-cache '{shown}'"
+        try:
+            parts = urlsplit(text.strip())
+        except ValueError:
+            raise UsageError(f"{where} is not a URL; write {_FORM}") from None
+        if parts.scheme not in SCHEMES:
+            raise UsageError(f"{where}: the shared cache is on object storage; write {_FORM}")
+        if parts.username is not None or parts.password is not None:
+            raise UsageError(f"{where} holds credentials, which logs would show; give them in "
+                             "the storage's environment variables (AWS_ACCESS_KEY_ID, …) instead")
+        if parts.query or parts.fragment:
+            raise UsageError(f"{where} has a query or fragment; write {_FORM}")
+        bucket = parts.netloc
+        prefix = parts.path.strip("/")
+        if not bucket or any(c.isspace() or not c.isprintable() for c in text.strip()):
+            raise UsageError(f"{where} names no bucket; write {_FORM}")
+        if any(segment in (".", "..") for segment in prefix.split("/")):
+            raise UsageError(f"{where}: a prefix of '.' or '..' segments names no folder; write "
+                             f"{_FORM}")
+        return cls(parts.scheme, bucket, prefix)
+
+
+def open_store(location: SharedLocation, environ: Mapping[str, str], *,
+               timeout: float = DEFAULT_TIMEOUT) -> ObjectStore:
+    """The obstore store of ``location``, its credentials from the environment. Opening sends no
+    request; a store that is not configured fails on its first use."""
+    from obstore.store import from_url  # noqa: PLC0415  (a native library: only when used)
+
+    allow_http = any(environ.get(name, "").lower().startswith("http://") for name in _ENDPOINTS)
+    limit = timedelta(seconds=timeout)
+    return from_url(
+        location.url,
+        client_options={"timeout": limit, "connect_timeout": timedelta(
+            seconds=min(_CONNECT_TIMEOUT, timeout)), "allow_http": allow_http},
+        retry_config={"max_retries": _RETRIES, "retry_timeout": limit,
+                      "backoff": {"init_backoff": timedelta(milliseconds=100),
+                                  "max_backoff": timedelta(seconds=2), "base": 2}})
+
+
+_STATUS = re.compile(r"(?:status code|Status)[:\s]+(\d{3})")
+
+
+def describe_failure(error: BaseException, timeout: float = DEFAULT_TIMEOUT) -> str:
+    """What went wrong with a request to the store, in a few words: the library's messages run
+    to dozens of lines of debug output, which a warning does not repeat."""
+    from obstore import exceptions  # noqa: PLC0415
+
+    text = str(error)
+    status = _STATUS.search(text)
+    said = [
+        (isinstance(error, exceptions.PermissionDeniedError),
+         "access denied (HTTP 403): check the storage credentials (AWS_ACCESS_KEY_ID, …) and "
+         "the bucket's policy"),
+        (isinstance(error, exceptions.UnauthenticatedError),
+         "the storage credentials were refused (HTTP 401)"),
+        (isinstance(error, TimeoutError) or "timed out" in text or "Timeout" in text,
+         f"no answer within {timeout:g} s"),
+        (status is not None and "NoSuchBucket" in text, "the bucket does not exist (HTTP 404)"),
+        (status is not None, f"the store answered HTTP {status.group(1) if status else ''}"),
+        ("onnect" in text or "error sending request" in text, "cannot connect to the store"),
+        (isinstance(error, exceptions.NotFoundError | FileNotFoundError),
+         "the bucket does not exist"),
+    ]
+    for holds, words in said:
+        if holds:
+            return words
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return printable(first[:160])
