@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from kontext_pipeline._support.diagnostics import Problem
+    from kontext_pipeline.plan._resolution import FromShared
     from kontext_pipeline.recipe._spec import Spec
     from kontext_pipeline.store._cache import Cache
     from kontext_pipeline.store._shared import SharedCache
@@ -181,6 +182,13 @@ def open_shared(url: str | None, *, readonly: bool,
 
     return SharedCache.open(url, os.environ, readonly=readonly, on_warning=warn,
                             going_on=going_on)
+
+
+def peeking(shared: SharedCache | None) -> FromShared | None:
+    """The shared cache as a plan looks at it: the entries it holds are read, not taken."""
+    if shared is None or not shared.on:
+        return None
+    return lambda task, key: shared.peek(key, task.params.output_format)
 
 
 def open_cache(cache_dir: str | None) -> Cache:

@@ -1,5 +1,7 @@
 """``check``: the lock and the exported files match the recipe. No key, no cache, no network:
-it reads the recipe, its input images, its lock and the files the lock lists, nothing else."""
+it reads the recipe, its input images, its lock and the files the lock lists, nothing else.
+With ``--shared-cache`` (asked for, or in the environment) it also tells, when steps changed,
+how many of them the shared cache holds: what a ``run`` would take without a request."""
 
 from __future__ import annotations
 
@@ -9,12 +11,22 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kontext_pipeline.cli._base import cli, load, var_option
+from kontext_pipeline.cli._base import (
+    cli,
+    load,
+    open_shared,
+    peeking,
+    shared_cache_options,
+    var_option,
+)
 from kontext_pipeline.cli._output import echo, echo_json
 from kontext_pipeline.errors import KontextError, LockError, LockMismatchError, SpecError
 
 if TYPE_CHECKING:
     from kontext_pipeline._support.diagnostics import Problem
+    from kontext_pipeline.plan._plan import Plan
+    from kontext_pipeline.store._lock import Lock
+    from kontext_pipeline.store._shared import SharedCache
 
 __all__ = ["check"]
 
@@ -22,9 +34,11 @@ __all__ = ["check"]
 @cli.command()
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=str))
 @var_option
+@shared_cache_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print what was found as JSON on stdout (the differences, one by one).")
-def check(recipes: Sequence[str], variables: dict[str, str], as_json: bool) -> None:
+def check(recipes: Sequence[str], variables: dict[str, str], shared_cache: str | None,
+          shared_readonly: bool, as_json: bool) -> None:
     """Check that each recipe's lock and the files it lists match the recipe: no key, no
     cache, no network. Exit 0, 2 (an invalid recipe or lock) or 3 (a difference)."""
     import json  # noqa: PLC0415  (kept off --help's path)
@@ -39,11 +53,16 @@ def check(recipes: Sequence[str], variables: dict[str, str], as_json: bool) -> N
     results: list[CheckResult] = []
     problems: list[Problem] = []
     unreadable: list[KontextError] = []
+    shared = open_shared(shared_cache, readonly=shared_readonly,
+                         going_on="check goes on without it")
     for recipe in recipes:
         try:
             spec = load(recipe)
             plan = build_plan(spec, overrides=variables, env=os.environ, provider="bfl")
-            results.append(check_plan(plan, read_plan_lock(plan)))
+            lock = read_plan_lock(plan)
+            results.append(check_plan(plan, lock))
+            if shared is not None and not results[-1].ok:
+                _tell_shared(recipe, plan, lock, shared)
         except SpecError as error:
             problems.extend(error.problems)
         except LockError as error:
@@ -59,6 +78,23 @@ def check(recipes: Sequence[str], variables: dict[str, str], as_json: bool) -> N
             if result.ok:
                 echo(result.summary())
     _finish(results, problems, unreadable)
+
+
+def _tell_shared(recipe: str, plan: Plan, lock: Lock | None, shared: SharedCache) -> None:
+    """How many of the steps that changed since the lock the shared cache holds (looked up
+    behind an empty cache: check reads no local cache)."""
+    import tempfile  # noqa: PLC0415
+
+    from kontext_pipeline.plan._resolution import resolve  # noqa: PLC0415
+    from kontext_pipeline.store._cache import Cache  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="kontext-check-") as empty:
+        resolved = resolve(plan, Cache(empty), lock, shared=peeking(shared))
+    changed = [r for r in resolved if r.locked is None]
+    held = sum(1 for r in changed if r.source == "shared")
+    if changed and shared.on:
+        echo(f"{recipe}: the shared cache holds {held} of the {len(changed)} steps that "
+             "changed; `kontext-pipeline run` takes those without a request", err=True)
 
 
 def _finish(results: Sequence[Any], problems: Sequence[Problem],

@@ -15,6 +15,10 @@ from kontext_pipeline.cli._base import (
     cli,
     load_all,
     open_cache,
+    open_shared,
+    peeking,
+    provider_option,
+    shared_cache_options,
     var_option,
 )
 from kontext_pipeline.cli._output import echo
@@ -23,7 +27,8 @@ from kontext_pipeline.errors import CacheError, UsageError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from kontext_pipeline.store._cache import CacheEntry
+    from kontext_pipeline.store._cache import Cache, CacheEntry
+    from kontext_pipeline.store._shared import SharedCache
 
 __all__ = ["cache", "serve"]
 
@@ -34,15 +39,49 @@ def cache() -> None:
 
 
 @cache.command("info")
+@click.argument("recipes", nargs=-1, type=click.Path(path_type=str))
 @cache_dir_option
-def cache_info(cache_dir: str | None) -> None:
-    """Where the cache is, how many entries and objects, how many bytes."""
+@shared_cache_options
+@var_option
+@provider_option
+def cache_info(*, recipes: Sequence[str], cache_dir: str | None, shared_cache: str | None,
+               shared_readonly: bool, variables: dict[str, str], provider: str) -> None:
+    """Where the cache is, how many entries and objects, how many bytes; with --shared-cache,
+    what the shared cache holds; with RECIPES, how many of their steps each cache holds."""
     store = open_cache(cache_dir)
     store.check_layout(deep=False)
     stats = store.stats()
     click.echo(f"directory: {store.directory}")
     click.echo(f"entries:   {stats.entries}")
     click.echo(f"objects:   {stats.objects} ({stats.bytes / 1e6:.1f} MB)")
+    shared = open_shared(shared_cache, readonly=shared_readonly,
+                         going_on="what it holds is not known")
+    if shared is not None:
+        held = shared.stats()
+        mode = " (read-only)" if shared.readonly else ""
+        click.echo(f"shared:    {shared.url}{mode}")
+        if held is not None:
+            click.echo(f"results:   {held.results} ({held.bytes / 1e6:.1f} MB)")
+    if recipes:
+        _held_by_recipes(recipes, store, shared, variables, provider)
+
+
+def _held_by_recipes(recipes: Sequence[str], store: Cache, shared: SharedCache | None,
+                     variables: dict[str, str], provider: str) -> None:
+    """Per recipe: its steps the local cache holds, those the shared cache holds besides."""
+    from kontext_pipeline.plan._plan import build_plan  # noqa: PLC0415
+    from kontext_pipeline.plan._resolution import resolve  # noqa: PLC0415
+
+    for spec in load_all(recipes):
+        plan = build_plan(spec, overrides=variables, env=os.environ, provider=provider)
+        resolved = resolve(plan, store, shared=peeking(shared))
+        local = sum(1 for r in resolved if r.source == "cache")
+        remote = sum(1 for r in resolved if r.source == "shared")
+        held = f"{local} in the local cache"
+        if shared is not None:
+            held += f", {remote} more in the shared cache"
+        click.echo(f"{spec.file}: {len(resolved)} steps, {held}, "
+                   f"{len(resolved) - local - remote} in neither")
 
 
 @cache.command("ls")
@@ -70,19 +109,34 @@ def _listed(path: Path, entry: CacheEntry | None, now: float) -> str:
 
 @cache.command("verify")
 @cache_dir_option
+@shared_cache_options
 @click.option("--fix", is_flag=True, help="Remove what is damaged (it is made again when "
-                                          "needed).")
-def cache_verify(cache_dir: str | None, fix: bool) -> None:
+                                          "needed), in the shared cache too unless read-only.")
+def cache_verify(cache_dir: str | None, shared_cache: str | None, shared_readonly: bool,
+                 fix: bool) -> None:
     """Re-hash every object, check every entry against its object, and look for the temporary
-    files of writes interrupted over an hour ago and for symbolic links (never followed); exit 1
-    if anything is damaged or left over."""
+    files of writes interrupted over an hour ago and for symbolic links (never followed); with
+    --shared-cache, read and check every result the shared cache holds too. Exit 1 if anything
+    is damaged or left over."""
     problems = open_cache(cache_dir).verify(fix=fix)
     for problem in problems:
         echo(f"{problem}{' (removed)' if fix else ''}")
-    if problems and not fix:
-        raise CacheError(f"{len(problems)} damaged item{'' if len(problems) == 1 else 's'} "
-                         "in the cache; `kontext-pipeline cache verify --fix` removes them")
-    click.echo(f"cache ok{' after removing ' + str(len(problems)) if problems else ''}")
+    shared = open_shared(shared_cache, readonly=shared_readonly,
+                         going_on="it was not verified")
+    remote = shared.verify(fix=fix) if shared is not None else []
+    removed = fix and shared is not None and not shared.readonly
+    for problem in remote or []:
+        echo(f"shared cache {problem}{' (removed)' if removed else ''}")
+    if remote is None:
+        raise CacheError(f"the shared cache {shared_cache} could not be verified")
+    left = (0 if fix else len(problems)) + (0 if removed else len(remote or []))
+    if left:
+        raise CacheError(f"{left} damaged item{'' if left == 1 else 's'} in the cache; "
+                         "`kontext-pipeline cache verify --fix` removes them"
+                         + (" (the shared cache's without --shared-cache-readonly)"
+                            if fix else ""))
+    fixed = len(problems) + (len(remote or []) if removed else 0)
+    click.echo(f"cache ok{' after removing ' + str(fixed) if fixed else ''}")
 
 
 @cache.command("gc")

@@ -14,6 +14,7 @@ from kontext_pipeline.cli._base import (
     load,
     open_cache,
     open_shared,
+    peeking,
     provider_option,
     recipe_argument,
     shared_cache_options,
@@ -102,9 +103,7 @@ def plan(*, recipe: str, variables: dict[str, str], provider: str, cache_dir: st
     # the exported files judged as a run judges them, checked but not stored, and the shared
     # cache's entries read, not taken: plan writes nothing into the cache
     resolved = resolve(result, cache, lock, from_files=refill_from_files(
-        cache, lock_path(spec.path).parent, store=False),
-        shared=None if shared is None else (
-            lambda task, key: shared.peek(key, task.params.output_format)))
+        cache, lock_path(spec.path).parent, store=False), shared=peeking(shared))
     reasons = explain_misses(resolved, last_run(Path(out) if out else Path("out") / spec.name))
     reasons.update(lock_reasons(resolved))
     if as_json:

@@ -235,6 +235,42 @@ class SharedCache:
             return None
         return SharedStats(results, size)
 
+    def verify(self, *, fix: bool = False) -> list[str] | None:
+        """Read and check every result the store holds: what is damaged (removed with ``fix``,
+        unless the cache is read-only); None if the store cannot be read."""
+        import obstore  # noqa: PLC0415
+
+        problems: list[str] = []
+        try:
+            for batch in obstore.list(self.store, prefix=f"{LAYOUT}/", chunk_size=1000):
+                for item in batch:
+                    problem = self._checked_object(str(item["path"]))
+                    if problem is None:
+                        continue
+                    problems.append(problem)
+                    if fix and not self.readonly:
+                        obstore.delete(self.store, str(item["path"]))
+        except Exception as exc:
+            self._fail(exc)
+            return None
+        return problems
+
+    def _checked_object(self, path: str) -> str | None:
+        """Why the object at ``path`` is not a result of the key it is named for, or None."""
+        import obstore  # noqa: PLC0415
+
+        key = path.rsplit("/", 1)[-1]
+        if path != self.path(key) or len(key) != 64 or set(key) - set("0123456789abcdef"):
+            return f"{path[:80]}: not a result's name"
+        result = obstore.get(self.store, path)
+        if int(result.meta["size"]) > len(MAGIC) + MAX_ENTRY_BYTES + MAX_OBJECT_BYTES:
+            return f"{path[:20]}…: larger than any result"
+        try:
+            unframe(key, bytes(result.bytes()), None)
+        except DamagedResultError as exc:
+            return f"{path[:20]}… {exc}"
+        return None
+
     def _put(self, entry: CacheEntry, image: bytes) -> None:
         import obstore  # noqa: PLC0415
 
@@ -296,6 +332,7 @@ class SharedCache:
     def _damaged(self, key: str, why: str) -> None:
         with self._lock:
             self.damaged += 1
+            self._missed.add(key)  # told once: the step's look-up before its request skips it
         self.on_warning(f"shared cache object {self.path(key)[:20]}… {why}; it is not used")
 
 

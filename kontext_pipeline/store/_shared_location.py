@@ -62,8 +62,11 @@ class SharedLocation:
         if parts.scheme not in SCHEMES:
             raise UsageError(f"{where}: the shared cache is on object storage; write {_FORM}")
         if parts.username is not None or parts.password is not None:
-            raise UsageError(f"{where} holds credentials, which logs would show; give them in "
-                             "the storage's environment variables (AWS_ACCESS_KEY_ID, …) instead")
+            hidden = printable(f"{parts.scheme}://…@{parts.netloc.rpartition('@')[2]}"
+                               f"{parts.path}"[:200])  # the message is a log line, too
+            raise UsageError(f"--shared-cache '{hidden}' holds credentials, which logs would "
+                             "show; give them in the storage's environment variables "
+                             "(AWS_ACCESS_KEY_ID, …) instead")
         if parts.query or parts.fragment:
             raise UsageError(f"{where} has a query or fragment; write {_FORM}")
         bucket = parts.netloc
@@ -104,10 +107,10 @@ def describe_failure(error: BaseException, timeout: float = DEFAULT_TIMEOUT) -> 
     text = str(error)
     status = _STATUS.search(text)
     said = [
-        (isinstance(error, exceptions.PermissionDeniedError),
+        (isinstance(error, exceptions.PermissionDeniedError) or _code(status) == "403",
          "access denied (HTTP 403): check the storage credentials (AWS_ACCESS_KEY_ID, …) and "
          "the bucket's policy"),
-        (isinstance(error, exceptions.UnauthenticatedError),
+        (isinstance(error, exceptions.UnauthenticatedError) or _code(status) == "401",
          "the storage credentials were refused (HTTP 401)"),
         (isinstance(error, TimeoutError) or "timed out" in text or "Timeout" in text,
          f"no answer within {timeout:g} s"),
@@ -122,3 +125,8 @@ def describe_failure(error: BaseException, timeout: float = DEFAULT_TIMEOUT) -> 
             return words
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     return printable(first[:160])
+
+
+def _code(status: re.Match[str] | None) -> str | None:
+    """The HTTP status a message names (a listing refused is no PermissionDeniedError)."""
+    return status.group(1) if status is not None else None
