@@ -11,8 +11,8 @@ The library behind the ``kontext-pipeline`` command::
 ``await kp.arun(...)`` is the same inside a running event loop; :func:`check` says whether a
 recipe's lock and the files it lists still match the recipe (no key, no cache). Lower down,
 :func:`load_recipe` reads and validates a recipe, :func:`build_plan` turns it into tasks,
-:func:`run_plans` runs plans against a provider and a :class:`Cache`. Every error raised on
-purpose is a :class:`KontextError`.
+:func:`run_plans` runs plans against a provider and a :class:`Cache` (and a
+:class:`SharedCache`). Every error raised on purpose is a :class:`KontextError`.
 
 Names are imported on first use, so that ``import kontext_pipeline`` (and the command line's
 ``--help``) stays fast.
@@ -60,6 +60,7 @@ if _typing.TYPE_CHECKING:
     from kontext_pipeline.runner._pipelines import PipelineReport, run_pipelines, run_plans
     from kontext_pipeline.runner._providers import open_provider
     from kontext_pipeline.store._cache import Cache
+    from kontext_pipeline.store._shared import SharedCache
 
 _ERRORS = (
     "AmbiguousSubmitError", "AuthenticationError", "BudgetExceededError", "CacheError",
@@ -86,6 +87,7 @@ _HOMES: dict[str, tuple[str, str]] = {
     "Plan": ("plan._plan", "Plan"),
     "Task": ("plan._plan", "Task"),
     "Cache": ("store._cache", "Cache"),
+    "SharedCache": ("store._shared", "SharedCache"),
     "Provider": ("providers", "Provider"),
     "open_provider": ("runner._providers", "open_provider"),
     "run_plans": ("runner._pipelines", "run_plans"),
@@ -123,6 +125,7 @@ __all__ = [
     "RefusedToSpendError",
     "RequestRejectedError",
     "RunResult",
+    "SharedCache",
     "Spec",
     "SpecError",
     "Step",

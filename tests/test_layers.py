@@ -73,7 +73,8 @@ PUBLIC = [
     "LockError", "LockMismatchError", "Manifest", "ModerationError", "OutOfCreditsError",
     "OutputError", "PipelineReport", "Plan", "Problem", "ProvenanceError", "Provider",
     "ProviderError", "ProviderTimeoutError", "ProviderUnavailableError", "RefusedToSpendError",
-    "RequestRejectedError", "RunResult", "Spec", "SpecError", "Step", "StepsFailedError", "Task",
+    "RequestRejectedError", "RunResult", "SharedCache", "Spec", "SpecError", "Step",
+    "StepsFailedError", "Task",
     "TaskFailedError", "TemplateError", "UsageError", "__version__", "arun", "build_plan",
     "check", "load_recipe", "open_provider", "run", "run_pipelines", "run_plans",
 ]
