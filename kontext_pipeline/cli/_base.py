@@ -188,7 +188,8 @@ def peeking(shared: SharedCache | None) -> FromShared | None:
     """The shared cache as a plan looks at it: the entries it holds are read, not taken."""
     if shared is None or not shared.on:
         return None
-    return lambda task, key: shared.peek(key, task.params.output_format)
+    return lambda task, key, expected: shared.peek(key, task.params.output_format,
+                                                   expected=expected)
 
 
 def open_cache(cache_dir: str | None) -> Cache:

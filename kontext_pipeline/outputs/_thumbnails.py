@@ -139,12 +139,36 @@ class ThumbnailStore:
             with contextlib.suppress(ThumbnailError):
                 self.put(digest, make_thumbnail(data))
 
+    def record(self, digest: str) -> bytes | None:
+        """The kept thumbnail of ``digest`` as it is kept (to hand on with its image, see
+        :meth:`put_record`), if it can be read."""
+        thumbnail = self.get(digest)
+        return None if thumbnail is None else _encoded(thumbnail)
+
+    def put_record(self, digest: str, record: bytes) -> None:
+        """Keep a thumbnail handed on as :meth:`record` gave it, if it is one (it is input:
+        a WebP or JPEG thumbnail of a real size, else nothing is kept and the report makes
+        it)."""
+        try:
+            kept = jsonsafe.loads(record)
+            thumbnail = Thumbnail(base64.b64decode(kept["data"], validate=True), kept["mime"],
+                                  kept["width"], kept["height"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if max(thumbnail.width, thumbnail.height) <= THUMBNAIL_SIDE:
+            self.put(digest, thumbnail)
+
     def put(self, digest: str, thumbnail: Thumbnail) -> None:
         """Keep ``thumbnail`` (best effort: a store that cannot be written only costs time)."""
-        kept = {"mime": thumbnail.mime, "width": thumbnail.width, "height": thumbnail.height,
-                "data": base64.b64encode(thumbnail.data).decode("ascii")}
         with contextlib.suppress(OSError):
-            write_atomic(self.path(digest), json.dumps(kept).encode(), inside=self.directory)
+            write_atomic(self.path(digest), _encoded(thumbnail), inside=self.directory)
+
+
+def _encoded(thumbnail: Thumbnail) -> bytes:
+    """A thumbnail as it is kept: JSON, its data in base64."""
+    return json.dumps({"mime": thumbnail.mime, "width": thumbnail.width,
+                       "height": thumbnail.height,
+                       "data": base64.b64encode(thumbnail.data).decode("ascii")}).encode()
 
 
 def _read_record(path: Path) -> bytes:

@@ -37,8 +37,10 @@ Source = Literal["cache", "files", "lock", "shared"]
 """Where a task's result is: the cache; the lock's exported files (now refilled into the
 cache); the lock's record alone (no bytes: nothing downstream needs them); the shared cache."""
 
-FromShared = Callable[["Task", str], "CacheEntry | None"]
-"""The shared cache's entry of a task's key (taken into the local cache, for a run), or None."""
+FromShared = Callable[["Task", str, "str | None"], "CacheEntry | None"]
+"""The shared cache's entry of a task's key (taken into the local cache, for a run), or None;
+given the image the lock records for the key, if any, it takes no other (the lock is the
+record: another image would change every step after it)."""
 
 _SHARED_WORKERS = 16
 
@@ -185,7 +187,8 @@ def _first(task: Task, known: Mapping[str, str], sources: _Sources) -> Resolved:
     taken = from_files(task, locked) if from_files is not None and locked is not None else None
     if isinstance(taken, CacheEntry):
         return Resolved(task, key, taken, problem=lookup.problem, locked=locked, source="files")
-    found = shared(task, key) if shared is not None else None
+    found = (shared(task, key, locked.output_sha256 if locked is not None else None)
+             if shared is not None else None)
     if found is not None:
         return Resolved(task, key, found, problem=lookup.problem, locked=locked, source="shared")
     return Resolved(task, key, problem=taken or lookup.problem, locked=locked)

@@ -73,9 +73,11 @@ def claim_bound(provider: Provider | None) -> int:
 class _Run:
     def __init__(self, *, cache: Cache, provider: Provider | None, on_event: RunEventSink,
                  known: Mapping[str, CacheEntry], journal: Journal | None,
-                 on_stored: StoredSink | None, shared: SharedCache | None) -> None:
+                 on_stored: StoredSink | None, shared: SharedCache | None,
+                 on_shared_extra: StoredSink | None) -> None:
         self.cache = cache
         self.shared = shared
+        self.on_shared_extra = on_shared_extra
         self.provider = provider
         self.emit = on_event
         self.known = known
@@ -121,7 +123,8 @@ class _Run:
             return StepRecord(task, "done", "hit", key, hashes, lookup.entry)
         if self.shared is not None and self.shared.on:  # made elsewhere since the run began?
             entry = await asyncio.to_thread(self.shared.fetch_into, self.cache, key,
-                                            task.params.output_format)
+                                            task.params.output_format,
+                                            on_extra=self.on_shared_extra)
             if entry is not None:
                 self.emit(RunEvent("cached", task))
                 return StepRecord(task, "done", "hit", key, hashes, entry)
@@ -271,6 +274,7 @@ async def execute(
     journal: Journal | None = None,
     on_stored: StoredSink | None = None,
     shared: SharedCache | None = None,
+    on_shared_extra: StoredSink | None = None,
 ) -> list[StepRecord]:
     """Run every task of ``plans``; returns one record per task, in plan order.
 
@@ -281,10 +285,12 @@ async def execute(
     ``journal`` records the requests the API accepted until their results are stored; a request
     found in it (left by an interrupted run) is collected instead of being submitted again.
     ``on_stored`` is told of each new result as soon as it is stored. ``shared``: a task the
-    cache lacks is looked up there before it is requested (once per key and run).
+    cache lacks is looked up there before it is requested (once per key and run), and
+    ``on_shared_extra`` given what was uploaded with a result taken from it (its thumbnail).
     """
     run = _Run(cache=cache, provider=provider, on_event=on_event or (lambda _event: None),
-               known=known or {}, journal=journal, on_stored=on_stored, shared=shared)
+               known=known or {}, journal=journal, on_stored=on_stored, shared=shared,
+               on_shared_extra=on_shared_extra)
     loop = asyncio.get_running_loop()
     tasks = [task for plan in plans for task in plan.tasks]
     for task in tasks:

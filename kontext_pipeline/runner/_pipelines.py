@@ -155,10 +155,14 @@ async def run_plans(
         loop.call_soon_threadsafe(_say, on_note, note)
 
     with _telling(shared, note_soon):
-        return await _run_resolved(plans, cache=cache, out_dirs=out_dirs, frozen=frozen,
-                                   max_credits=max_credits, open_provider=open_provider,
-                                   on_start=on_start, on_event=on_event, on_note=on_note,
-                                   lock=lock, relock=relock, shared=shared, shard=shard)
+        try:
+            return await _run_resolved(plans, cache=cache, out_dirs=out_dirs, frozen=frozen,
+                                       max_credits=max_credits, open_provider=open_provider,
+                                       on_start=on_start, on_event=on_event, on_note=on_note,
+                                       lock=lock, relock=relock, shared=shared, shard=shard)
+        finally:
+            if shared is not None:  # the uploads went on meanwhile; each is bounded
+                await asyncio.to_thread(shared.close)
 
 
 async def _run_resolved(
@@ -173,7 +177,7 @@ async def _run_resolved(
     notes: list[str] = []
     locks, resolved, held = await asyncio.to_thread(
         _resolve, plans, cache, lock=lock, relock=relock, on_note=notes.append,
-        shared=_taking(shared, cache))
+        shared=_taking(shared, cache, _keep_thumbnail(cache)))
     _tell(notes, on_note)
     cached = sum(1 for r in resolved if r.hit)
     journal = Journal(cache.root / "journal")
@@ -206,8 +210,8 @@ async def _run_resolved(
     def stored(entry: CacheEntry, data: bytes) -> None:
         if thumbnails is not None:
             thumbnails.submit(lambda: store.keep(entry.object, data))
-        if shared is not None:
-            shared.upload(entry, data)
+        if shared is not None:  # with its thumbnail, for the report of whoever takes it
+            shared.upload(entry, data, lambda: _thumbnail_of(store, entry, data))
 
     try:
         known = {r.task.id: r.entry if r.entry is not None
@@ -215,18 +219,14 @@ async def _run_resolved(
                  for r in resolved if r.entry is not None or r.task.id in held}
         records = await execute(plans, cache=cache, provider=provider, on_event=on_event,
                                 known=known, journal=journal, on_stored=stored,
-                                shared=shared)
+                                shared=shared, on_shared_extra=_keep_thumbnail(cache))
     finally:
         if provider is not None:
             await provider.aclose()
         if thumbnails is not None:  # what is left, the report makes on every core
             await asyncio.to_thread(thumbnails.close)
-    try:
-        return await _finish_all(plans, records, out_dirs, locks, cache, lock=lock, held=held,
-                                 on_note=on_note, shard=shard)
-    finally:
-        if shared is not None:  # the uploads went on meanwhile
-            await asyncio.to_thread(shared.close)
+    return await _finish_all(plans, records, out_dirs, locks, cache, lock=lock, held=held,
+                             on_note=on_note, shard=shard)
 
 
 async def _finish_all(plans: Sequence[Plan], records: Sequence[StepRecord],
@@ -265,11 +265,26 @@ def _telling(shared: SharedCache | None,
     return shared.telling(on_warning) if shared is not None else contextlib.nullcontext()
 
 
-def _taking(shared: SharedCache | None, cache: Cache) -> FromShared | None:
+def _taking(shared: SharedCache | None, cache: Cache,
+            on_extra: Callable[[CacheEntry, bytes], None]) -> FromShared | None:
     """The shared cache as a source of results that it puts into the local ``cache``."""
     if shared is None:
         return None
-    return lambda task, key: shared.fetch_into(cache, key, task.params.output_format)
+    return lambda task, key, expected: shared.fetch_into(
+        cache, key, task.params.output_format, on_extra=on_extra, expected=expected)
+
+
+def _keep_thumbnail(cache: Cache) -> Callable[[CacheEntry, bytes], None]:
+    """Keeps the thumbnail uploaded with a result taken from the shared cache: the report
+    need not make it again (decoding and scaling the image is most of a report's time)."""
+    store = ThumbnailStore(cache.root / THUMBNAILS)
+    return lambda entry, record: store.put_record(entry.object, record)
+
+
+def _thumbnail_of(store: ThumbnailStore, entry: CacheEntry, data: bytes) -> bytes:
+    """The thumbnail to upload with a new result: the kept one, made now if there is none."""
+    store.keep(entry.object, data)
+    return store.record(entry.object) or b""
 
 
 def _tell(notes: list[str], on_note: Callable[[str], None] | None) -> None:

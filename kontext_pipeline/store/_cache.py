@@ -227,19 +227,19 @@ class Cache:
         except FileNotFoundError:
             raise DamagedObjectError("is missing") from None
 
-    def store(self, data: bytes, entry: CacheEntry) -> CacheEntry:
-        """Store the image bytes, then the entry, each flushed to disk; returns the entry as
-        stored."""
+    def store(self, data: bytes, entry: CacheEntry, *, durable: bool = True) -> CacheEntry:
+        """Store the image bytes, then the entry, each flushed to disk (unless not ``durable``:
+        a result that is kept elsewhere too); returns the entry as stored."""
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry.object or len(data) != entry.size:
             raise ValueError("the entry does not describe these bytes")
         target = self.object_path(digest)
         try:
             # even if present: an object of this name may be damaged
-            write_atomic(target, data, durable=True, inside=self.directory)
+            write_atomic(target, data, durable=durable, inside=self.directory)
             write_atomic(self.entry_path(entry.key),
                          json.dumps(entry.to_json(), indent=1, sort_keys=True).encode(),
-                         durable=True, inside=self.directory)
+                         durable=durable, inside=self.directory)
         except OSError as exc:
             raise CacheError(_write_error(self.directory, exc)) from exc
         return entry

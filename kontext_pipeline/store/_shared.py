@@ -4,7 +4,7 @@ fleet to pay once.
 Layout (under the URL's prefix)::
 
     v1/ab/<key>      one object per cache key: a header line (magic), the entry as one line of
-                     JSON, then the image bytes
+                     JSON, the image bytes, then (optionally) the report's thumbnail of it
 
 One object per key makes a result one request to read and one atomic PUT to write: a reader
 sees a whole result or none, and two writers of one key each leave a whole, valid one. What the
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kontext_pipeline._support import jsonsafe
+from kontext_pipeline._support.threads import background_pool
 from kontext_pipeline.errors import UsageError
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._cache_checks import MAX_ENTRY_BYTES, MAX_OBJECT_BYTES, format_of, named
@@ -37,18 +38,22 @@ from kontext_pipeline.store._shared_location import (
     DEFAULT_TIMEOUT,
     SharedLocation,
     describe_failure,
+    http_status,
     open_store,
 )
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
-__all__ = ["LAYOUT", "SharedCache", "SharedStats", "frame", "unframe"]
+__all__ = ["LAYOUT", "MAX_EXTRA_BYTES", "SharedCache", "SharedStats", "frame", "unframe",
+           "unframe_all"]
 
 LAYOUT = "v1"
 MAGIC = b"kontext-pipeline shared cache v1\n"
 _PEEK = 64 * 1024  # an entry is a few kilobytes: a plan reads this much of each object
+MAX_EXTRA_BYTES = 1_000_000  # a thumbnail is a few kilobytes
 _UPLOADERS = 4
+_UNSATISFIABLE_RANGE = 416  # the answer to reading the first bytes of an empty object
 _TIMEOUT_VARIABLE = "KONTEXT_SHARED_CACHE_TIMEOUT"
 
 Warn = Callable[[str], None]
@@ -66,10 +71,13 @@ class DamagedResultError(ValueError):
     """An object that is not a result of its key; the message says how."""
 
 
-def frame(entry: CacheEntry, image: bytes) -> bytes:
-    """The object that holds ``entry`` and its image."""
+def frame(entry: CacheEntry, image: bytes, extra: bytes = b"") -> bytes:
+    """The object that holds ``entry``, its image and ``extra`` (what the runner keeps of the
+    image besides, its report thumbnail: made once by whoever made the image)."""
+    if len(extra) > MAX_EXTRA_BYTES:
+        extra = b""
     header = json.dumps(entry.to_json(), sort_keys=True, separators=(",", ":")).encode()
-    return MAGIC + header + b"\n" + image
+    return MAGIC + header + b"\n" + image + extra
 
 
 def read_header(key: str, data: bytes) -> tuple[CacheEntry, int]:
@@ -90,17 +98,27 @@ def read_header(key: str, data: bytes) -> tuple[CacheEntry, int]:
 
 def unframe(key: str, data: bytes, output_format: str | None) -> tuple[CacheEntry, bytes]:
     """The entry and image of ``key`` in ``data``, each checked against the other."""
+    entry, image, _ = unframe_all(key, data, output_format)
+    return entry, image
+
+
+def unframe_all(key: str, data: bytes,
+                output_format: str | None) -> tuple[CacheEntry, bytes, bytes]:
+    """:func:`unframe`, and the extra bytes after the image (unchecked: their reader checks
+    them)."""
     entry, start = read_header(key, data)
-    image = data[start:]
-    if len(image) != entry.size:
-        raise DamagedResultError(f"holds {len(image)} bytes of image, not {entry.size}")
+    image = data[start:start + entry.size]
+    extra = data[start + entry.size:]
+    if len(image) != entry.size or len(extra) > MAX_EXTRA_BYTES:
+        held = len(data) - start
+        raise DamagedResultError(f"holds {held} bytes of image, not {entry.size}")
     if hashlib.sha256(image).hexdigest() != entry.object:
         raise DamagedResultError("holds an image whose sha256 is not its entry's")
     fmt = format_of(image[:12])
     if fmt != entry.format or (output_format is not None and fmt != output_format):
         raise DamagedResultError(f"holds {named(fmt or 'unknown')} image, not "
                                  f"{named(output_format or entry.format)}")
-    return entry, image
+    return entry, image, extra
 
 
 class SharedCache:
@@ -162,11 +180,32 @@ class SharedCache:
     def fetch(self, key: str, output_format: str | None = None) -> tuple[CacheEntry, bytes] | None:
         """The result of ``key`` with its image, checked; None for a miss (also when the object
         is damaged, or the store is off)."""
+        found = self._fetch(key, output_format)
+        return None if found is None else found[:2]
+
+    def fetch_into(self, cache: Cache, key: str, output_format: str | None = None, *,
+                   on_extra: Callable[[CacheEntry, bytes], None] | None = None,
+                   expected: str | None = None) -> CacheEntry | None:
+        """:meth:`fetch`, stored in the local ``cache`` (not flushed to disk: the store keeps
+        it); the entry as stored. ``on_extra`` is given the extra bytes uploaded with it.
+        ``expected``: the sha256 of the only image to take (the one a lock records); another
+        is a miss."""
+        found = self._fetch(key, output_format)
+        if found is None or (expected is not None and found[0].object != expected):
+            return None
+        entry, image, extra = found
+        stored = cache.store(image, entry, durable=False)
+        if extra and on_extra is not None:
+            on_extra(stored, extra)
+        return stored
+
+    def _fetch(self, key: str,
+               output_format: str | None) -> tuple[CacheEntry, bytes, bytes] | None:
         data = self._get(key)
         if data is None:
             return None
         try:
-            found = unframe(key, data, output_format)
+            found = unframe_all(key, data, output_format)
         except DamagedResultError as exc:
             self._damaged(key, str(exc))
             return None
@@ -174,16 +213,8 @@ class SharedCache:
             self.fetched += 1
         return found
 
-    def fetch_into(self, cache: Cache, key: str,
-                   output_format: str | None = None) -> CacheEntry | None:
-        """:meth:`fetch`, stored in the local ``cache``; the entry as stored."""
-        found = self.fetch(key, output_format)
-        if found is None:
-            return None
-        entry, image = found
-        return cache.store(image, entry)
-
-    def peek(self, key: str, output_format: str | None = None) -> CacheEntry | None:
+    def peek(self, key: str, output_format: str | None = None, *,
+             expected: str | None = None) -> CacheEntry | None:
         """The entry of ``key`` from its object's first bytes, without its image (what a plan
         needs to know of it: the image's sha256 and size); None for a miss."""
         data = self._get(key, end=_PEEK)
@@ -199,17 +230,19 @@ class SharedCache:
         if output_format is not None and entry.format != output_format:
             self._damaged(key, f"is {named(entry.format)} image, not {named(output_format)}")
             return None
-        return entry
+        return entry if expected is None or entry.object == expected else None
 
-    def upload(self, entry: CacheEntry, image: bytes) -> None:
-        """Upload a new result in the background (not in a read-only cache, nor once the store
-        has failed)."""
+    def upload(self, entry: CacheEntry, image: bytes,
+               extra: Callable[[], bytes] | None = None) -> None:
+        """Upload a new result in the background, on low-priority threads (not in a read-only
+        cache, nor once the store has failed); ``extra`` makes the bytes to upload with it
+        (see :func:`frame`), on that thread."""
         if self.readonly or not self.on:
             return
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(_UPLOADERS, thread_name_prefix="shared-cache")
-            self._pending.append(self._pool.submit(self._put, entry, image))
+                self._pool = background_pool(_UPLOADERS, "shared-cache")
+            self._pending.append(self._pool.submit(self._put, entry, image, extra))
 
     def close(self) -> None:
         """Wait for the uploads still running (each bounded by the timeout)."""
@@ -271,13 +304,14 @@ class SharedCache:
             return f"{path[:20]}… {exc}"
         return None
 
-    def _put(self, entry: CacheEntry, image: bytes) -> None:
+    def _put(self, entry: CacheEntry, image: bytes, extra: Callable[[], bytes] | None) -> None:
         import obstore  # noqa: PLC0415
 
         if not self.on:
             return
         try:
-            obstore.put(self.store, self.path(entry.key), frame(entry, image))
+            obstore.put(self.store, self.path(entry.key),
+                        frame(entry, image, extra() if extra is not None else b""))
         except Exception as exc:
             self._fail(exc)
             return
@@ -297,7 +331,8 @@ class SharedCache:
             result = obstore.get(self.store, self.path(key))
             size = int(result.meta["size"])
             if not 0 < size <= len(MAGIC) + MAX_ENTRY_BYTES + MAX_OBJECT_BYTES:
-                self._damaged(key, f"is {size} bytes, more than any result")
+                self._damaged(key, f"is {size} bytes, more than any result" if size else
+                              "is empty")
                 return None
             return bytes(result.bytes())
         except (NotFoundError, FileNotFoundError):  # the library raises either
@@ -305,7 +340,10 @@ class SharedCache:
                 self._missed.add(key)
             return None
         except Exception as exc:
-            self._fail(exc)
+            if end is not None and http_status(exc) == _UNSATISFIABLE_RANGE:  # an empty object
+                self._damaged(key, "is empty")
+            else:
+                self._fail(exc)
             return None
 
     def _usable(self) -> bool:
@@ -345,6 +383,6 @@ def _timeout(environ: Mapping[str, str]) -> float:
     except ValueError:
         value = 0.0
     if not 0 < value <= 3600:
-        raise UsageError(f"{_TIMEOUT_VARIABLE}={text[:40]!r} is not a number of seconds from "
-                         "0 to 3600")
+        raise UsageError(f"{_TIMEOUT_VARIABLE}={text[:40]!r} is not a number of seconds over "
+                         "0 and at most 3600")
     return value

@@ -22,7 +22,8 @@ from kontext_pipeline.errors import UsageError
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
-__all__ = ["DEFAULT_TIMEOUT", "SCHEMES", "SharedLocation", "describe_failure", "open_store"]
+__all__ = ["DEFAULT_TIMEOUT", "SCHEMES", "SharedLocation", "describe_failure", "http_status",
+           "open_store"]
 
 SCHEMES = ("s3", "gs", "az")
 """The stores a shared cache may be on: any S3-compatible one, Google Cloud Storage, Azure."""
@@ -105,17 +106,17 @@ def describe_failure(error: BaseException, timeout: float = DEFAULT_TIMEOUT) -> 
     from obstore import exceptions  # noqa: PLC0415
 
     text = str(error)
-    status = _STATUS.search(text)
+    status = http_status(error)
     said = [
-        (isinstance(error, exceptions.PermissionDeniedError) or _code(status) == "403",
+        (isinstance(error, exceptions.PermissionDeniedError) or status == 403,
          "access denied (HTTP 403): check the storage credentials (AWS_ACCESS_KEY_ID, …) and "
          "the bucket's policy"),
-        (isinstance(error, exceptions.UnauthenticatedError) or _code(status) == "401",
+        (isinstance(error, exceptions.UnauthenticatedError) or status == 401,
          "the storage credentials were refused (HTTP 401)"),
         (isinstance(error, TimeoutError) or "timed out" in text or "Timeout" in text,
          f"no answer within {timeout:g} s"),
         (status is not None and "NoSuchBucket" in text, "the bucket does not exist (HTTP 404)"),
-        (status is not None, f"the store answered HTTP {status.group(1) if status else ''}"),
+        (status is not None, f"the store answered HTTP {status}"),
         ("onnect" in text or "error sending request" in text, "cannot connect to the store"),
         (isinstance(error, exceptions.NotFoundError | FileNotFoundError),
          "the bucket does not exist"),
@@ -127,6 +128,8 @@ def describe_failure(error: BaseException, timeout: float = DEFAULT_TIMEOUT) -> 
     return printable(first[:160])
 
 
-def _code(status: re.Match[str] | None) -> str | None:
-    """The HTTP status a message names (a listing refused is no PermissionDeniedError)."""
-    return status.group(1) if status is not None else None
+def http_status(error: BaseException) -> int | None:
+    """The HTTP status the store answered, as the library's message names it (a listing
+    refused is a GenericError, not a PermissionDeniedError)."""
+    found = _STATUS.search(str(error))
+    return int(found.group(1)) if found is not None else None
