@@ -11,10 +11,11 @@ once through the library, then ``kontext-pipeline run`` (the whole process) is t
 
 Each run exports into a new, empty folder. Medians of several runs. Limit: shared ≤ 3 × warm.
 
-Two more rows say where the difference goes: the report's thumbnails are kept in the local
-cache, not in the shared one, so a run into an empty local cache makes all 500 again. One row
-is the warm local cache without its thumbnails (no shared cache at all), the other an empty
-local cache holding only the thumbnails, every result from the shared cache.
+Two more rows say what the thumbnails that travel with each result save: the report shows a
+thumbnail of every image, kept in the local cache and uploaded with its result, so a machine
+that takes a result takes its thumbnail too. One row is the warm local cache without its
+thumbnails (the report makes all 500 again), the other an empty local cache holding only the
+thumbnails, every result from the shared cache.
 
     python benchmarks/bench_shared.py
 """
@@ -136,9 +137,9 @@ def main() -> None:
                ["warm local cache, --shared-cache given", local_shared, local_shared / local],
                ["empty local cache, all from the shared cache", from_shared,
                 from_shared / local],
-               ["  where it goes: warm local cache less its thumbnails", unpictured,
+               ["  for scale: warm local cache less its thumbnails", unpictured,
                 unpictured / local],
-               ["  where it goes: only thumbnails local, all else shared", pictured,
+               ["  for scale: only thumbnails local, all else shared", pictured,
                 pictured / local]])
 
 

@@ -112,17 +112,20 @@ def resolve(plan: Plan, cache: Cache, lock: Lock | None = None, *,
         lock = None
     outputs = set(plan.spec.outputs.values())
 
-    sources = _Sources(cache, lock, from_files, shared)
-
-    def walk(variant: str) -> list[Resolved]:
-        return _variant(plan.tasks_of(variant), sources, outputs)
-
-    variants = [variant.id for variant in plan.variants]
-    if shared is None or len(variants) < 2:
-        return [item for variant in variants for item in walk(variant)]
-    with ThreadPoolExecutor(min(_SHARED_WORKERS, len(variants)),
-                            thread_name_prefix="resolve") as pool:
-        return [item for items in pool.map(walk, variants) for item in items]
+    local = _Sources(cache, lock, from_files, None)
+    found = {variant.id: _variant(plan.tasks_of(variant.id), local, outputs)
+             for variant in plan.variants}
+    # the variants the cache and the lock do not hold whole, walked again with the shared
+    # cache: on worker threads, since each lookup there is a request
+    lacking = [variant for variant, items in found.items() if not all(r.hit for r in items)]
+    if shared is not None and lacking:
+        sources = _Sources(cache, lock, from_files, shared)
+        with ThreadPoolExecutor(min(_SHARED_WORKERS, len(lacking)),
+                                thread_name_prefix="resolve") as pool:
+            found.update(zip(lacking, pool.map(
+                lambda variant: _variant(plan.tasks_of(variant), sources, outputs), lacking),
+                strict=True))
+    return [item for variant in plan.variants for item in found[variant.id]]
 
 
 @dataclass(frozen=True)
