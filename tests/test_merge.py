@@ -28,22 +28,8 @@ from kontext_pipeline.outputs._provenance import strip_provenance
 from kontext_pipeline.plan._shards import Shard
 from tests.conftest import RunCli, exported_images, schema_errors
 from tests.report_helpers import parse_html
+from tests.test_shards import GRID
 
-GRID = """
-    version: 1
-    name: grid
-    seed: 7
-    matrix:
-      tone: [dusk, dawn, noon]
-      size: [10, 9, 100, 8]
-    inputs:
-      photo: photo.png
-    steps:
-      - {id: tint, image: photo, prompt: "Tint it for {{ tone }} at size {{ size }}"}
-      - {id: frame, image: tint, prompt: "Frame it {{ size }} wide at {{ tone }}"}
-    outputs:
-      card: frame
-    """
 """Twelve variants (3 × 4); each makes an intermediate image (under ``steps/``) and an output."""
 
 MERGED_ORDER = [f"tone={tone},size={size}" for tone in ("dawn", "dusk", "noon")

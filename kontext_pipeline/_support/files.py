@@ -12,8 +12,18 @@ import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["TEMPORARY_PREFIX", "IrregularFileError", "LinkedFolderError", "TooLargeError",
-           "cannot_make", "make_folders", "open_regular", "read_regular", "write_atomic"]
+__all__ = [
+    "TEMPORARY_PREFIX",
+    "IrregularFileError",
+    "LinkedFolderError",
+    "TooLargeError",
+    "cannot_make",
+    "make_folders",
+    "open_regular",
+    "read_regular",
+    "resolves_inside",
+    "write_atomic",
+]
 
 TEMPORARY_PREFIX = ".tmp-"
 """How the temporary files of writes in progress are named (a killed write leaves one)."""
@@ -36,6 +46,14 @@ class TooLargeError(ValueError):
 
 class LinkedFolderError(OSError):
     """A symbolic link (or something that is not a folder) where a folder was to be written."""
+
+
+def resolves_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, its links followed, is in ``folder`` (a loop of links is not)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
+        return False
 
 
 def open_regular(path: Path) -> int:

@@ -20,6 +20,7 @@ from kontext_pipeline._support.files import (
     TooLargeError,
     cannot_make,
     read_regular,
+    resolves_inside,
     write_atomic,
 )
 from kontext_pipeline.errors import OutputError, UsageError
@@ -104,11 +105,7 @@ def read_checked(file: ShardFile) -> bytes:
     """The bytes of ``file``, if they are what its shard exported; else :class:`UsageError`
     naming the file and what to do."""
     source, redo = file.source, f"restore it, or run shard {file.shard} again"
-    try:
-        inside = source.parent.resolve().is_relative_to(file.folder.resolve())
-    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
-        inside = False
-    if not inside:
+    if not resolves_inside(source.parent, file.folder):
         raise UsageError(f"{source} is outside {file.folder} (through a link); {redo}")
     try:
         data = read_regular(source, MAX_FILE_BYTES)

@@ -16,7 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from kontext_pipeline._support.files import IrregularFileError, TooLargeError, read_regular
+from kontext_pipeline._support.files import (
+    IrregularFileError,
+    TooLargeError,
+    read_regular,
+    resolves_inside,
+)
 from kontext_pipeline.outputs._manifest import Manifest, SourceImage, StepResult
 from kontext_pipeline.outputs._provenance import image_format, read_provenance
 from kontext_pipeline.outputs._thumbnails import (
@@ -178,11 +183,7 @@ def _read_exported(base: Path, exported: _Exported, generated: str | None) -> by
     step generated (``generated``, the manifest's ``output_sha256``)."""
     what = f"its exported file {exported.path}"
     path = base / exported.path
-    try:
-        inside = path.resolve().is_relative_to(base.resolve())
-    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
-        inside = False
-    if not inside:
+    if not resolves_inside(path, base):
         raise _UnshownError(f"{what} is outside {base}")
     try:
         data = read_regular(path, _MAX_IMAGE_BYTES)
