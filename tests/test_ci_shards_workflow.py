@@ -159,10 +159,17 @@ def test_secrets_reach_only_the_steps_that_need_them() -> None:
 def test_the_steps_it_shares_with_the_plain_workflow_are_the_same() -> None:
     install = plain_step("run", INSTALL)
     assert [named(j, INSTALL) for j in (CHECK_JOB, SHARDS_JOB, COLLECT_JOB)] == [install] * 3
-    for name in ("Validate the recipes", "Show what merging would make, and its cost",
-                 "Check the recipes against their locks and the committed images (no key, "
-                 "no cache)"):
+    for name in ("Validate the recipes", "Show what merging would make, and its cost"):
         assert named(CHECK_JOB, name) == plain_step("check", name)
+    # check: the same, but for the bucket given on the command line (check reads no cache from
+    # the environment), which adds how many of the changed steps it holds
+    name = "Check the recipes against their locks and the committed images (no key, no cache)"
+    sharded, plain = named(CHECK_JOB, name), plain_step("check", name)
+    shared = ' ${KONTEXT_SHARED_CACHE:+--shared-cache "$KONTEXT_SHARED_CACHE"}'
+    assert shared in sharded["run"]
+    assert {**sharded, "run": "\n".join(
+        line.replace(shared, "") for line in sharded["run"].splitlines()
+        if not line.lstrip().startswith("#"))} == {**plain, "run": plain["run"].rstrip("\n")}
     assert named(SHARDS_JOB, "Validate the recipes") == plain_step("run", "Validate the recipes")
     for name in ("Check what the run made against the recipes", "Publish the images and the locks"):
         assert named(COLLECT_JOB, name) == plain_step("run", name)

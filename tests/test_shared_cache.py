@@ -89,10 +89,17 @@ def object_name(key: str = KEY) -> str:
     ("s3://AKIAEXAMPLE:s3cr3t@bucket/team", "--shared-cache 's3://…@bucket/team' holds "
      "credentials, which logs would show; give them in the storage's environment variables "
      "(AWS_ACCESS_KEY_ID, …) instead"),
-    ("s3://bucket/team?versionId=3", "--shared-cache 's3://bucket/team?versionId=3' has a "
-                                     f"query or fragment; {FORM}"),
-    ("s3://bucket/team#top", f"--shared-cache 's3://bucket/team#top' has a query or fragment; "
-                             f"{FORM}"),
+    ("s3://bucket/team?versionId=3", "--shared-cache 's3://bucket/team?…' has a query or "
+                                     f"fragment (a signed URL?); {FORM}, with the credentials "
+                                     "in the environment"),
+    ("s3://bucket/team#top", "--shared-cache 's3://bucket/team?…' has a query or fragment (a "
+                             f"signed URL?); {FORM}, with the credentials in the environment"),
+    ("https://AKIAX:s3cr3t@minio.local/bucket", "--shared-cache 'https://…@minio.local/bucket' "
+     "holds credentials, which logs would show; give them in the storage's environment "
+     "variables (AWS_ACCESS_KEY_ID, …) instead"),
+    ("az://acct/c?sv=1&sig=s3cr3t", "--shared-cache 'az://acct/c?…' has a query or fragment (a "
+                                    f"signed URL?); {FORM}, with the credentials in the "
+                                    "environment"),
     ("s3:///team", f"--shared-cache 's3:///team' names no bucket; {FORM}"),
     ("s3://buc ket/team", f"--shared-cache 's3://buc ket/team' names no bucket; {FORM}"),
     ("s3://bucket/team/../other", "--shared-cache 's3://bucket/team/../other': a prefix of '.' "

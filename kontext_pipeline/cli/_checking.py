@@ -1,7 +1,8 @@
 """``check``: the lock and the exported files match the recipe. No key, no cache, no network:
 it reads the recipe, its input images, its lock and the files the lock lists, nothing else.
-With ``--shared-cache`` (asked for, or in the environment) it also tells, when steps changed,
-how many of them the shared cache holds: what a ``run`` would take without a request."""
+With ``--shared-cache`` (given on the command line: never from the environment, which a CI job
+sets for every command) it also tells, when steps changed, how many of them the shared cache
+holds: what a ``run`` would take without a request."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from kontext_pipeline.cli._base import (
     load,
     open_shared,
     peeking,
-    shared_cache_options,
     var_option,
 )
 from kontext_pipeline.cli._output import echo, echo_json
@@ -34,11 +34,14 @@ __all__ = ["check"]
 @cli.command()
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=str))
 @var_option
-@shared_cache_options
+@click.option("--shared-cache", "shared_cache", metavar="URL",
+              help="Also say how many of the steps that changed this shared cache holds (read "
+                   "only; check reaches the network only with this option, never from "
+                   "KONTEXT_SHARED_CACHE).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print what was found as JSON on stdout (the differences, one by one).")
 def check(recipes: Sequence[str], variables: dict[str, str], shared_cache: str | None,
-          shared_readonly: bool, as_json: bool) -> None:
+          as_json: bool) -> None:
     """Check that each recipe's lock and the files it lists match the recipe: no key, no
     cache, no network. Exit 0, 2 (an invalid recipe or lock) or 3 (a difference)."""
     import json  # noqa: PLC0415  (kept off --help's path)
@@ -53,8 +56,7 @@ def check(recipes: Sequence[str], variables: dict[str, str], shared_cache: str |
     results: list[CheckResult] = []
     problems: list[Problem] = []
     unreadable: list[KontextError] = []
-    shared = open_shared(shared_cache, readonly=shared_readonly,
-                         going_on="check goes on without it")
+    shared = open_shared(shared_cache, readonly=True, going_on="check goes on without it")
     for recipe in recipes:
         try:
             spec = load(recipe)

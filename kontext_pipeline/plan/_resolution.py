@@ -123,8 +123,8 @@ def resolve(plan: Plan, cache: Cache, lock: Lock | None = None, *,
         with ThreadPoolExecutor(min(_SHARED_WORKERS, len(lacking)),
                                 thread_name_prefix="resolve") as pool:
             found.update(zip(lacking, pool.map(
-                lambda variant: _variant(plan.tasks_of(variant), sources, outputs), lacking),
-                strict=True))
+                lambda variant: _variant(plan.tasks_of(variant), sources, outputs,
+                                         before=found[variant]), lacking), strict=True))
     return [item for variant in plan.variants for item in found[variant.id]]
 
 
@@ -138,11 +138,15 @@ class _Sources:
     shared: FromShared | None
 
 
-def _variant(tasks: Sequence[Task], sources: _Sources, outputs: set[str]) -> list[Resolved]:
+def _variant(tasks: Sequence[Task], sources: _Sources, outputs: set[str],
+             before: Sequence[Resolved] = ()) -> list[Resolved]:
+    """The variant's tasks resolved; ``before``: a walk of them without the shared cache,
+    whose hits (and what they warn of) stand."""
     known: dict[str, str] = {}  # step id -> sha256 of its output, where it is known
     found: dict[str, Resolved] = {}
+    hits = {item.task.step: item for item in before if item.hit}
     for task in tasks:
-        found[task.step] = item = _first(task, known, sources)
+        found[task.step] = item = hits.get(task.step) or _first(task, known, sources)
         digest = item.entry.object if item.entry is not None else (
             item.locked.output_sha256 if item.locked is not None else None)
         if digest is not None:

@@ -9,7 +9,6 @@ no HTTP client.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,6 +44,7 @@ from kontext_pipeline.runner._locking import (
     new_lock,
     refill_from_files,
 )
+from kontext_pipeline.runner._sharing import keep_thumbnail, taking, telling, thumbnail_of
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._lock import Lock, LockedStep, lock_path, update_lock
 from kontext_pipeline.store._shared import SharedCache
@@ -154,7 +154,7 @@ async def run_plans(
     def note_soon(note: str) -> None:  # from any thread, told on the loop's
         loop.call_soon_threadsafe(_say, on_note, note)
 
-    with _telling(shared, note_soon):
+    with telling(shared, note_soon):
         try:
             return await _run_resolved(plans, cache=cache, out_dirs=out_dirs, frozen=frozen,
                                        max_credits=max_credits, open_provider=open_provider,
@@ -177,7 +177,7 @@ async def _run_resolved(
     notes: list[str] = []
     locks, resolved, held = await asyncio.to_thread(
         _resolve, plans, cache, lock=lock, relock=relock, on_note=notes.append,
-        shared=_taking(shared, cache, _keep_thumbnail(cache)))
+        shared=taking(shared, cache, keep_thumbnail(cache)))
     _tell(notes, on_note)
     cached = sum(1 for r in resolved if r.hit)
     journal = Journal(cache.root / "journal")
@@ -211,7 +211,7 @@ async def _run_resolved(
         if thumbnails is not None:
             thumbnails.submit(lambda: store.keep(entry.object, data))
         if shared is not None:  # with its thumbnail, for the report of whoever takes it
-            shared.upload(entry, data, lambda: _thumbnail_of(store, entry, data))
+            shared.upload(entry, data, lambda: thumbnail_of(store, entry, data))
 
     try:
         known = {r.task.id: r.entry if r.entry is not None
@@ -219,7 +219,7 @@ async def _run_resolved(
                  for r in resolved if r.entry is not None or r.task.id in held}
         records = await execute(plans, cache=cache, provider=provider, on_event=on_event,
                                 known=known, journal=journal, on_stored=stored,
-                                shared=shared, on_shared_extra=_keep_thumbnail(cache))
+                                shared=shared, on_shared_extra=keep_thumbnail(cache))
     finally:
         if provider is not None:
             await provider.aclose()
@@ -257,34 +257,6 @@ async def _finish_all(plans: Sequence[Plan], records: Sequence[StepRecord],
 def _say(on_note: Callable[[str], None] | None, note: str) -> None:
     if on_note is not None:
         on_note(note)
-
-
-def _telling(shared: SharedCache | None,
-             on_warning: Callable[[str], None]) -> contextlib.AbstractContextManager[None]:
-    """What goes wrong with the shared cache (on worker threads, too) told as a note."""
-    return shared.telling(on_warning) if shared is not None else contextlib.nullcontext()
-
-
-def _taking(shared: SharedCache | None, cache: Cache,
-            on_extra: Callable[[CacheEntry, bytes], None]) -> FromShared | None:
-    """The shared cache as a source of results that it puts into the local ``cache``."""
-    if shared is None:
-        return None
-    return lambda task, key, expected: shared.fetch_into(
-        cache, key, task.params.output_format, on_extra=on_extra, expected=expected)
-
-
-def _keep_thumbnail(cache: Cache) -> Callable[[CacheEntry, bytes], None]:
-    """Keeps the thumbnail uploaded with a result taken from the shared cache: the report
-    need not make it again (decoding and scaling the image is most of a report's time)."""
-    store = ThumbnailStore(cache.root / THUMBNAILS)
-    return lambda entry, record: store.put_record(entry.object, record)
-
-
-def _thumbnail_of(store: ThumbnailStore, entry: CacheEntry, data: bytes) -> bytes:
-    """The thumbnail to upload with a new result: the kept one, made now if there is none."""
-    store.keep(entry.object, data)
-    return store.record(entry.object) or b""
 
 
 def _tell(notes: list[str], on_note: Callable[[str], None] | None) -> None:

@@ -21,19 +21,16 @@ run goes on; :meth:`SharedCache.close` waits for them (each bounded by the timeo
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kontext_pipeline._support import jsonsafe
 from kontext_pipeline._support.threads import background_pool
 from kontext_pipeline.errors import UsageError
 from kontext_pipeline.store._cache import Cache, CacheEntry
-from kontext_pipeline.store._cache_checks import MAX_ENTRY_BYTES, MAX_OBJECT_BYTES, format_of, named
+from kontext_pipeline.store._cache_checks import MAX_ENTRY_BYTES, MAX_OBJECT_BYTES, named
 from kontext_pipeline.store._shared_location import (
     DEFAULT_TIMEOUT,
     SharedLocation,
@@ -41,18 +38,26 @@ from kontext_pipeline.store._shared_location import (
     http_status,
     open_store,
 )
+from kontext_pipeline.store._shared_objects import (
+    MAGIC,
+    MAX_EXTRA_BYTES,
+    DamagedResultError,
+    frame,
+    read_header,
+    unframe,
+    unframe_all,
+)
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
-__all__ = ["LAYOUT", "MAX_EXTRA_BYTES", "SharedCache", "SharedStats", "frame", "unframe",
-           "unframe_all"]
+__all__ = ["LAYOUT", "MAX_EXTRA_BYTES", "SharedCache", "SharedStats", "frame", "read_header",
+           "unframe", "unframe_all"]
 
 LAYOUT = "v1"
-MAGIC = b"kontext-pipeline shared cache v1\n"
 _PEEK = 64 * 1024  # an entry is a few kilobytes: a plan reads this much of each object
-MAX_EXTRA_BYTES = 1_000_000  # a thumbnail is a few kilobytes
 _UPLOADERS = 4
+_REFUSED = (401, 403)
 _UNSATISFIABLE_RANGE = 416  # the answer to reading the first bytes of an empty object
 _TIMEOUT_VARIABLE = "KONTEXT_SHARED_CACHE_TIMEOUT"
 
@@ -65,60 +70,6 @@ class SharedStats:
 
     results: int
     bytes: int
-
-
-class DamagedResultError(ValueError):
-    """An object that is not a result of its key; the message says how."""
-
-
-def frame(entry: CacheEntry, image: bytes, extra: bytes = b"") -> bytes:
-    """The object that holds ``entry``, its image and ``extra`` (what the runner keeps of the
-    image besides, its report thumbnail: made once by whoever made the image)."""
-    if len(extra) > MAX_EXTRA_BYTES:
-        extra = b""
-    header = json.dumps(entry.to_json(), sort_keys=True, separators=(",", ":")).encode()
-    return MAGIC + header + b"\n" + image + extra
-
-
-def read_header(key: str, data: bytes) -> tuple[CacheEntry, int]:
-    """The entry in an object's first bytes, and where its image starts."""
-    if not data.startswith(MAGIC):
-        raise DamagedResultError("is not a kontext-pipeline result")
-    end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_ENTRY_BYTES)
-    if end < 0:
-        raise DamagedResultError("has no whole entry")
-    try:
-        entry = CacheEntry.from_json(jsonsafe.loads(data[len(MAGIC):end]))
-    except (ValueError, KeyError, TypeError):
-        raise DamagedResultError("holds no valid entry") from None
-    if entry.key != key:
-        raise DamagedResultError("is the result of another key")
-    return entry, end + 1
-
-
-def unframe(key: str, data: bytes, output_format: str | None) -> tuple[CacheEntry, bytes]:
-    """The entry and image of ``key`` in ``data``, each checked against the other."""
-    entry, image, _ = unframe_all(key, data, output_format)
-    return entry, image
-
-
-def unframe_all(key: str, data: bytes,
-                output_format: str | None) -> tuple[CacheEntry, bytes, bytes]:
-    """:func:`unframe`, and the extra bytes after the image (unchecked: their reader checks
-    them)."""
-    entry, start = read_header(key, data)
-    image = data[start:start + entry.size]
-    extra = data[start + entry.size:]
-    if len(image) != entry.size or len(extra) > MAX_EXTRA_BYTES:
-        held = len(data) - start
-        raise DamagedResultError(f"holds {held} bytes of image, not {entry.size}")
-    if hashlib.sha256(image).hexdigest() != entry.object:
-        raise DamagedResultError("holds an image whose sha256 is not its entry's")
-    fmt = format_of(image[:12])
-    if fmt != entry.format or (output_format is not None and fmt != output_format):
-        raise DamagedResultError(f"holds {named(fmt or 'unknown')} image, not "
-                                 f"{named(output_format or entry.format)}")
-    return entry, image, extra
 
 
 class SharedCache:
@@ -141,7 +92,6 @@ class SharedCache:
         self._checked = False
         self._missed: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future[None]] = []
 
     @classmethod
     def open(cls, url: str, environ: Mapping[str, str], *, readonly: bool = False,
@@ -191,7 +141,11 @@ class SharedCache:
         ``expected``: the sha256 of the only image to take (the one a lock records); another
         is a miss."""
         found = self._fetch(key, output_format)
-        if found is None or (expected is not None and found[0].object != expected):
+        if found is not None and expected is not None and found[0].object != expected:
+            with self._lock:
+                self._missed.add(key)  # the lock's record stands, for the whole run
+            return None
+        if found is None:
             return None
         entry, image, extra = found
         stored = cache.store(image, entry, durable=False)
@@ -242,13 +196,12 @@ class SharedCache:
         with self._lock:
             if self._pool is None:
                 self._pool = background_pool(_UPLOADERS, "shared-cache")
-            self._pending.append(self._pool.submit(self._put, entry, image, extra))
+            self._pool.submit(self._put, entry, image, extra)
 
     def close(self) -> None:
         """Wait for the uploads still running (each bounded by the timeout)."""
         with self._lock:
             pool, self._pool = self._pool, None
-            self._pending.clear()
         if pool is not None:
             pool.shutdown(wait=True)
 
@@ -307,16 +260,31 @@ class SharedCache:
     def _put(self, entry: CacheEntry, image: bytes, extra: Callable[[], bytes] | None) -> None:
         import obstore  # noqa: PLC0415
 
-        if not self.on:
+        if not self.on or self.readonly:
             return
+        attached = b""
+        with contextlib.suppress(Exception):  # the thumbnail is a convenience, never a failure
+            attached = extra() if extra is not None else b""
         try:
-            obstore.put(self.store, self.path(entry.key),
-                        frame(entry, image, extra() if extra is not None else b""))
+            obstore.put(self.store, self.path(entry.key), frame(entry, image, attached))
         except Exception as exc:
-            self._fail(exc)
+            if http_status(exc) in _REFUSED:  # read-only credentials: lookups still work
+                self._refused(exc)
+            else:
+                self._fail(exc)
             return
         with self._lock:
             self.uploaded += 1
+
+    def _refused(self, error: BaseException) -> None:
+        with self._lock:
+            if self.readonly:
+                return
+            self.readonly = True
+        self.on_warning(f"shared cache {self.url}: uploads refused "
+                        f"({describe_failure(error, self.timeout)}); this run uploads nothing "
+                        "more, and still looks results up (--shared-cache-readonly says so "
+                        "from the start)")
 
     def _get(self, key: str, *, end: int | None = None) -> bytes | None:
         """The object of ``key`` (its first ``end`` bytes), or None: a miss, or the store off."""
@@ -336,9 +304,7 @@ class SharedCache:
                 return None
             return bytes(result.bytes())
         except (NotFoundError, FileNotFoundError):  # the library raises either
-            with self._lock:
-                self._missed.add(key)
-            return None
+            return None  # not remembered: another job may upload it before its request
         except Exception as exc:
             if end is not None and http_status(exc) == _UNSATISFIABLE_RANGE:  # an empty object
                 self._damaged(key, "is empty")

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from kontext_pipeline._support.text import printable
 from kontext_pipeline.errors import UsageError
@@ -54,22 +54,21 @@ class SharedLocation:
     @classmethod
     def parse(cls, text: str) -> SharedLocation:
         """The location ``text`` names; :class:`UsageError` (exit 2) if it names none."""
-        shown = printable(text[:200])
-        where = f"--shared-cache '{shown}'"
         try:
             parts = urlsplit(text.strip())
         except ValueError:
-            raise UsageError(f"{where} is not a URL; write {_FORM}") from None
+            raise UsageError(f"--shared-cache '{_shown(text)}' is not a URL; write "
+                             f"{_FORM}") from None
+        where = f"--shared-cache '{_shown(text, parts)}'"  # the message is a log line, too
+        if parts.username is not None or parts.password is not None:
+            raise UsageError(f"{where} holds credentials, which logs would show; give them in "
+                             "the storage's environment variables (AWS_ACCESS_KEY_ID, …) "
+                             "instead")
         if parts.scheme not in SCHEMES:
             raise UsageError(f"{where}: the shared cache is on object storage; write {_FORM}")
-        if parts.username is not None or parts.password is not None:
-            hidden = printable(f"{parts.scheme}://…@{parts.netloc.rpartition('@')[2]}"
-                               f"{parts.path}"[:200])  # the message is a log line, too
-            raise UsageError(f"--shared-cache '{hidden}' holds credentials, which logs would "
-                             "show; give them in the storage's environment variables "
-                             "(AWS_ACCESS_KEY_ID, …) instead")
         if parts.query or parts.fragment:
-            raise UsageError(f"{where} has a query or fragment; write {_FORM}")
+            raise UsageError(f"{where} has a query or fragment (a signed URL?); write {_FORM}, "
+                             "with the credentials in the environment")
         bucket = parts.netloc
         prefix = parts.path.strip("/")
         if not bucket or any(c.isspace() or not c.isprintable() for c in text.strip()):
@@ -80,14 +79,37 @@ class SharedLocation:
         return cls(parts.scheme, bucket, prefix)
 
 
+def _shown(text: str, parts: SplitResult | None = None) -> str:
+    """``text`` as a message may show it: no credentials, query or fragment (a signature)."""
+    if parts is None or not (parts.scheme and parts.netloc):
+        if not any(c in text for c in "@?#"):
+            return printable(text[:200])
+        return printable(text[:8]) + "…"
+    host = parts.netloc.rpartition("@")[2]
+    hidden = "…@" if "@" in parts.netloc else ""
+    rest = "?…" if parts.query or parts.fragment else ""
+    return printable(f"{parts.scheme}://{hidden}{host}{parts.path}"[:200] + rest)
+
+
 def open_store(location: SharedLocation, environ: Mapping[str, str], *,
                timeout: float = DEFAULT_TIMEOUT) -> ObjectStore:
     """The obstore store of ``location``, its credentials from the environment. Opening sends no
-    request; a store that is not configured fails on its first use."""
-    from obstore.store import from_url  # noqa: PLC0415  (a native library: only when used)
-
+    request; a configuration the library refuses is a :class:`UsageError`, a store that
+    cannot be reached fails on its first use."""
     allow_http = any(environ.get(name, "").lower().startswith("http://") for name in _ENDPOINTS)
     limit = timedelta(seconds=timeout)
+    try:
+        return _from_url(location, allow_http, limit, timeout)
+    except Exception as exc:  # the library checks its configuration here
+        raise UsageError(f"--shared-cache {location.url}: the store cannot be opened "
+                         f"({describe_failure(exc, timeout)}); check its environment variables "
+                         "(AWS_*, GOOGLE_*, AZURE_*)") from exc
+
+
+def _from_url(location: SharedLocation, allow_http: bool, limit: timedelta,
+              timeout: float) -> ObjectStore:
+    from obstore.store import from_url  # noqa: PLC0415  (a native library: only when used)
+
     return from_url(
         location.url,
         client_options={"timeout": limit, "connect_timeout": timedelta(
@@ -97,6 +119,7 @@ def open_store(location: SharedLocation, environ: Mapping[str, str], *,
                                   "max_backoff": timedelta(seconds=2), "base": 2}})
 
 
+_QUERY = re.compile(r"\?[^\s)\]\"']*")
 _STATUS = re.compile(r"(?:status code|Status)[:\s]+(\d{3})")
 
 
@@ -125,7 +148,7 @@ def describe_failure(error: BaseException, timeout: float = DEFAULT_TIMEOUT) -> 
         if holds:
             return words
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return printable(first[:160])
+    return printable(_QUERY.sub("?…", first)[:160])  # a signed URL's query is a secret
 
 
 def http_status(error: BaseException) -> int | None:
