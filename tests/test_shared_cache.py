@@ -19,14 +19,8 @@ from PIL import Image
 
 from kontext_pipeline.errors import UsageError
 from kontext_pipeline.store._cache import Cache, CacheEntry
-from kontext_pipeline.store._shared import (
-    MAGIC,
-    DamagedResultError,
-    SharedCache,
-    SharedStats,
-    frame,
-    unframe,
-)
+from kontext_pipeline.store._shared import SharedCache, SharedStats
+from kontext_pipeline.store._shared_objects import MAGIC, DamagedResultError, frame, unframe
 from kontext_pipeline.store._shared_location import SharedLocation
 from tests.s3_helpers import S3Bucket
 
