@@ -20,8 +20,8 @@ from PIL import Image
 from kontext_pipeline.errors import UsageError
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._shared import SharedCache, SharedStats
-from kontext_pipeline.store._shared_objects import MAGIC, DamagedResultError, frame, unframe
 from kontext_pipeline.store._shared_location import SharedLocation
+from kontext_pipeline.store._shared_objects import MAGIC, DamagedResultError, frame, unframe
 from tests.s3_helpers import S3Bucket
 
 FORM = "write s3://BUCKET/PREFIX (or gs://, az://)"
