@@ -285,7 +285,8 @@ async def execute(
     ``journal`` records the requests the API accepted until their results are stored; a request
     found in it (left by an interrupted run) is collected instead of being submitted again.
     ``on_stored`` is told of each new result as soon as it is stored. ``shared``: a task the
-    cache lacks is looked up there before it is requested (once per key and run), and
+    cache lacks is looked up there just before it is requested (another job may have made it
+    since the run began; a result damaged or refused by the lock is not asked for again), and
     ``on_shared_extra`` given what was uploaded with a result taken from it (its thumbnail).
     """
     run = _Run(cache=cache, provider=provider, on_event=on_event or (lambda _event: None),
