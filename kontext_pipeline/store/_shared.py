@@ -57,6 +57,7 @@ __all__ = ["LAYOUT", "MAX_EXTRA_BYTES", "SharedCache", "SharedStats", "frame", "
 LAYOUT = "v1"
 _PEEK = 64 * 1024  # an entry is a few kilobytes: a plan reads this much of each object
 _UPLOADERS = 4
+_LARGEST = len(MAGIC) + MAX_ENTRY_BYTES + MAX_OBJECT_BYTES + MAX_EXTRA_BYTES
 _REFUSED = (401, 403)
 _UNSATISFIABLE_RANGE = 416  # the answer to reading the first bytes of an empty object
 _TIMEOUT_VARIABLE = "KONTEXT_SHARED_CACHE_TIMEOUT"
@@ -249,7 +250,7 @@ class SharedCache:
         if path != self.path(key) or len(key) != 64 or set(key) - set("0123456789abcdef"):
             return f"{path[:80]}: not a result's name"
         result = obstore.get(self.store, path)
-        if int(result.meta["size"]) > len(MAGIC) + MAX_ENTRY_BYTES + MAX_OBJECT_BYTES:
+        if int(result.meta["size"]) > _LARGEST:
             return f"{path[:20]}…: larger than any result"
         try:
             unframe(key, bytes(result.bytes()), None)
@@ -298,7 +299,7 @@ class SharedCache:
                 return bytes(obstore.get_range(self.store, self.path(key), start=0, end=end))
             result = obstore.get(self.store, self.path(key))
             size = int(result.meta["size"])
-            if not 0 < size <= len(MAGIC) + MAX_ENTRY_BYTES + MAX_OBJECT_BYTES:
+            if not 0 < size <= _LARGEST:
                 self._damaged(key, f"is {size} bytes, more than any result" if size else
                               "is empty")
                 return None
