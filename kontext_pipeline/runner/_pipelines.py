@@ -175,9 +175,10 @@ async def _run_resolved(
     # reading the locks and hashing files is blocking work: off the event loop (a webhook
     # listener may be serving on it), each note told on the loop's thread afterwards
     notes: list[str] = []
+    store = ThumbnailStore(cache.root / THUMBNAILS)
     locks, resolved, held = await asyncio.to_thread(
         _resolve, plans, cache, lock=lock, relock=relock, on_note=notes.append,
-        shared=taking(shared, cache, keep_thumbnail(cache)))
+        shared=taking(shared, cache, keep_thumbnail(store)))
     _tell(notes, on_note)
     cached = sum(1 for r in resolved if r.hit)
     journal = Journal(cache.root / "journal")
@@ -205,7 +206,6 @@ async def _run_resolved(
     provider = None if cached == len(resolved) else open_provider()
     # the report's thumbnails are made while the run waits on the API, not after it
     thumbnails = QuietWorker("thumbnails") if provider is not None else None
-    store = ThumbnailStore(cache.root / THUMBNAILS)
 
     def stored(entry: CacheEntry, data: bytes) -> None:
         if thumbnails is not None:
@@ -219,7 +219,7 @@ async def _run_resolved(
                  for r in resolved if r.entry is not None or r.task.id in held}
         records = await execute(plans, cache=cache, provider=provider, on_event=on_event,
                                 known=known, journal=journal, on_stored=stored,
-                                shared=shared, on_shared_extra=keep_thumbnail(cache))
+                                shared=shared, on_shared_extra=keep_thumbnail(store))
     finally:
         if provider is not None:
             await provider.aclose()
@@ -263,8 +263,7 @@ def _tell(notes: list[str], on_note: Callable[[str], None] | None) -> None:
     """Tell ``on_note`` of the notes gathered off the event loop, on its thread."""
     said, notes[:] = notes[:], []
     for note in said:
-        if on_note is not None:
-            on_note(note)
+        _say(on_note, note)
 
 
 def _resolve(plans: Sequence[Plan], cache: Cache, *, lock: bool, relock: bool,

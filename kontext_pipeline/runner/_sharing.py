@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from kontext_pipeline.outputs._thumbnails import THUMBNAILS, ThumbnailStore
+from kontext_pipeline.outputs._thumbnails import ThumbnailStore
 from kontext_pipeline.plan._resolution import FromShared
 from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._shared import SharedCache
@@ -29,10 +29,9 @@ def taking(shared: SharedCache | None, cache: Cache,
         cache, key, task.params.output_format, on_extra=on_extra, expected=expected)
 
 
-def keep_thumbnail(cache: Cache) -> Callable[[CacheEntry, bytes], None]:
+def keep_thumbnail(store: ThumbnailStore) -> Callable[[CacheEntry, bytes], None]:
     """Keeps the thumbnail uploaded with a result taken from the shared cache: the report
     need not make it again (decoding and scaling the image is most of a report's time)."""
-    store = ThumbnailStore(cache.root / THUMBNAILS)
     return lambda entry, record: store.put_record(entry.object, record)
 
 
