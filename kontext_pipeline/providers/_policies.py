@@ -1,20 +1,20 @@
-"""Timing policies of the BFL client: retry back-off, polling cadence, and the account's
-active-task limits (with a 429 lowering the effective limit for a while)."""
+"""Timing policies of the BFL client: retry back-off, polling cadence (``_polling``, from what
+``_latencies`` learns), and the account's active-task limits (with a 429 lowering the effective
+limit for a while)."""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import math
 import random
-import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from kontext_pipeline._support.timeouts import within
+from kontext_pipeline.providers._latencies import LatencyTracker
+from kontext_pipeline.providers._polling import WEBHOOK_FALLBACK, PollPolicy, PollTimer
 from kontext_pipeline.recipe._models import ACCOUNT_LIMIT, MODELS
 
 __all__ = [
@@ -77,140 +77,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-@dataclass(frozen=True)
-class PollPolicy:
-    """When to poll: around the model's typical latency once it is known, backing off before.
-
-    Until a task of the model has finished, the first poll comes after ``first`` seconds (spread
-    by ± ``jitter`` so that concurrent tasks sample different moments) and later ones back off by
-    ``factor`` up to ``max_interval``. Once typical latencies are known, each task polls first
-    at a fraction of the typical latency drawn from ``lead`` ± ``spread``, and then every
-    ``step`` of it, growing by ``factor``. Tasks submitted together thus sample the moment they
-    become ready at many points, and the first to find its result ready tells the others of
-    its age (see :meth:`PollTimer.news`). Before any task of the model has finished, a task
-    whose answer reports ``progress`` (at least ``min_progress``) takes ``elapsed / progress``
-    as its typical latency. No task polls twice within ``min_interval``.
-    """
-
-    first: float = 0.5
-    factor: float = 1.5
-    max_interval: float = 4.0
-    min_interval: float = 0.02
-    lead: float = 0.98
-    spread: float = 0.04
-    step: float = 0.05
-    jitter: float = 0.3
-    min_progress: float = 0.05
-    deadline: float = 600.0
-
-
-WEBHOOK_FALLBACK = PollPolicy(first=30.0, factor=1.0, max_interval=30.0, jitter=0.3)
-"""Polling while the API pushes results (webhooks): every 30 s or so, in case one never comes."""
-
-
-class PollTimer:
-    """The next poll of one task, as seconds since its submit was answered."""
-
-    def __init__(self, policy: PollPolicy, rng: random.Random, expected: float | None) -> None:
-        self.policy = policy
-        self.last_poll = -math.inf
-        self._backoff = policy.first * rng.uniform(1 - policy.jitter, 1 + policy.jitter)
-        self._lead = rng.uniform(policy.lead - policy.spread, policy.lead + policy.spread)
-        self._near = 0
-        self._not_before = 0.0  # after a failed poll: not again before its retry delay
-        self._news = math.inf  # the age at which a task like this one was found ready
-        self._eta: float | None = None  # this task's latency, as its progress suggests
-        self.scheduled = self._backoff if expected is None else expected * self._lead
-
-    def due(self, expected: float | None) -> float:
-        """When the next poll is due, given the typical latency known now: a task that has not
-        polled since reaching its share of the typical latency polls then; one that has polls
-        again a small step later, whatever back-off it was scheduled with before the latency
-        was known. News of a task of the same age brings the poll forward to that age.
-        """
-        policy = self.policy
-        expected = self._eta if expected is None else expected
-        if expected is None:
-            due = self.scheduled
-        else:
-            target = expected * self._lead
-            if self.last_poll < target - policy.min_interval:
-                due = min(self.scheduled, target)
-            else:
-                step = expected * policy.step * policy.factor ** self._near
-                due = min(self.scheduled, self.last_poll + max(policy.min_interval, step))
-        due = min(due, max(self._news, self.last_poll + policy.min_interval))
-        return max(self._not_before, due)
-
-    def news(self, latency: float) -> None:
-        """Another task of the model was found ready ``latency`` seconds after its submit. Unless
-        this one has polled at that age or later already, it is probably ready at that age too:
-        poll then (at once, if it is older).
-        """
-        if self.last_poll < latency:
-            self._news = min(self._news, latency)
-
-    def pending(self, elapsed: float, expected: float | None,
-                progress: float | None = None) -> None:
-        """The poll at ``elapsed`` found the task still pending, with ``progress`` (the share
-        done, from 0 to 1) when the answer reported it."""
-        policy = self.policy
-        self.last_poll = elapsed
-        if elapsed >= self._news:
-            self._news = math.inf
-        if progress is not None and policy.min_progress <= progress < 1:
-            self._eta = elapsed / progress
-        expected = self._eta if expected is None else expected
-        if expected is None:
-            self._backoff = min(policy.max_interval, self._backoff * policy.factor)
-            delay = self._backoff
-        elif elapsed >= expected * self._lead - policy.min_interval:
-            delay = expected * policy.step * policy.factor ** self._near
-            self._near += 1
-        else:  # not there yet: look again when it should be
-            delay = expected * self._lead - elapsed
-        self.scheduled = elapsed + min(policy.max_interval, max(policy.min_interval, delay))
-
-    def retry(self, elapsed: float, delay: float) -> None:
-        """The poll at ``elapsed`` failed; try again after ``delay``, not sooner."""
-        self.scheduled = self._not_before = elapsed + delay
-
-
-class LatencyTracker:
-    """Recent task latencies per model (the time until a poll saw the task ready), and a
-    signal for the tasks still waiting whenever one finishes."""
-
-    def __init__(self, window: int = 32) -> None:
-        self.window = window
-        self._samples: dict[str, deque[float]] = {}
-        self._news: dict[str, asyncio.Event] = {}
-
-    def record(self, model: str, seconds: float) -> None:
-        self._samples.setdefault(model, deque(maxlen=self.window)).append(seconds)
-        news = self._news.pop(model, None)
-        if news is not None:
-            news.set()
-
-    def expected(self, model: str) -> float | None:
-        """The median of the recent latencies."""
-        samples = self._samples.get(model)
-        return statistics.median(samples) if samples else None
-
-    def latest(self, model: str) -> float | None:
-        """The latency of the task of ``model`` that finished last."""
-        samples = self._samples.get(model)
-        return samples[-1] if samples else None
-
-    async def wait(self, model: str, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds; True if a task of ``model`` finished meanwhile."""
-        news = self._news.setdefault(model, asyncio.Event())
-        try:
-            await within(timeout, news.wait())
-        except asyncio.TimeoutError:
-            return False
-        return True
 
 
 class ActiveTaskLimiter:

@@ -335,7 +335,7 @@ def test_the_key_appears_in_no_message_or_event(bfl_server: Start) -> None:
     assert not [t for t in texts if KEY in t]
 
 
-def test_waves_of_tasks_poll_at_most_twice_each_on_average(bfl_server: Start) -> None:
+def test_waves_of_tasks_poll_at_most_four_times_each_on_average(bfl_server: Start) -> None:
     server = bfl_server(latency=0.5)
     provider = provider_for(server)
     provider.polling = PollPolicy()  # the real cadence: first poll at 0.5 s, then learnt
@@ -349,5 +349,7 @@ def test_waves_of_tasks_poll_at_most_twice_each_on_average(bfl_server: Start) ->
     run(waves())
     polls = len([p for p in server.state.paths("GET") if p.endswith("/get_result")])
     assert len(server.state.paths("POST")) == 72
-    assert polls / 72 <= 2.0  # one near the latency learnt, one more when a sibling is ready
+    # one to read the progress, one at the end of its estimate, now and then one to sharpen
+    # it or one more when a busy machine made the estimate a hair early: 4 at most (the limit)
+    assert polls / 72 <= 4.0
     assert provider.latencies.expected("flux-kontext-pro") is not None

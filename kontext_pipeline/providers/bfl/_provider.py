@@ -1,9 +1,10 @@
 """The provider: one request from submit to verified image, within the account's limits.
 
-It holds an active-task slot from submit until the task is terminal, polls around the model's
-typical latency (or, with a webhook, takes the result the API pushes and polls only as a slow
-fallback), collects the tasks an interrupted run had submitted, and keeps the key out of every
-event and error, whatever the API echoes back.
+It holds an active-task slot from submit until the task is terminal, polls where the task's
+progress and the model's learnt latencies say its result is likely (or, with a webhook, takes
+the result the API pushes and polls only as a slow fallback), collects the tasks an
+interrupted run had submitted, and keeps the key out of every event and error, whatever the
+API echoes back.
 """
 
 from __future__ import annotations
@@ -34,13 +35,9 @@ from kontext_pipeline.providers._base import (
     ProviderEvent,
 )
 from kontext_pipeline.providers._inbox import Webhook
-from kontext_pipeline.providers._policies import (
-    ActiveTaskLimiter,
-    LatencyTracker,
-    PollPolicy,
-    PollTimer,
-    RetryPolicy,
-)
+from kontext_pipeline.providers._latencies import LatencyTracker, Learnt, Reading
+from kontext_pipeline.providers._policies import ActiveTaskLimiter, RetryPolicy
+from kontext_pipeline.providers._polling import PollPolicy, PollTimer
 from kontext_pipeline.providers.bfl._answers import (
     IN_FLIGHT,
     TERMINAL,
@@ -210,10 +207,10 @@ class BflProvider:
                           polls=task.polls, submitted_at=task.submitted_at,
                           finished_at=self._clock())
 
-    def _expected(self, model: str) -> float | None:
-        """The typical latency to poll around; with a webhook, none: the polls are a slow
-        fallback, at the policy's own pace."""
-        return None if self.webhook else self.latencies.expected(model)
+    def _learnt(self, model: str) -> Learnt:
+        """What finished tasks of ``model`` taught; with a webhook, nothing: the polls are a
+        slow fallback, at the policy's own pace."""
+        return Learnt() if self.webhook else self.latencies.learnt(model)
 
     async def _poll(self, task: TaskState) -> Mapping[str, Any]:
         """Wait for the task's terminal status; the result of a Ready one."""
@@ -225,7 +222,7 @@ class BflProvider:
 
     async def _poll_until_terminal(self, task: TaskState) -> Mapping[str, Any]:
         model = task.request.model
-        timer = PollTimer(self.polling, self._rng, self._expected(model))
+        timer = PollTimer(self.polling, self._rng)
         deadline = self._clock() - task.submitted_at + self.polling.deadline
         task.deadline_at = task.submitted_at + deadline  # the polls' own deadlines end there
         failures = 0
@@ -248,7 +245,7 @@ class BflProvider:
             status = str(body.get("status"))
             if status == "Ready":
                 if not task.resumed:
-                    self.latencies.record(model, self._clock() - task.submitted_at)
+                    self.latencies.record(model, timer.finished(elapsed))
                 result = body.get("result")
                 return result if isinstance(result, dict) else {}
             if status in TERMINAL:
@@ -260,7 +257,8 @@ class BflProvider:
             fraction = (float(progress) if isinstance(progress, int | float)
                         and not isinstance(progress, bool) and not self.webhook else None)
             task.event("polling", progress=fraction)
-            timer.pending(elapsed, self._expected(model), fraction)
+            self.latencies.observe(model, fraction)
+            timer.pending(Reading(elapsed, status, fraction), self._learnt(model))
 
     def _unfamiliar(self, task: TaskState, status: str) -> None:
         """A status this client does not know: the API adds statuses over time, and failing a
@@ -277,14 +275,14 @@ class BflProvider:
 
     async def _wait_due(self, task: TaskState, timer: PollTimer,
                         deadline: float) -> tuple[float, dict[str, Any] | None]:
-        """Wait until the next poll is due (sooner if another task of the model finishes and
-        shows this one is probably ready). Returns the elapsed time then, and the task's
-        status if the API pushed it meanwhile (no poll is needed then). ``deadline``: the
-        elapsed time after which no poll is made."""
+        """Wait until the next poll is due (a task of the model that finishes meanwhile may
+        bring it forward: what it taught is used at once). Returns the elapsed time then, and
+        the task's status if the API pushed it meanwhile (no poll is needed then).
+        ``deadline``: the elapsed time after which no poll is made."""
         model = task.request.model
         while True:
             elapsed = self._clock() - task.submitted_at
-            due = timer.due(self._expected(model))
+            due = timer.due(self._learnt(model))
             if due > deadline:
                 raise ProviderTimeoutError(
                     f"{task.label}: no result after {self.polling.deadline:.0f} s (task "
@@ -295,7 +293,5 @@ class BflProvider:
                 pushed = await self.webhook.inbox.wait(task.task_id, due - elapsed)
                 if pushed is not None:  # a proven status, or (body None) a hint: poll now
                     return self._clock() - task.submitted_at, pushed.body
-            elif await self.latencies.wait(model, due - elapsed):
-                latest = self.latencies.latest(model)
-                if latest is not None:
-                    timer.news(latest)
+            else:
+                await self.latencies.wait(model, due - elapsed)
