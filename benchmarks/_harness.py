@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,41 @@ def run_cli(args: Sequence[str], *, env: dict[str, str] | None = None,
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return wall, result
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A whole process, timed: ``launched`` and ``exited`` are epoch seconds (the clock the
+    server's ``/_stats`` times are in), ``wall`` the seconds between, on a monotonic clock."""
+
+    launched: float
+    exited: float
+    wall: float
+
+
+def whole_process(command: Sequence[str], *, env: dict[str, str] | None = None,
+                  cwd: Path | None = None) -> Finished:
+    """Run ``command`` to its end, its standard output thrown away (a client that prints a line
+    per poll must not be timed writing to a pipe), its errors kept to say why if it fails."""
+    environ = {**os.environ, **(env or {})}
+    launched, started = time.time(), time.perf_counter()
+    with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, cwd=cwd, env=environ) as process:
+        _, errors = process.communicate()
+    wall, exited = time.perf_counter() - started, time.time()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}:\n"
+                           f"{errors.decode(errors='replace')[-4000:]}")
+    return Finished(launched, exited, wall)
+
+
+def chain_recipe(variants: int, steps: int, model: str) -> str:
+    """``variants`` one-matrix-value variants of ``steps`` chained steps, prompts
+    ``Step k of picture n`` (the first step makes a picture from its prompt alone)."""
+    lines = ["version: 1", "name: bench", f"model: {model}", "matrix:",
+             f"  n: [{', '.join(str(i) for i in range(variants))}]", "steps:"]
+    lines += [f"  - {{id: s{k}, prompt: 'Step {k} of picture {{{{ n }}}}'}}" for k in range(steps)]
+    return "\n".join(lines) + "\n"
 
 
 def median_wall(command: Sequence[str], repeat: int) -> float:

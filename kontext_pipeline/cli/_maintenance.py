@@ -225,7 +225,7 @@ def cache_clear(cache_dir: str | None, yes: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--latency", type=click.FloatRange(0), default=2.0, show_default=True,
-              help="Seconds from submit to a terminal status.")
+              help="Seconds from submit to a terminal status (the least, with --jitter).")
 @click.option("--phases", is_flag=True,
               help="Answer the 2026 API's in-flight statuses: Pending, Reasoning, then "
                    "Generating, each answering at least one poll.")
@@ -265,9 +265,11 @@ def cache_clear(cache_dir: str | None, yes: bool) -> None:
 @click.option("--truncate-rate", type=click.FloatRange(0, 1), default=0.0,
               help="Fault injection: probability of a truncated result download.")
 @click.option("--jitter", type=click.FloatRange(0), default=0.0,
-              help="Fault injection: ± seconds of random latency per task.")
+              help="Spread of latencies: each task's is drawn uniformly from [LATENCY, "
+                   "LATENCY + JITTER] seconds, from its model and prompt (and --fault-seed), "
+                   "so the same workload meets the same latencies whatever its order.")
 @click.option("--fault-seed", type=int, default=0, show_default=True,
-              help="Seed of the fault injection's random generator.")
+              help="Seed of the fault injection's random generator and of --jitter's draws.")
 @click.option("--webhook-signature", type=click.Choice(["hmac", "secret", "both"]),
               default="hmac", show_default=True,
               help="How webhooks are signed: X-BFL-Signature (an HMAC of the body), the raw "

@@ -46,7 +46,6 @@ from kontext_pipeline.server._network import (
     ConnectionDropped,
     DroppedResponse,
     Network,
-    endpoint_of,
     public_base,
 )
 from kontext_pipeline.server._notify import deliver
@@ -56,7 +55,9 @@ from kontext_pipeline.server._state import (
     ServerState,
     TaskRecord,
     submit_digest,
+    task_latency,
 )
+from kontext_pipeline.server._stats import stats_body
 from kontext_pipeline.server._targets import (
     Resolver,
     WebhookTarget,
@@ -238,10 +239,8 @@ class _Service:
         return body, submission, target
 
     def _new_task(self, model: str, submission: Submission, now: float) -> TaskRecord:
-        latency, jitter, rng = self.config.latency, self.config.faults.jitter, self.state.rng
-        if jitter:
-            latency = max(0.0, latency + rng.uniform(-jitter, jitter))
-        seed = submission.seed if submission.seed is not None else rng.randrange(2**32)
+        latency = task_latency(self.config, model, submission.prompt)
+        seed = submission.seed if submission.seed is not None else self.state.rng.randrange(2**32)
         phases = self.config.in_flight()
         first = submission.input_sizes[0] if submission.input_sizes else None
         if MODELS[model].sizes is None:  # Kontext: its grid, by the ratio asked for or the input's
@@ -257,7 +256,7 @@ class _Service:
                     "output_format": submission.output_format},
             images=submission.images, created=now, ready_at=now + latency, phases=phases,
             stepwise=self.config.every_phase and len(phases) > 1, started=time.time(),
-            size=size, cost=cost)
+            latency=latency, size=size, cost=cost)
         for match in _TRIGGER.finditer(submission.prompt):
             name, arg = match["name"], match["arg"]
             if name in _OUTCOMES:
@@ -291,6 +290,7 @@ class _Service:
         if task is None:
             return JSONResponse({"id": task_id, "status": "Task not found", "result": None,
                                  "progress": None, "details": None})
+        task.polls += 1
         return JSONResponse(await self._status_body(
             task, public_base(request.scope, self.config.public_url), poll=True))
 
@@ -310,6 +310,8 @@ class _Service:
             result = {"sample": self._signed_url(base, task), "seed": task.seed,
                       "prompt": task.prompt, "start_time": task.started,
                       "end_time": task.started + took, "duration": round(took, 3)}
+        if poll and not in_flight and task.ready_seen is None:
+            task.ready_seen = time.time()
         return {"id": task.id, "status": status, "result": result,
                 "progress": task.progress(now) if in_flight else None,
                 "details": None if in_flight else task.details}
@@ -352,25 +354,10 @@ class _Service:
                                                                             media_type=media)
 
     async def stats(self, request: Request) -> Response:
-        """This server's own counters (not a BFL endpoint): what benchmarks and tests check.
-        They want a key, as the API's endpoints do, unless the server makes them public."""
+        """This server's own counters (:mod:`._stats`). They want a key, as the API's endpoints
+        do, unless the server makes them public."""
         refusal = None if self.config.public_stats else self._unauthenticated(request)
-        if refusal is not None:
-            return refusal
-        state = self.state
-        polls = sum(1 for r in state.requests if r.path.endswith("/get_result"))
-        return JSONResponse({
-            "submits": sum(state.submits.values()),
-            "submits_received": len([r for r in state.requests if endpoint_of(r.method, r.path)
-                                     == "submit"]),
-            "repeated_submits": sum(n - 1 for n in state.submits.values() if n > 1),
-            "polls": polls,
-            "downloads": sum(1 for r in state.requests if r.path.startswith("/delivery/")),
-            "peak_active": state.peak_active,
-            "peak_by_model": dict(state.peak_by_model),
-            "active": state.active(time.monotonic()),
-            "credits_charged": state.credits_charged,
-        })
+        return refusal or JSONResponse(stats_body(self.state))
 
 
 def _no_constant(name: str) -> Any:

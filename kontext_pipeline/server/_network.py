@@ -3,6 +3,7 @@ that faults drop, and the address the server tells clients to come back to."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -94,8 +95,9 @@ async def _read_to_the_end(receive: Receive) -> None:
 
 
 class Network:
-    """Records each request (method, path, key, status, submit body) and drops the connections
-    that ``drops`` says it drops, before the application sees them."""
+    """Records each request (method, path, key, status, submit body) and when the last result
+    download was sent in full, and drops the connections that ``drops`` says it drops, before
+    the application sees them."""
 
     def __init__(self, app: ASGIApp, state: ServerState, drops: Callable[[str], bool]) -> None:
         self.app = app
@@ -120,6 +122,8 @@ class Network:
                 await _read_to_the_end(receive)
                 raise ConnectionDropped(endpoint)
             await self.app(scope, receive, record_status)
+            if endpoint == "download" and status == 200:
+                self.state.last_download = time.time()
         finally:
             headers = dict(scope["headers"])
             key = headers.get(b"x-key")

@@ -24,6 +24,7 @@ __all__ = [
     "ServerConfig",
     "ServerState",
     "TaskRecord",
+    "task_latency",
 ]
 
 @dataclass(frozen=True)
@@ -35,7 +36,10 @@ class FaultConfig:
     generator of its own: the n-th submit's fate does not depend on the polls before it).
     ``throttle_rate``: a spurious 429. ``drop_rate``: close the connection without answering,
     before doing anything (a dropped submit is not accepted). ``truncate_rate``: cut a
-    result download short. ``jitter``: ± seconds on each task's latency.
+    result download short. ``jitter``: a task's latency is drawn uniformly from
+    ``[latency, latency + jitter]``, from (``seed``, model, prompt) alone (:func:`task_latency`):
+    the same prompt of the same model waits as long whatever order submits arrive in, so two
+    clients running one workload against servers started alike face the same latencies.
     """
 
     error_rate: float = 0.0
@@ -102,7 +106,9 @@ class ServerConfig:
 class TaskRecord:
     """One submitted task. It is active until ``ready_at``, answering its ``phases`` in turn
     (with ``stepwise``, at most one further phase a poll); then its ``outcome`` shows.
-    ``started``: the epoch time of its submit."""
+    ``started``: the epoch time of its submit; ``latency``: the seconds drawn for it; ``polls``:
+    the polls answered about it; ``ready_seen``: the epoch time of the first poll that answered
+    its outcome."""
 
     id: str
     model: str
@@ -121,6 +127,9 @@ class TaskRecord:
     phases: tuple[str, ...] = ("Pending",)
     stepwise: bool = False
     started: float = 0.0
+    latency: float = 0.0
+    polls: int = 0
+    ready_seen: float | None = None
     shown: int = -1  # the latest phase answered (len(phases): the outcome)
     statuses: list[str] = field(default_factory=list)  # as answered, each change once
 
@@ -173,6 +182,7 @@ class ServerState:
     peak_active: int = 0
     peak_by_model: Counter[str] = field(default_factory=Counter)
     credits_charged: float = 0
+    last_download: float | None = None  # epoch time the last full result download was sent
     webhooks: list[Delivery] = field(default_factory=list)
     scripted: dict[str, deque[str]] = field(default_factory=dict)
     rng: random.Random = field(init=False)
@@ -213,6 +223,17 @@ class ServerState:
     def paths(self, method: str | None = None) -> list[str]:
         """The paths requested, in order (optionally of one method)."""
         return [r.path for r in self.requests if method is None or r.method == method]
+
+
+def task_latency(config: ServerConfig, model: str, prompt: str) -> float:
+    """Seconds a task of ``model`` with ``prompt`` stays in flight: ``latency`` plus a share of
+    ``jitter`` drawn from (fault seed, model, prompt), not from the shared generator, so that it
+    does not depend on what was submitted before."""
+    jitter = config.faults.jitter
+    if not jitter:
+        return config.latency
+    digest = hashlib.sha256(f"{config.faults.seed}\0{model}\0{prompt}".encode()).digest()
+    return config.latency + jitter * int.from_bytes(digest[:8], "big") / 2**64
 
 
 def submit_digest(model: str, body: Mapping[str, Any]) -> str:
