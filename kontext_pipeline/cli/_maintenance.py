@@ -229,6 +229,8 @@ def cache_clear(cache_dir: str | None, yes: bool) -> None:
 @click.option("--phases", is_flag=True,
               help="Answer the 2026 API's in-flight statuses: Pending, Reasoning, then "
                    "Generating, each answering at least one poll.")
+@click.option("--no-progress", "no_progress", is_flag=True,
+              help="Answer in-flight polls with progress null (the API does not promise one).")
 @click.option("--unknown-status", metavar="WORD",
               help="Tasks also pass through this in-flight status, one no client knows (before "
                    "Generating with --phases), answering at least one poll.")
@@ -274,7 +276,8 @@ def cache_clear(cache_dir: str | None, yes: bool) -> None:
               default="hmac", show_default=True,
               help="How webhooks are signed: X-BFL-Signature (an HMAC of the body), the raw "
                    "secret in X-Webhook-Secret, or both.")
-def serve(*, host: str, port: int, latency: float, phases: bool, unknown_status: str | None,
+def serve(*, host: str, port: int, latency: float, phases: bool, no_progress: bool,
+          unknown_status: str | None,
           api_keys: Sequence[str], public_url: str | None, webhook_hosts: Sequence[str],
           webhooks_anywhere: bool, public_stats: bool, active_limit: int, url_ttl: float,
           error_rate: float,
@@ -309,7 +312,8 @@ def serve(*, host: str, port: int, latency: float, phases: bool, unknown_status:
     faults = FaultConfig(error_rate=error_rate, submit_error_rate=submit_error_rate,
                          throttle_rate=throttle_rate, drop_rate=drop_rate,
                          truncate_rate=truncate_rate, jitter=jitter, seed=fault_seed)
-    config = ServerConfig(latency=latency, phases=phases, unknown_status=unknown_status,
+    config = ServerConfig(latency=latency, phases=phases, progress=not no_progress,
+                          unknown_status=unknown_status,
                           api_keys=frozenset(api_keys) or None, active_limit=active_limit,
                           url_ttl=url_ttl, faults=faults, webhook_signature=webhook_signature,
                           public_url=base, webhook_hosts=frozenset(filter(None, hosts.values())),

@@ -313,7 +313,7 @@ class _Service:
         if poll and not in_flight and task.ready_seen is None:
             task.ready_seen = time.time()
         return {"id": task.id, "status": status, "result": result,
-                "progress": task.progress(now) if in_flight else None,
+                "progress": task.progress(now) if in_flight and self.config.progress else None,
                 "details": None if in_flight else task.details}
 
     async def _notify(self, task: TaskRecord, target: WebhookTarget, secret: str | None,

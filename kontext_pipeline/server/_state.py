@@ -59,7 +59,9 @@ class ServerConfig:
     ``Pending``, ``Reasoning`` and ``Generating``, each for a share of it, with
     ``unknown_status`` (a word no client knows) as one more phase before ``Generating``. With
     ``every_phase``, a poll never skips a phase: each answers at least one poll before the
-    next shows (a task may then end later than ``latency``).
+    next shows (a task may then end later than ``latency``). In flight, ``progress`` is the
+    share of its latency passed (to 2 decimals), or, without ``progress``, null: the API does
+    not promise one.
 
     ``public_url``: the base of the polling and result URLs it hands out (default: the address
     of its socket that the request reached; never the request's ``Host`` header). Webhooks go
@@ -72,6 +74,7 @@ class ServerConfig:
 
     latency: float = 2.0
     phases: bool = False
+    progress: bool = True
     unknown_status: str | None = None
     every_phase: bool = True
     api_keys: frozenset[str] | None = None
