@@ -47,11 +47,12 @@ class Finished:
     @property
     def latency(self) -> float:
         """The best guess of when it became ready, between its last two polls: the progress's
-        estimate when that lies between them (or the nearer end), else the middle."""
+        estimate when that lies between them (or the nearer end), else the middle; a task
+        ready at its first poll is taken to have taken that long."""
         pending = max(0.0, min(self.pending, self.ready))
         if self.estimate is not None:
             return min(max(self.estimate, pending), self.ready)
-        return (pending + self.ready) / 2
+        return (pending + self.ready) / 2 if pending > 0 else self.ready
 
 
 @dataclass(frozen=True)

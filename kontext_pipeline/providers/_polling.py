@@ -116,9 +116,10 @@ class PollTimer:
         if possible:
             share = max(1, policy.budget - self.polls)
             return possible[math.ceil(len(possible) / share) - 1]
-        median = learnt.median or policy.first
-        step = max(policy.min_interval, policy.step * 5 * median) * policy.factor ** self._late
-        return self.last_poll + min(policy.max_interval, step)
+        # past every latency learnt: steps as fine as the latencies' spread, growing
+        spread = (latencies[-1] - latencies[0]) / policy.budget
+        step = max(policy.min_interval, policy.step * (learnt.median or policy.first), spread)
+        return self.last_poll + min(policy.max_interval, step * policy.factor ** self._late)
 
     def pending(self, reading: Reading, learnt: Learnt) -> None:
         """The poll ``reading`` tells of found the task still in flight."""

@@ -34,6 +34,7 @@ def test_latency_tracker_uses_the_median_and_wakes_waiters() -> None:
 
 def test_a_finished_tasks_latency_lies_between_its_last_two_polls() -> None:
     assert Finished(ready=3.0, pending=2.0).latency == 2.5  # nothing better: the middle
+    assert Finished(ready=3.0).latency == 3.0  # ready at its first poll: no lower bound
     assert Finished(ready=3.0, pending=2.0, estimate=2.9).latency == 2.9
     assert Finished(ready=3.0, pending=2.0, estimate=1.5).latency == 2.0  # the nearer end
     assert Finished(ready=3.0, pending=2.0, estimate=3.5).latency == 3.0

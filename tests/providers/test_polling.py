@@ -71,6 +71,8 @@ def test_latencies_within_sharp_of_each_other_need_no_probe() -> None:
     tight = Learnt(latencies=(2.0, 2.0, 2.01, 2.02), reports_progress=True)
     timer = PollTimer(PollPolicy(budget=3, sharp=0.015), random.Random(1))
     assert timer.due(tight) == pytest.approx(2.0)  # a third of the way into them
+    timer.pending(Reading(2.0, "Pending", 1.0), tight)  # a hair early, no estimate: a step
+    assert timer.due(tight) == pytest.approx(2.0 + 2.005 * 0.02)  # as fine as the latencies
 
 
 def test_without_progress_polls_go_to_quantiles_of_the_latencies_still_possible() -> None:
@@ -82,7 +84,7 @@ def test_without_progress_polls_go_to_quantiles_of_the_latencies_still_possible(
         due = timer.due(learnt)
         seen.append(due)
         timer.pending(Reading(due, "Pending"), learnt)
-    late = 0.02 * 5 * 2.45 * 1.5  # past every latency learnt: steps from the median, growing
+    late = 0.9 / 3 * 1.5  # past every latency learnt: steps of the spread's share, growing
     assert seen == pytest.approx([2.3, 2.6, 2.9, 2.9 + late])
 
 
