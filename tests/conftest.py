@@ -90,6 +90,18 @@ def checkout_untouched() -> Iterator[None]:
     assert added == [], f"tests wrote into the checkout: {added}"
 
 
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory,
+               monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's user cache directory (where plan memos go, and results when no cache
+    directory is given) is a fresh one of its own, never the user's: ``XDG_CACHE_HOME`` (which
+    the platform's rules honour) points there, for the processes the test starts too."""
+    folder = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    monkeypatch.delenv("KONTEXT_CACHE_DIR", raising=False)
+    return folder
+
+
 @pytest.fixture
 def run_cli() -> RunCli:
     """Invoke the command line in-process; stdout and stderr are kept apart."""

@@ -33,18 +33,27 @@ def run(recipe: Path, server: BackgroundServer, tmp_path: Path, *,
     plan = build_plan(load_spec(recipe), provider="bfl")
     journal = Journal(tmp_path / "journal")
     events: list[RunEvent] = []
+    settled: list[StepRecord] = []
     provider = provider_for(server)
     provider.polling = PollPolicy(first=0.02, max_interval=0.05, deadline=deadline)
 
-    async def go() -> list[str]:
+    async def go() -> list[StepRecord]:
         try:
-            records = await execute([plan], cache=Cache(tmp_path / "cache"), provider=provider,
-                                    on_event=events.append, journal=journal)
+            return await execute([plan], cache=Cache(tmp_path / "cache"), provider=provider,
+                                 on_event=events.append, journal=journal,
+                                 on_settled=settled.append)
         finally:
             await provider.aclose()
-        return [f"{r.task.variant}/{r.task.step}: {r.status} {r.cache}" for r in records]
 
-    return asyncio.run(go()), events, journal
+    records = asyncio.run(go())
+    # each task's record is told once, as it settles: a step after the step it reads
+    assert sorted(settled, key=records.index) == records
+    for record in settled:
+        assert all(settled.index(parent) < settled.index(record) for parent in settled
+                   if parent.task.variant == record.task.variant
+                   and any(image.name == parent.task.step for image in record.task.images))
+    return ([f"{r.task.variant}/{r.task.step}: {r.status} {r.cache}" for r in records], events,
+            journal)
 
 
 def test_steps_making_the_same_request_share_one(bfl_server: Start, write_recipe: WriteRecipe,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import resource
 import socket
@@ -193,7 +194,8 @@ def test_a_flood_of_idle_connections_does_not_sink_the_run(
          server.url, "--cache-dir", str(work / "cache"), "--out", str(work / "out"),
          "--webhook-url", f"http://127.0.0.1:{port}/hook", "--webhook-listen",
          f"127.0.0.1:{port}"],
-        env={"BFL_API_KEY": KEY, "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
+        env={"BFL_API_KEY": KEY, "PATH": "/usr/bin:/bin",
+             "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     stop = threading.Event()
     held: list[socket.socket] = []

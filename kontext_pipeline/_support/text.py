@@ -10,6 +10,7 @@ character that hides a difference. Everything the tool prints goes through :func
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["printable", "printable_json"]
@@ -25,10 +26,16 @@ _OTHERS = (
     "\ufeff"  # zero-width no-break space (byte order mark)
     "\ud800-\udfff"  # lone surrogates (undecodable bytes of a file name): unprintable
 )
-_ANY = re.compile(f"[\x00-\x1f{_OTHERS}]")  # with C0 controls, the line feed among them
-_BUT_NEWLINE = re.compile(f"[\x00-\x09\x0b-\x1f{_OTHERS}]")
-_IN_JSON = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f{_OTHERS}]")  # not its whitespace
+_ANY = f"[\x00-\x1f{_OTHERS}]"  # with C0 controls, the line feed among them
+_BUT_NEWLINE = f"[\x00-\x09\x0b-\x1f{_OTHERS}]"
+_IN_JSON = f"[\x00-\x08\x0b\x0c\x0e-\x1f{_OTHERS}]"  # not its whitespace
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+@functools.cache
+def _pattern(source: str) -> re.Pattern[str]:
+    """Each pattern compiled when first used (every command imports this module)."""
+    return re.compile(source)
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -44,7 +51,7 @@ def printable(text: str, *, newlines: bool = False) -> str:
     lines (an error message listing steps); a field meant to stay on one line (a status word,
     an event's message) leaves it False.
     """
-    return (_BUT_NEWLINE if newlines else _ANY).sub(_escape, text)
+    return _pattern(_BUT_NEWLINE if newlines else _ANY).sub(_escape, text)
 
 
 def printable_json(document: str) -> str:
@@ -54,4 +61,4 @@ def printable_json(document: str) -> str:
     JSON text these can only stand inside strings, so each is replaced wherever it is; the
     tab, line feed and carriage return that ``json.dumps`` writes only between values (it
     escapes them in strings) stay as they are."""
-    return _IN_JSON.sub(lambda match: f"\\u{ord(match[0]):04x}", document)
+    return _pattern(_IN_JSON).sub(lambda match: f"\\u{ord(match[0]):04x}", document)

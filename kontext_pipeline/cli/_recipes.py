@@ -38,6 +38,8 @@ def validate(recipes: Sequence[str], strict: bool) -> None:
     """Check recipes: schema and semantic rules, every problem with FILE:LINE:COL."""
     import dataclasses  # noqa: PLC0415  (kept off --help's path)
 
+    from kontext_pipeline.plan._memo import memoize  # noqa: PLC0415
+
     problems: list[Problem] = []
     for recipe in recipes:
         try:
@@ -45,6 +47,7 @@ def validate(recipes: Sequence[str], strict: bool) -> None:
         except SpecError as error:
             problems.extend(error.problems)
             continue
+        memoize(spec, os.environ)  # what the runs of the recipe to come start from
         if strict and spec.warnings:
             problems.extend(dataclasses.replace(w, severity="error") for w in spec.warnings)
             continue

@@ -14,7 +14,6 @@ import click
 from kontext_pipeline.cli._base import (
     cache_dir_option,
     cli,
-    load_all,
     open_cache,
     open_shared,
     provider_option,
@@ -79,17 +78,16 @@ def run(*, recipes: Sequence[str], out: str | None, variables: dict[str, str], p
     import asyncio  # noqa: PLC0415
     import json  # noqa: PLC0415
 
-    from kontext_pipeline.plan._plan import build_plan  # noqa: PLC0415
+    from kontext_pipeline.plan._memo import plan_recipes  # noqa: PLC0415
     from kontext_pipeline.plan._shards import shard_plans  # noqa: PLC0415
     from kontext_pipeline.runner._pipelines import run_plans  # noqa: PLC0415
     from kontext_pipeline.runner._providers import open_provider  # noqa: PLC0415
 
     webhook = _webhook(webhook_url, webhook_listen)
     _check_lock_options(frozen=frozen, relock=relock, no_lock=no_lock, provider=provider)
-    specs = load_all(recipes)
-    plans = shard_plans([build_plan(spec, overrides=variables, env=os.environ,
-                                    provider=provider) for spec in specs], shard)
-    out_dirs = _out_dirs([s.name for s in specs], out)
+    planned = plan_recipes(recipes, overrides=variables, environ=os.environ, provider=provider)
+    plans = shard_plans(planned, shard)
+    out_dirs = _out_dirs([p.spec.name for p in planned], out)
     store = open_cache(cache_dir)
     shared = open_shared(shared_cache, readonly=shared_readonly)
     display = _progress(as_json)

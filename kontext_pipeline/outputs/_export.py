@@ -29,12 +29,13 @@ from kontext_pipeline._support.files import cannot_make, write_atomic
 from kontext_pipeline.errors import OutputError
 from kontext_pipeline.outputs._provenance import Provenance, encode_provenance, insert_provenance
 from kontext_pipeline.outputs._records import StepRecord
+from kontext_pipeline.outputs._staging import Staging
 from kontext_pipeline.outputs._stale import Recorded, last_exports, remove_stale
-from kontext_pipeline.plan._plan import Plan
+from kontext_pipeline.plan._plan import Plan, Task
 from kontext_pipeline.store._cache import Cache, CacheEntry
 
-__all__ = ["EXPORT_STATE", "EXTENSIONS", "STEPS", "Exported", "check_out_dir", "export_outputs",
-           "variant_folders"]
+__all__ = ["EXPORT_STATE", "EXTENSIONS", "STEPS", "Exported", "check_out_dir", "export_files",
+           "export_outputs", "exported_bytes", "variant_folders"]
 
 EXPORT_STATE = ".kontext-export.json"
 """Beside the outputs: what was exported where, to skip writing files that did not change."""
@@ -117,15 +118,39 @@ def _is_digest(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
 
 
-def _provenance(record: StepRecord, entry: CacheEntry) -> bytes | None:
+def _provenance(task: Task, entry: CacheEntry) -> bytes | None:
     """The provenance bytes to insert into ``entry``'s image (None for a format without)."""
     if entry.format not in EXTENSIONS:
         return None
-    task = record.task
     return encode_provenance(Provenance(
         recipe=task.pipeline, variant=task.variant, step=task.step, model=entry.model,
         seed=entry.seed, provider=entry.provider, cache_key=entry.key, prompt=task.prompt),
         entry.format)
+
+
+def _fingerprint(entry: CacheEntry, provenance: bytes | None) -> str:
+    """What an exported file is made of: the image and the provenance inserted into it."""
+    return entry.object if provenance is None else hashlib.sha256(
+        entry.object.encode() + b"\0" + provenance).hexdigest()
+
+
+def export_files(plan: Plan, folders: Mapping[str, str], task: Task, format_: str) -> list[str]:
+    """Where (relative to ``--out``) the image of ``task`` goes: each output naming its step,
+    else its place under ``steps/``; ``folders`` is :func:`variant_folders`."""
+    folder = folders[task.variant]
+    names = [name for name, step in plan.spec.outputs.items() if step == task.step]
+    if names:
+        return [_output_path(folder, name, format_) for name in names]
+    return [_step_path(folder, task.step, format_)]
+
+
+def exported_bytes(task: Task, entry: CacheEntry, image: bytes) -> tuple[str, bytes]:
+    """The file ``task``'s image (``image``, checked as the entry's) is exported as, and what
+    it is made of (to tell, at the export, that it is still the file to write). ValueError:
+    the provenance does not fit, or the image is damaged."""
+    provenance = _provenance(task, entry)
+    data = image if provenance is None else insert_provenance(image, provenance)
+    return _fingerprint(entry, provenance), data
 
 
 def _write(target: Path, cache: Cache, entry: CacheEntry, provenance: bytes | None) -> str:
@@ -156,7 +181,8 @@ def _cannot_create(out_dir: Path, error: OSError) -> OutputError:
 def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Path, *,
                    on_warning: Callable[[str], None] | None = None,
                    recorded: Mapping[str, str] | None = None,
-                   keep: Collection[str] = ()) -> dict[tuple[str, str], Exported]:
+                   keep: Collection[str] = (),
+                   staging: Staging | None = None) -> dict[tuple[str, str], Exported]:
     """Write each finished step's image, with its provenance, into ``out_dir``: the outputs
     where the recipe names them, the other steps' under ``steps/``; returns (variant, step) ->
     the file written.
@@ -170,7 +196,8 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_
     ``on_warning`` is told of each file kept. ``recorded``: more files the last run exported
     (path -> the sha256 of the file as written; the recipe's lock says so where no manifest
     does, on a fresh checkout); ``keep``: files never removed (those whose lock records the
-    run keeps).
+    run keeps); ``staging``: files written ahead, moved into place where they are still the
+    file to write (see :mod:`._staging`).
     """
     folders = variant_folders(plan)
     by_step = {(r.task.variant, r.task.step): r for r in records}
@@ -189,14 +216,14 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_
         if _is_digest(digest)})
     state: dict[str, list[Any]] = {}
     export = functools.partial(_export, cache=cache, root=root, out_dir=out_dir,
-                               previous=previous, state=state, folders={})
+                               previous=previous, state=state, folders={}, staging=staging)
     for variant in plan.variants:
         for name, step in plan.spec.outputs.items():
             record = by_step.get((variant.id, step))
             if record is None or not record.ok or record.entry is None:
                 continue
             relative = _output_path(folders[variant.id], name, record.entry.format)
-            digest = export(record, record.entry, relative)
+            digest = export(record.task, record.entry, relative)
             exported.setdefault((variant.id, step), Exported(relative, digest))
     outputs = set(plan.spec.outputs.values())
     for record in records:
@@ -204,7 +231,7 @@ def export_outputs(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_
         if task.step in outputs or not record.ok or record.entry is None:
             continue
         relative = _step_path(folders[task.variant], task.step, record.entry.format)
-        digest = export(record, record.entry, relative)
+        digest = export(task, record.entry, relative)
         exported[(task.variant, task.step)] = Exported(relative, digest, output=False)
     try:
         write_atomic(state_path, json.dumps(state, sort_keys=True).encode())
@@ -224,20 +251,22 @@ def _step_path(folder: str, step: str, format_: str) -> str:
                     if p)
 
 
-def _export(record: StepRecord, entry: CacheEntry, relative: str, *, cache: Cache, root: Path,
+def _export(task: Task, entry: CacheEntry, relative: str, *, cache: Cache, root: Path,
             out_dir: Path, previous: Mapping[str, Any], state: dict[str, list[Any]],
-            folders: dict[str, Path]) -> str:
+            folders: dict[str, Path], staging: Staging | None) -> str:
     """Write ``entry``'s image with its provenance to ``relative`` (unless it is there as last
-    exported), record it in ``state``; returns the sha256 of the file."""
+    exported, or staged: then it is moved there), record it in ``state``; returns the sha256
+    of the file."""
     target = _inside(root, relative, folders)
     try:
-        provenance = _provenance(record, entry)
+        provenance = _provenance(task, entry)
     except ValueError as exc:  # too large for a JPEG segment
         raise OutputError(f"cannot write {out_dir / relative}: {exc}") from exc
-    fingerprint = entry.object if provenance is None else hashlib.sha256(
-        entry.object.encode() + b"\0" + provenance).hexdigest()
+    fingerprint = _fingerprint(entry, provenance)
     try:
         digest = _unchanged(target, previous.get(relative), fingerprint)
+        if digest is None and staging is not None:
+            digest = staging.place(relative, fingerprint, target)
         if digest is None:
             digest = _write(target, cache, entry, provenance)
         stat = target.stat()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -35,9 +36,10 @@ from kontext_pipeline.outputs._report_pictures import (
     recipe_inputs,
     step_file,
 )
+from kontext_pipeline.outputs._thumbnails import Thumbnail
 from kontext_pipeline.store._cache import Cache
 
-__all__ = ["Background", "Page", "render_report", "write_report"]
+__all__ = ["Background", "Page", "compile_template", "render_report", "write_report"]
 
 TEMPLATE = "report.html.j2"
 
@@ -196,11 +198,13 @@ class ReportView:
     backgrounds: tuple[Background, ...]
 
 
-def render_report(manifest: Manifest, *, cache: Cache, base: Path) -> Page:
+def render_report(manifest: Manifest, *, cache: Cache, base: Path,
+                  thumbnails: Mapping[str, Thumbnail] | None = None) -> Page:
     """The report of ``manifest``: step images come from ``cache`` (or, where it lacks them,
     from the files exported into ``base``); paths in the manifest are relative to ``base``
-    (the manifest's folder)."""
-    pictures = load_pictures(manifest, cache, base)
+    (the manifest's folder). ``thumbnails``: those of cached images made already (by the
+    sha256 of the image), as a run makes them while it waits on the API."""
+    pictures = load_pictures(manifest, cache, base, thumbnails or {})
     view = _report_view(manifest, pictures)
     problems = tuple(p.problem for p in pictures.values() if p.problem)
     from_files = tuple(p.exported for p in pictures.values() if p.exported)
@@ -214,6 +218,12 @@ def write_report(path: Path, page: Page) -> None:
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}; check that the folder "
                           "is writable") from exc
+
+
+def compile_template() -> None:
+    """Compile the page's template now (tens of milliseconds), so that a run compiles it while
+    it waits on the API rather than at its end."""
+    _template()
 
 
 @functools.cache

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +103,11 @@ class _Source:
     exported: tuple[_Exported, ...] = ()
 
 
-def load_pictures(manifest: Manifest, cache: Cache, base: Path) -> dict[str, Picture]:
+def load_pictures(manifest: Manifest, cache: Cache, base: Path,
+                  made: Mapping[str, Thumbnail] | None = None) -> dict[str, Picture]:
     """Every distinct image the page shows, by key (:func:`input_key`, or a step's
-    ``output_sha256``). Thumbnails are made on several threads (Pillow decodes without the
-    GIL)."""
+    ``output_sha256``). ``made``: the thumbnails of cached images made already (by sha256).
+    The others are made on several threads (Pillow decodes without the GIL)."""
     sources: dict[str, _Source] = {}
     for step in manifest.steps:
         for image, digest in recipe_inputs(step):
@@ -117,10 +119,18 @@ def load_pictures(manifest: Manifest, cache: Cache, base: Path) -> dict[str, Pic
                 cache.object_path(step.output_sha256), step.output_sha256,
                 f"the image of {step.variant} / {step.step}", False)
             sources[step.output_sha256] = _with_exports(source, step)
-    store = ThumbnailStore(cache.root / THUMBNAILS)
-    with ThreadPoolExecutor(max_workers=min(_THREADS, os.cpu_count() or 1)) as pool:
-        made = list(pool.map(lambda source: _picture(source, store, base), sources.values()))
-    return dict(zip(sources, made, strict=True))
+    pictures = {key: Picture(thumbnail) for key, source in sources.items()
+                if made and not source.is_input and source.digest is not None
+                and (thumbnail := made.get(source.digest)) is not None
+                and source.path.exists()}  # as a kept one: while its object is there
+    rest = [key for key in sources if key not in pictures]
+    if rest:
+        store = ThumbnailStore(cache.root / THUMBNAILS)
+        with ThreadPoolExecutor(max_workers=min(_THREADS, os.cpu_count() or 1,
+                                                len(rest))) as pool:
+            pictures.update(zip(rest, pool.map(lambda key: _picture(sources[key], store, base),
+                                               rest), strict=True))
+    return {key: pictures[key] for key in sources}
 
 
 def _with_exports(source: _Source, step: StepResult) -> _Source:

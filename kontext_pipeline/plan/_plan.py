@@ -8,28 +8,26 @@ reads an earlier step's output gets its key once that output's bytes exist.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kontext_pipeline._support.diagnostics import Problem
 from kontext_pipeline._support.images import INPUT_FORMATS, sha256_file
 from kontext_pipeline.errors import TemplateError, UsageError
+from kontext_pipeline.recipe._environ import template_environ
 from kontext_pipeline.recipe._findings import did_you_mean
 from kontext_pipeline.recipe._keys import cache_key, request_document
 from kontext_pipeline.recipe._matrix import Variant, format_value
 from kontext_pipeline.recipe._models import estimate_credits, output_size, price_megapixels
-from kontext_pipeline.recipe._prompts import (
-    Failure,
-    render_variants,
-    template_position,
-    variant_list,
-)
 from kontext_pipeline.recipe._spec import Params, Spec
-from kontext_pipeline.recipe._templating import template_environ
 
-__all__ = ["ImageSource", "Plan", "Task", "build_plan", "var_overrides"]
+if TYPE_CHECKING:
+    from kontext_pipeline.recipe._prompts import Failure
+
+__all__ = ["ImageSource", "InputSizes", "Plan", "Task", "assemble_plan", "build_plan",
+           "var_overrides"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +133,8 @@ def build_plan(
     only the variables the recipe allows (:func:`~kontext_pipeline.recipe._templating.env_visible`).
     Raises :class:`UsageError` for an unknown name or a selection that matches no variant,
     :class:`TemplateError` when a prompt fails."""
+    from kontext_pipeline.recipe._prompts import render_variants  # noqa: PLC0415  (Jinja)
+
     overrides = dict(overrides or {})
     variables = _override(spec, overrides)
     variants = _select(spec, overrides)
@@ -148,24 +148,41 @@ def build_plan(
         env=template_environ(env or {}, spec.env_names))
     if renders.failures:
         raise TemplateError(_failure_problems(spec, renders.failures, len(variants)))
+    return assemble_plan(spec, provider=provider, variables=variables, variants=variants,
+                         prompts=renders.prompts, hashes=hashes, size_of=InputSizes(spec).of)
+
+
+def assemble_plan(
+    spec: Spec,
+    *,
+    provider: str,
+    variables: Mapping[str, Any],
+    variants: Sequence[Variant],
+    prompts: Mapping[str, Sequence[str]],
+    hashes: Mapping[str, str],
+    size_of: Callable[[str], tuple[int, int] | None],
+) -> Plan:
+    """The plan of ``spec`` from what planning found: the ``variables`` and ``variants`` the
+    overrides chose, each variant's rendered ``prompts`` (step by step), the sha256 of each input
+    a step reads (``hashes``) and each input's size (``size_of``). :func:`build_plan` finds
+    them; a plan memo (:mod:`._memo`) holds them, and this one function makes both plans."""
     tasks: list[Task] = []
-    sizes = _InputSizes(spec)
     for variant in variants:
         made: dict[str, tuple[int, int]] = {}  # each step's output size, in this variant
-        for step, prompt in zip(spec.steps, renders.prompts[variant.id], strict=True):
+        for step, prompt in zip(spec.steps, prompts[variant.id], strict=True):
             images = tuple(
                 ImageSource(name, spec.inputs[name].path, hashes[name]) if name in spec.inputs
                 else ImageSource(name) for name in step.image)
             model = step.models[variant.id]
             task = Task(spec.name, variant.id, step.id, step.index, provider, model, prompt,
                         step.seed, step.params_for(model), images,
-                        tuple(made.get(name) or sizes.of(name) for name in step.image))
+                        tuple(made.get(name) or size_of(name) for name in step.image))
             made[step.id] = task.output_size
             tasks.append(task)
     return Plan(spec, provider, variables, tuple(variants), tuple(tasks))
 
 
-class _InputSizes:
+class InputSizes:
     """The recipe inputs' sizes, each read from its header when first asked for (validation
     has read each whole input already); None for a name that is no input, or unreadable."""
 
@@ -232,6 +249,8 @@ def _select(spec: Spec, overrides: Mapping[str, str]) -> list[Variant]:
 
 def _failure_problems(spec: Spec, failures: Mapping[Failure, Sequence[str]],
                       total: int) -> list[Problem]:
+    from kontext_pipeline.recipe._prompts import template_position, variant_list  # noqa: PLC0415
+
     lines = spec.lines
     problems = []
     for failure, ids in failures.items():

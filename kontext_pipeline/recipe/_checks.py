@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from kontext_pipeline._support.images import ImageCheckError, inspect_image
+from kontext_pipeline.recipe._environ import is_secret_name
 from kontext_pipeline.recipe._findings import Findings, did_you_mean
-from kontext_pipeline.recipe._templating import is_secret_name
 
 __all__ = ["MAX_ASPECT", "check_env", "check_inputs", "check_outputs", "check_params",
-           "check_steps", "image_refs", "step_ids", "steps_of"]
+           "check_steps", "image_refs", "input_path", "is_device_name", "step_ids", "steps_of"]
 
 MAX_ASPECT = 21 / 9
 """Aspect ratios from 21:9 to 9:21 are accepted by the API."""
@@ -120,6 +120,22 @@ def check_inputs(data: Mapping[str, Any], base_dir: Path,
         if name not in used:
             findings.warn(path, f"input '{name}' is not used by any step", at="key")
     return sizes
+
+
+def input_path(source: str, root: Path) -> Path | None:
+    """Where the input ``source`` leads (links followed) when the rules of
+    :func:`check_inputs` allow it, else None: a relative path without NUL characters, inside
+    ``root`` (the recipe's folder, resolved). A plan memo's inputs are checked again with it."""
+    if "\0" in source or Path(source).is_absolute() or source.startswith("~"):
+        return None
+    resolved = Path(os.path.realpath(root / source))
+    return resolved if resolved.is_relative_to(root) else None
+
+
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is one Windows reserves for a device, whatever its extension
+    (``nul.png`` is the null device): no recipe's name or output may be one."""
+    return _is_device_name(name)
 
 
 def _input_problem(source: str, root: Path) -> str | tuple[int, int]:

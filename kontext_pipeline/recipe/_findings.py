@@ -5,18 +5,22 @@ A problem's location reads like the recipe: ``steps[2] (id: relight): aspect_rat
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kontext_pipeline._support.diagnostics import Problem, Severity
-from kontext_pipeline.recipe._yamlsource import Document, JsonPath, Position
+
+if TYPE_CHECKING:
+    from kontext_pipeline.recipe._positions import JsonPath, Position
+    from kontext_pipeline.recipe._yamlsource import Document
 
 __all__ = ["Findings", "did_you_mean", "where"]
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
+    import difflib  # noqa: PLC0415  (only a mistake needs it)
+
     close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

@@ -11,7 +11,7 @@ import functools
 import re
 import threading
 import traceback
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,17 +19,25 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 
+from kontext_pipeline.recipe._environ import (
+    ENV_PREFIX,
+    env_visible,
+    is_secret_name,
+    template_environ,
+)
 from kontext_pipeline.recipe._findings import did_you_mean
 from kontext_pipeline.recipe._models import resolve_model
 from kontext_pipeline.recipe._sandbox import SandboxEnvironment, guard_template, weight
 from kontext_pipeline.recipe._sandbox_budget import BudgetExhaustedError, RecipeBudget, budget
 from kontext_pipeline.recipe._sandbox_names import FILTERS, TESTS
 from kontext_pipeline.recipe._sandbox_sizes import Namespace
+from kontext_pipeline.recipe._template import Prompt
 
 __all__ = [
     "CONTEXT_NAMES",
     "ENV_PREFIX",
     "MAX_PROMPT_CHARS",
+    "CompiledPrompt",
     "Prompt",
     "RecipeBudget",
     "RenderError",
@@ -50,33 +58,6 @@ CONTEXT_NAMES = ("inputs", "steps", "pipeline", "variant", "env")
 
 MAX_PROMPT_CHARS = 10_000
 """A rendered prompt longer than this is refused (a guard against runaway templates)."""
-
-
-_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASS", "CREDENTIAL", "AUTH", "PRIVATE", "COOKIE",
-                 "SESSION")
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether an environment variable looks like a secret (``BFL_API_KEY``, ``GH_TOKEN``…)."""
-    upper = name.upper()
-    return any(word in upper for word in _SECRET_WORDS)
-
-
-ENV_PREFIX = "KONTEXT_VAR_"
-"""Environment variables named with this prefix are visible to every recipe's templates."""
-
-
-def env_visible(name: str, allowed: Collection[str] = ()) -> bool:
-    """Whether templates may see the environment variable ``name``: one the recipe lists in
-    ``env`` (``allowed``) or one named ``KONTEXT_VAR_*``, and never one that looks secret."""
-    return (name in allowed or name.startswith(ENV_PREFIX)) and not is_secret_name(name)
-
-
-def template_environ(environ: Mapping[str, str], allowed: Collection[str] = ()) -> dict[str, str]:
-    """What templates see as ``env``: only the variables :func:`env_visible` allows, never the
-    whole environment, so a prompt carries no database URL or token into a request, the cache,
-    a manifest or an image's metadata."""
-    return {k: v for k, v in environ.items() if env_visible(k, allowed)}
 
 
 @functools.cache
@@ -140,8 +121,8 @@ def compilations() -> int:
     return _COMPILATIONS.count
 
 
-class Prompt:
-    """A compiled prompt template. It holds no state of a render: one may be shared."""
+class CompiledPrompt:
+    """A compiled prompt template (what a :class:`~._template.Prompt` holds)."""
 
     def __init__(self, source: str) -> None:
         env = _environment()

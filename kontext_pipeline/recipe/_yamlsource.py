@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from kontext_pipeline._support.diagnostics import Problem
+from kontext_pipeline.recipe._positions import MAX_SOURCE_BYTES, JsonPath, Position
 from kontext_pipeline.recipe._yamlerrors import syntax_problem
 
 __all__ = [
@@ -25,10 +26,8 @@ __all__ = [
     "JsonPath",
     "Position",
     "parse_yaml",
+    "position_of",
 ]
-
-MAX_SOURCE_BYTES = 1024 * 1024
-"""Recipes are small; anything larger than this is refused before parsing."""
 
 MAX_NODES = 100_000
 """Upper bound on values built from one document, aliases expanded."""
@@ -40,27 +39,17 @@ MAX_NUMBER_CHARS = 100
 """Upper bound on the characters of an integer (Python refuses to read or print very long
 ones, and no value of a recipe needs more than ten digits)."""
 
-JsonPath = tuple[str | int, ...]
-
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {f"{_TAG}{name}" for name in ("str", "int", "float", "bool", "null")}
 _TIMESTAMP = f"{_TAG}timestamp"
 _MERGE = f"{_TAG}merge"
 
 
-@dataclass(frozen=True)
-class Position:
-    """A place in the source, 1-based. ``block`` is True for ``|``/``>`` scalars."""
-
-    line: int
-    column: int
-    style: str | None = None
-
-    @classmethod
-    def of(cls, node: yaml.Node) -> Position:
-        mark = node.start_mark
-        style = node.style if isinstance(node, yaml.ScalarNode) else None
-        return cls(mark.line + 1, mark.column + 1, style)
+def position_of(node: yaml.Node) -> Position:
+    """Where ``node`` starts in the source."""
+    mark = node.start_mark
+    style = node.style if isinstance(node, yaml.ScalarNode) else None
+    return Position(mark.line + 1, mark.column + 1, style)
 
 
 @dataclass
@@ -93,7 +82,7 @@ class _Builder:
         self.nodes = 0
 
     def problem(self, node: yaml.Node, message: str) -> None:
-        pos = Position.of(node)
+        pos = position_of(node)
         self.problems.append(Problem(self.file, pos.line, pos.column, message))
 
     def check_tag(self, node: yaml.Node) -> bool:
@@ -109,7 +98,7 @@ class _Builder:
             raise _TooLargeError(node)
         if depth > MAX_DEPTH:
             raise _TooDeepError(node)
-        self.document.values.setdefault(path, Position.of(node))
+        self.document.values.setdefault(path, position_of(node))
         if isinstance(node, yaml.MappingNode):
             return self.mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
@@ -151,7 +140,7 @@ class _Builder:
                     "remove one of them",
                 )
                 continue
-            self.document.keys[key_path] = Position.of(key_node)
+            self.document.keys[key_path] = position_of(key_node)
             result[key] = self.build(value_node, key_path, depth + 1)
         for key, value in merged.items():
             result.setdefault(key, value)
@@ -258,7 +247,7 @@ def _single_node(loader: yaml.SafeLoader, file: str) -> yaml.Node | list[Problem
 
 
 def _at(file: str, node: yaml.Node, message: str) -> Problem:
-    pos = Position.of(node)
+    pos = position_of(node)
     return Problem(file, pos.line, pos.column, message)
 
 

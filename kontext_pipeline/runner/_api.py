@@ -128,13 +128,11 @@ async def arun(
     shard: str | None = None,
 ) -> RunResult:
     """:func:`run`, awaited in the caller's event loop (notebooks, servers): reading the recipe
-    and planning it (which hashes the input images) happen in a worker thread."""
-    from kontext_pipeline.plan._plan import (  # noqa: PLC0415  (import stays light)
-        build_plan,
-        var_overrides,
-    )
+    and planning it (which hashes the input images), or recalling the plan from the memo of a
+    recipe validated before (:mod:`~kontext_pipeline.plan._memo`), happen in a worker thread."""
+    from kontext_pipeline.plan._memo import plan_recipes  # noqa: PLC0415  (import stays light)
+    from kontext_pipeline.plan._plan import var_overrides  # noqa: PLC0415
     from kontext_pipeline.plan._shards import parse_shard, shard_plans  # noqa: PLC0415
-    from kontext_pipeline.recipe._spec import load_spec  # noqa: PLC0415
     from kontext_pipeline.runner._pipelines import run_plans  # noqa: PLC0415
     from kontext_pipeline.runner._providers import PROVIDERS, open_provider  # noqa: PLC0415
     from kontext_pipeline.store._cache import Cache, default_cache_dir  # noqa: PLC0415
@@ -154,10 +152,10 @@ async def arun(
                 else _truthy(environ.get("KONTEXT_SHARED_CACHE_READONLY", "")))
     shared = (SharedCache.open(url, environ, readonly=readonly, on_warning=_LOG.warning)
               if url else None)
-    spec = await asyncio.to_thread(load_spec, recipe, env=environ)
-    (plan,) = shard_plans([await asyncio.to_thread(build_plan, spec, overrides=overrides,
-                                                   env=environ, provider=provider)], share)
-    out_dir = Path(out) if out is not None else Path("out") / spec.name
+    (planned,) = await asyncio.to_thread(plan_recipes, [recipe], overrides=overrides,
+                                         environ=environ, provider=provider)
+    (plan,) = shard_plans([planned], share)
+    out_dir = Path(out) if out is not None else Path("out") / planned.spec.name
     cache = Cache(Path(cache_dir) if cache_dir is not None else default_cache_dir(environ))
     (report,) = await run_plans(
         [plan], cache=cache, out_dirs=[out_dir], frozen=frozen, max_credits=max_credits,

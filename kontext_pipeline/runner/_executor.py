@@ -33,7 +33,8 @@ from kontext_pipeline.store._cache import Cache, CacheEntry
 from kontext_pipeline.store._claims import LOCKS, Claim
 from kontext_pipeline.store._shared import SharedCache
 
-__all__ = ["RunEvent", "RunEventSink", "StepRecord", "StoredSink", "claim_bound", "execute"]
+__all__ = ["RunEvent", "RunEventSink", "SettledSink", "StepRecord", "StoredSink", "claim_bound",
+           "execute"]
 
 @dataclass(frozen=True)
 class RunEvent:
@@ -56,6 +57,9 @@ _LONGEST_WAIT = 1.0  # …up to this
 
 StoredSink = Callable[[CacheEntry, bytes], None]
 """Told of each new result once it is in the cache (with its bytes, still in memory)."""
+
+SettledSink = Callable[[StepRecord], None]
+"""Told of each task's record as soon as it is settled (done, failed, skipped or missing)."""
 
 CLAIM_MARGIN = 8
 """Claims a run holds beyond the provider's active-task slots: for steps that have given back
@@ -275,6 +279,7 @@ async def execute(
     on_stored: StoredSink | None = None,
     shared: SharedCache | None = None,
     on_shared_extra: StoredSink | None = None,
+    on_settled: SettledSink | None = None,
 ) -> list[StepRecord]:
     """Run every task of ``plans``; returns one record per task, in plan order.
 
@@ -288,6 +293,7 @@ async def execute(
     cache lacks is looked up there just before it is requested (another job may have made it
     since the run began; a result damaged or refused by the lock is not asked for again), and
     ``on_shared_extra`` given what was uploaded with a result taken from it (its thumbnail).
+    ``on_settled`` is told of each task's record as soon as it is settled.
     """
     run = _Run(cache=cache, provider=provider, on_event=on_event or (lambda _event: None),
                known=known or {}, journal=journal, on_stored=on_stored, shared=shared,
@@ -310,6 +316,8 @@ async def execute(
             raise
         if not future.done():
             future.set_result(record)
+            if on_settled is not None:
+                on_settled(record)
 
     workers = [asyncio.ensure_future(one(task)) for task in tasks]
     try:

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from kontext_pipeline._support.files import write_atomic
-from kontext_pipeline._support.threads import QuietWorker
 from kontext_pipeline.errors import BudgetExceededError, FrozenCacheMissError, OutputError
 from kontext_pipeline.outputs._export import Exported, check_out_dir, export_outputs
 from kontext_pipeline.outputs._manifest import MANIFEST, Manifest, build_manifest, last_run
 from kontext_pipeline.outputs._plan_views import cost, credits_text, estimated, number, paid
 from kontext_pipeline.outputs._records import StepRecord
-from kontext_pipeline.outputs._thumbnails import THUMBNAILS, ThumbnailStore
+from kontext_pipeline.outputs._thumbnails import THUMBNAILS, Thumbnail, ThumbnailStore
 from kontext_pipeline.plan._explain import explain_misses
 from kontext_pipeline.plan._plan import Plan
 from kontext_pipeline.plan._resolution import (
@@ -34,6 +33,7 @@ from kontext_pipeline.plan._resolution import (
 )
 from kontext_pipeline.plan._shards import Shard
 from kontext_pipeline.providers._base import Provider
+from kontext_pipeline.runner._eager import EagerFinish
 from kontext_pipeline.runner._executor import RunEvent, RunEventSink, execute
 from kontext_pipeline.runner._journal import Journal
 from kontext_pipeline.runner._locking import (
@@ -204,38 +204,41 @@ async def _run_resolved(
                           estimate, sum(1 for r in resolved if r.source == "shared")))
     _warn(resolved, on_event)
     provider = None if cached == len(resolved) else open_provider()
-    # the report's thumbnails are made while the run waits on the API, not after it
-    thumbnails = QuietWorker("thumbnails") if provider is not None else None
+    known = {r.task.id: r.entry if r.entry is not None
+             else locked_entry(r.task, held[r.task.id])
+             for r in resolved if r.entry is not None or r.task.id in held}
+    # each new result's files and thumbnail are made while the run waits on the API
+    eager = (EagerFinish(plans, out_dirs, cache=cache, store=store, known=known)
+             if provider is not None else None)
 
     def stored(entry: CacheEntry, data: bytes) -> None:
-        if thumbnails is not None:
-            thumbnails.submit(lambda: store.keep(entry.object, data))
         if shared is not None:  # with its thumbnail, for the report of whoever takes it
             shared.upload(entry, data, lambda: thumbnail_of(store, entry, data))
 
     try:
-        known = {r.task.id: r.entry if r.entry is not None
-                 else locked_entry(r.task, held[r.task.id])
-                 for r in resolved if r.entry is not None or r.task.id in held}
-        records = await execute(plans, cache=cache, provider=provider, on_event=on_event,
-                                known=known, journal=journal, on_stored=stored,
-                                shared=shared, on_shared_extra=keep_thumbnail(store))
+        try:
+            records = await execute(plans, cache=cache, provider=provider, on_event=on_event,
+                                    known=known, journal=journal, on_stored=stored,
+                                    shared=shared, on_shared_extra=keep_thumbnail(store),
+                                    on_settled=eager.settled if eager is not None else None)
+        finally:
+            if provider is not None:
+                await provider.aclose()
+        return await _finish_all(plans, records, out_dirs, locks, cache, lock=lock,
+                                 held=held, on_note=on_note, shard=shard, eager=eager)
     finally:
-        if provider is not None:
-            await provider.aclose()
-        if thumbnails is not None:  # what is left, the report makes on every core
-            await asyncio.to_thread(thumbnails.close)
-    return await _finish_all(plans, records, out_dirs, locks, cache, lock=lock, held=held,
-                             on_note=on_note, shard=shard)
+        if eager is not None:  # what was written ahead and not placed goes
+            await asyncio.to_thread(eager.close)
 
 
 async def _finish_all(plans: Sequence[Plan], records: Sequence[StepRecord],
                       out_dirs: Sequence[Path], locks: Sequence[Lock | None], cache: Cache, *,
                       lock: bool, held: Mapping[str, LockedStep],
-                      on_note: Callable[[str], None] | None,
-                      shard: Shard | None) -> list[PipelineReport]:
-    """Export each recipe's results and write its manifest, report and lock, each on a worker
-    thread (the notes told on the loop's afterwards)."""
+                      on_note: Callable[[str], None] | None, shard: Shard | None,
+                      eager: EagerFinish | None) -> list[PipelineReport]:
+    """Export each recipe's results (moving the files ``eager`` wrote ahead into place) and
+    write its manifest, report and lock, on a worker thread (the notes told on the loop's
+    afterwards)."""
     reports = []
     start = 0
     notes: list[str] = []
@@ -245,9 +248,7 @@ async def _finish_all(plans: Sequence[Plan], records: Sequence[StepRecord],
         try:
             report = await asyncio.to_thread(_finish, plan, mine, cache, out_dir,
                                              on_note=notes.append, held=held, old=old,
-                                             shard=shard)
-            if lock:
-                report = await asyncio.to_thread(_relocked, report, old, held)
+                                             shard=shard, lock=lock, eager=eager)
         finally:
             _tell(notes, on_note)
         reports.append(report)
@@ -311,25 +312,38 @@ def _reasons(plans: Sequence[Plan], out_dirs: Sequence[Path],
 
 def _finish(plan: Plan, records: Sequence[StepRecord], cache: Cache, out_dir: Path, *,
             on_note: Callable[[str], None] | None, held: Mapping[str, LockedStep],
-            old: Lock | None, shard: Shard | None) -> PipelineReport:
-    """Export the outputs, then write the manifest and the report (unless a re-run changed
-    nothing: then neither is written again). A step the lock holds without its bytes is not
-    exported: no file holds its image (its last export, if any, stays). The files the lock
-    (``old``) lists count as exported by the last run when no manifest says what it did (a
-    fresh checkout), and those of the variants whose records the run keeps stay."""
+            old: Lock | None, shard: Shard | None, lock: bool,
+            eager: EagerFinish | None) -> PipelineReport:
+    """Export the outputs, then write the manifest, the lock (if ``lock``) and the report
+    (unless a re-run changed nothing: then neither the manifest nor the report is written
+    again). A step the lock holds without its bytes is not exported: no file holds its image
+    (its last export, if any, stays). The files the lock (``old``) lists count as exported by
+    the last run when no manifest says what it did (a fresh checkout), and those of the
+    variants whose records the run keeps stay. ``eager``: what the run made ahead, each part
+    waited for where it is needed (the thumbnails last: the lock is written meanwhile)."""
     recorded, kept = lock_exports(plan, old, out_dir)
+    if eager is not None:
+        eager.wait_staged()
     exported = export_outputs(plan, [r for r in records if r.task.id not in held], cache,
-                              out_dir, on_warning=on_note, recorded=recorded, keep=kept)
+                              out_dir, on_warning=on_note, recorded=recorded, keep=kept,
+                              staging=eager.stagings[plan.spec.name] if eager else None)
     manifest = build_manifest(plan, records, exported, base=out_dir, shard=shard)
     encoded = manifest.to_json().encode()
-    if not _unchanged(out_dir, encoded):
+    unchanged = _unchanged(out_dir, encoded)
+    if not unchanged:
         try:
             write_atomic(out_dir / MANIFEST, encoded)
         except OSError as exc:
             raise OutputError(f"cannot write {out_dir / MANIFEST}: {exc.strerror or exc}"
                               ) from exc
-        _write_report(manifest, cache, out_dir)
-    return PipelineReport(plan, tuple(records), out_dir, manifest, exported=exported)
+    report = PipelineReport(plan, tuple(records), out_dir, manifest, exported=exported)
+    if lock:
+        report = _relocked(report, old, held)
+    if not unchanged:
+        if eager is not None:
+            eager.wait_thumbnails()
+        _write_report(manifest, cache, out_dir, eager.thumbnails if eager else {})
+    return report
 
 
 def _relocked(report: PipelineReport, old: Lock | None,
@@ -357,10 +371,12 @@ def _relocked(report: PipelineReport, old: Lock | None,
     return replace(report, lock=path if changed else None)
 
 
-def _write_report(manifest: Manifest, cache: Cache, out_dir: Path) -> None:
+def _write_report(manifest: Manifest, cache: Cache, out_dir: Path,
+                  thumbnails: Mapping[str, Thumbnail]) -> None:
     from kontext_pipeline.outputs._html_report import render_report, write_report  # noqa: PLC0415
 
-    write_report(out_dir / REPORT, render_report(manifest, cache=cache, base=out_dir))
+    write_report(out_dir / REPORT, render_report(manifest, cache=cache, base=out_dir,
+                                                 thumbnails=thumbnails))
 
 
 def _unchanged(out_dir: Path, manifest_bytes: bytes) -> bool:

@@ -17,6 +17,7 @@ each problem pinned to its line (:class:`~kontext_pipeline.errors.LockError`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -24,8 +25,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import yaml
 
 from kontext_pipeline._support.diagnostics import Problem
 from kontext_pipeline._support.files import IrregularFileError, TooLargeError, read_regular
@@ -41,8 +40,8 @@ if TYPE_CHECKING:
     from kontext_pipeline.store._lock_reading import Repository
 
 __all__ = ["LOCK_SUFFIX", "LOCK_VERSION", "MAX_LOCK_BYTES", "Lock", "LockedFile", "LockedStep",
-           "lock_path", "read_lock", "read_sides", "render_lock", "repository_of",
-           "update_lock", "write_lock"]
+           "lock_path", "prepare_writing", "read_lock", "read_sides", "render_lock",
+           "repository_of", "update_lock", "write_lock"]
 
 LOCK_VERSION = 1
 LOCK_SUFFIX = ".lock"
@@ -182,11 +181,23 @@ def _scalar(value: Any) -> str:
     return '"' + "".join(_escape(c) for c in value) + '"'
 
 
-_RESOLVER = yaml.resolver.Resolver()
+@functools.cache
+def _resolver() -> Any:
+    import yaml  # noqa: PLC0415  (only writing a lock needs it)
+
+    return yaml.resolver.Resolver()
+
+
+def prepare_writing() -> None:
+    """Load what writing a lock needs, so that a run loads it while it waits on the API rather
+    than at its end."""
+    _resolver()
 
 
 def _resolves_to_text(text: str) -> bool:
-    resolved = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+    import yaml  # noqa: PLC0415
+
+    resolved = _resolver().resolve(yaml.ScalarNode, text, (True, False))
     return bool(resolved == f"{_TAG}str")
 
 
@@ -225,12 +236,13 @@ def read_lock(path: Path, *, recipe: str | None = None) -> Lock | None:
     when it cannot be read, each problem at its line (``recipe``: the recipe as the way out
     names it; the ``.yaml`` file beside the lock by default). In a git repository, a path
     that leads out of it is refused."""
-    from kontext_pipeline.store._lock_reading import UnreadableLock, parse_lock  # noqa: PLC0415
-
     recipe = recipe if recipe is not None else str(path.with_suffix(".yaml"))
     data = _read_bytes(path, recipe)
     if data is None:
         return None
+    # the YAML reader only when there is a lock to read (a first run has none)
+    from kontext_pipeline.store._lock_reading import UnreadableLock, parse_lock  # noqa: PLC0415
+
     try:
         return parse_lock(data, str(path), repository=repository_of(path))
     except UnreadableLock as unreadable:

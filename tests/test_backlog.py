@@ -1,0 +1,83 @@
+"""Work queued for low-priority threads: run in order, and helped by whoever waits for it."""
+
+from __future__ import annotations
+
+import threading
+
+from kontext_pipeline.runner._backlog import Backlog
+
+WAIT = 30  # seconds: only a hang would reach it
+
+
+def test_jobs_run_in_the_order_given_and_drain_waits_for_all() -> None:
+    done: list[int] = []
+    backlog = Backlog(1, "test")
+    for number in range(20):
+        backlog.submit(lambda number=number: done.append(number))  # type: ignore[misc]
+    backlog.drain()
+    assert done == list(range(20))
+    backlog.close()
+
+
+def test_the_thread_that_drains_does_the_jobs_not_started() -> None:
+    started, release = threading.Event(), threading.Event()
+    ran_on: list[threading.Thread] = []
+    backlog = Backlog(1, "test")
+
+    def blocking() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    def helped() -> None:
+        ran_on.append(threading.current_thread())
+        release.set()  # the worker's job may end now: it waited for this one to run elsewhere
+
+    backlog.submit(blocking)
+    assert started.wait(WAIT)  # the only worker is busy until ``helped`` has run
+    backlog.submit(helped)
+    backlog.drain()
+    assert ran_on == [threading.main_thread()]
+    backlog.close()
+
+
+def test_a_failing_job_does_not_stop_the_others() -> None:
+    done: list[str] = []
+    backlog = Backlog(2, "test")
+    backlog.submit(lambda: 1 / 0)
+    backlog.submit(lambda: done.append("after"))
+    backlog.drain()
+    assert done == ["after"]
+    backlog.close()
+
+
+def test_closing_drops_what_has_not_started_waits_for_the_rest_and_takes_no_more() -> None:
+    started, release = threading.Event(), threading.Event()
+    done: list[str] = []
+    backlog = Backlog(1, "test")
+
+    def blocking() -> None:
+        started.set()
+        assert release.wait(WAIT)
+        done.append("running")
+
+    backlog.submit(blocking)
+    assert started.wait(WAIT)
+    backlog.submit(lambda: done.append("not started"))
+    closing = threading.Thread(target=backlog.close)
+    closing.start()
+    while backlog._jobs:  # close drops the queued job first…
+        threading.Event().wait(0.001)
+    release.set()  # …then waits for the running one
+    closing.join(WAIT)
+    assert not closing.is_alive()
+    backlog.submit(lambda: done.append("too late"))
+    backlog.drain()
+    assert done == ["running"]
+    assert all(not thread.is_alive() for thread in backlog._threads)
+
+
+def test_a_backlog_given_nothing_starts_no_thread() -> None:
+    backlog = Backlog(2, "test")
+    backlog.drain()
+    backlog.close()
+    assert backlog._threads == []
