@@ -1,6 +1,8 @@
 """The ``kontext-pipeline`` command: parse options, call the library, render, map errors to exit
 codes. No logic lives here."""
 
+import gc
+
 from kontext_pipeline.cli import (
     _checking,
     _inspecting,
@@ -20,4 +22,9 @@ _COMMANDS = (_checking, _inspecting, _maintenance, _recipes, _reporting, _runnin
 
 def main() -> None:
     """The console-script entry point (exits with the documented code)."""
-    cli(prog_name="kontext-pipeline")
+    try:
+        cli(prog_name="kontext-pipeline")
+    finally:
+        # the process ends here: spare the collector its full passes over every module and
+        # object at exit (0.1 to 0.2 s after a run); atexit handlers still run
+        gc.freeze()

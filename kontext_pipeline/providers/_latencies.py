@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,8 +18,14 @@ UNTRUSTED_SPREAD = 0.15
 """Progress whose estimates were off by more than this share (between the quartiles of the
 ratio of latency to estimate) is not aimed at: its polls follow the latencies learnt instead."""
 
-MIN_SHARES = 4
-"""Readings of a status that finished tasks gave before it bounds the latency of a task in it."""
+MIN_TASKS = 4
+"""Finished tasks needed before what they show (a status's shares, a bias) is relied on."""
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of sorted ``values`` (not empty)."""
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,9 @@ class Reading:
 @dataclass(frozen=True)
 class Finished:
     """A task seen ready at ``ready`` seconds, still in flight at ``pending`` seconds (its
-    last in-flight answer), with the answers it gave before, and the latency its progress
-    suggested at the last answer that reported one (``estimate``)."""
+    last in-flight answer; 0 if none), with the first and last answer it gave in each status,
+    and ``estimate``: the latency its progress suggested when it was polled at that estimate
+    (or, if it never was, at its last answer with usable progress)."""
 
     ready: float
     pending: float = 0.0
@@ -46,130 +52,143 @@ class Finished:
 
     @property
     def latency(self) -> float:
-        """The best guess of when it became ready, between its last two polls: the progress's
-        estimate when that lies between them (or the nearer end), else the middle; a task
-        ready at its first poll is taken to have taken that long."""
+        """When it became ready, as far as its polls tell: the progress's estimate when that
+        lies between its last two polls (or the nearer of them), else their middle (for a
+        task ready at its first poll, half that poll's age: an early guess, which the polls it
+        places find out and correct, where a late one would never be found out)."""
         pending = max(0.0, min(self.pending, self.ready))
         if self.estimate is not None:
             return min(max(self.estimate, pending), self.ready)
-        return (pending + self.ready) / 2 if pending > 0 else self.ready
+        return (pending + self.ready) / 2
 
 
 @dataclass(frozen=True)
 class Learnt:
-    """A snapshot of what is known about one model, for placing the next poll."""
+    """A snapshot of what is known about one kind of task, for placing the next poll."""
 
     latencies: tuple[float, ...] = ()  # recent tasks' latencies, sorted
     reports_progress: bool = False
     resolution: float = 0.005  # half a unit of the last decimal the progress is given to
     bias: float = 1.0  # the median ratio of a latency to its progress's estimate
     trust_progress: bool = True
-    status_shares: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    status_shares: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def median(self) -> float | None:
-        return statistics.median(self.latencies) if self.latencies else None
+        return median(self.latencies) if self.latencies else None
 
     def bounds(self, reading: Reading) -> tuple[float, float]:
         """The latencies consistent with ``reading``'s status, from the shares of their
-        latency at which finished tasks showed it; (0, inf) until a few tasks have."""
+        latency at which recent finished tasks showed it; (0, inf) unless enough did."""
         shares = self.status_shares.get(reading.status)
-        if shares is None or shares[2] < MIN_SHARES or reading.elapsed <= 0:
+        if shares is None or reading.elapsed <= 0:
             return 0.0, math.inf
-        low, high, _ = shares
+        low, high = shares
         return reading.elapsed / max(high, 1e-9), (
             reading.elapsed / low if low > 0 else math.inf)
 
 
 @dataclass
-class _Model:
+class _Kind:
     window: int
     finished: deque[Finished] = field(init=False)
-    ratios: deque[float] = field(init=False)
     reports_progress: bool = False
     decimals: int = 0
-    shares: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    snapshot: Learnt | None = None  # what ``learnt`` last made, until something changes
 
     def __post_init__(self) -> None:
         self.finished = deque(maxlen=self.window)
-        self.ratios = deque(maxlen=self.window)
+
+    def learnt(self) -> Learnt:
+        if self.snapshot is None:
+            latencies = sorted(done.latency for done in self.finished)
+            ratios = sorted(done.latency / done.estimate for done in self.finished
+                            if done.estimate and done.latency > 0)
+            bias, trust = 1.0, True
+            if len(ratios) >= MIN_TASKS:
+                bias = median(ratios)
+                quarter = len(ratios) // 4
+                trust = (ratios[-1 - quarter] - ratios[quarter]) / bias <= UNTRUSTED_SPREAD
+            self.snapshot = Learnt(
+                latencies=tuple(latencies), reports_progress=self.reports_progress,
+                resolution=0.5 * 10.0 ** -max(self.decimals, 1), bias=bias,
+                trust_progress=trust, status_shares=self._shares())
+        return self.snapshot
+
+    def _shares(self) -> dict[str, tuple[float, float]]:
+        """Per status, the least and greatest share of their latency at which the recent
+        finished tasks answered it, once enough tasks did."""
+        lows: dict[str, list[float]] = {}
+        highs: dict[str, list[float]] = {}
+        for done in self.finished:
+            latency = done.latency
+            if latency <= 0:
+                continue
+            mine: dict[str, list[float]] = {}
+            for reading in done.readings:
+                mine.setdefault(reading.status, []).append(min(1.0, reading.elapsed / latency))
+            for status, shares in mine.items():
+                lows.setdefault(status, []).append(min(shares))
+                highs.setdefault(status, []).append(max(shares))
+        return {status: (min(low), max(highs[status])) for status, low in lows.items()
+                if len(low) >= MIN_TASKS}
 
 
 class LatencyTracker:
-    """Recent finished tasks per model, and a signal for the tasks still waiting whenever one
-    finishes (what it taught may bring their next poll forward)."""
+    """Recent finished tasks per kind (a model, and what else makes its tasks take longer),
+    and a signal for the tasks still waiting whenever one finishes (what it taught may bring
+    their next poll forward)."""
 
     def __init__(self, window: int = 32) -> None:
         self.window = window
-        self._models: dict[str, _Model] = {}
+        self._kinds: dict[str, _Kind] = {}
         self._news: dict[str, asyncio.Event] = {}
 
-    def _model(self, model: str) -> _Model:
-        found = self._models.get(model)
+    def _kind(self, kind: str) -> _Kind:
+        found = self._kinds.get(kind)
         if found is None:
-            found = self._models[model] = _Model(self.window)
+            found = self._kinds[kind] = _Kind(self.window)
         return found
 
-    def observe(self, model: str, progress: float | None) -> None:
-        """An in-flight answer of ``model`` reported ``progress`` (or none)."""
+    def observe(self, kind: str, progress: float | None) -> None:
+        """An in-flight answer of a task of ``kind`` reported ``progress`` (or none)."""
         if progress is None or not 0 < progress < 1:
             return
-        known = self._model(model)
-        known.reports_progress = True
+        known = self._kind(kind)
         text = repr(float(progress))
-        decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 6
-        known.decimals = max(known.decimals, min(decimals, 6))
+        decimals = min(len(text.split(".")[1]) if "." in text and "e" not in text else 6, 6)
+        if not known.reports_progress or decimals > known.decimals:
+            known.reports_progress = True
+            known.decimals = max(known.decimals, decimals)
+            known.snapshot = None
 
-    def record(self, model: str, seconds: float | Finished) -> None:
-        """A task of ``model`` was seen ready (after ``seconds``, or as ``Finished`` tells)."""
+    def record(self, kind: str, seconds: float | Finished) -> None:
+        """A task of ``kind`` was seen ready (after ``seconds``, or as ``Finished`` tells)."""
         done = seconds if isinstance(seconds, Finished) else Finished(ready=seconds,
                                                                       pending=seconds)
-        known = self._model(model)
+        known = self._kind(kind)
         known.finished.append(done)
-        latency = done.latency
-        if done.estimate and latency > 0:
-            known.ratios.append(latency / done.estimate)
-        if latency > 0:
-            for reading in done.readings:
-                share = min(1.0, reading.elapsed / latency)
-                low, high, count = known.shares.get(reading.status, (share, share, 0))
-                known.shares[reading.status] = min(low, share), max(high, share), count + 1
-        news = self._news.pop(model, None)
+        known.snapshot = None
+        news = self._news.pop(kind, None)
         if news is not None:
             news.set()
 
-    def learnt(self, model: str) -> Learnt:
-        known = self._models.get(model)
-        if known is None:
-            return Learnt()
-        ratios = sorted(known.ratios)
-        bias, trust = 1.0, True
-        if ratios:
-            bias = statistics.median(ratios)
-            if len(ratios) >= 4:
-                quartiles = statistics.quantiles(ratios, n=4)
-                trust = (quartiles[2] - quartiles[0]) / bias <= UNTRUSTED_SPREAD
-        return Learnt(
-            latencies=tuple(sorted(done.latency for done in known.finished)),
-            reports_progress=known.reports_progress,
-            resolution=0.5 * 10.0 ** -max(known.decimals, 1), bias=bias, trust_progress=trust,
-            status_shares=dict(known.shares))
+    def learnt(self, kind: str) -> Learnt:
+        known = self._kinds.get(kind)
+        return Learnt() if known is None else known.learnt()
 
-    def expected(self, model: str) -> float | None:
+    def expected(self, kind: str) -> float | None:
         """The median of the recent latencies."""
-        known = self._models.get(model)
-        if known is None or not known.finished:
-            return None
-        return statistics.median(done.latency for done in known.finished)
+        return self.learnt(kind).median
 
-    def latest(self, model: str) -> float | None:
-        """The latency of the task of ``model`` that finished last."""
-        known = self._models.get(model)
+    def latest(self, kind: str) -> float | None:
+        """The latency of the task of ``kind`` that finished last."""
+        known = self._kinds.get(kind)
         return known.finished[-1].latency if known is not None and known.finished else None
 
-    async def wait(self, model: str, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds; True if a task of ``model`` finished meanwhile."""
-        news = self._news.setdefault(model, asyncio.Event())
+    async def wait(self, kind: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True if a task of ``kind`` finished meanwhile."""
+        news = self._news.setdefault(kind, asyncio.Event())
         try:
             await within(timeout, news.wait())
         except asyncio.TimeoutError:

@@ -39,7 +39,8 @@ class PollPolicy:
     only latencies are known.
     ``step``: after a poll at or past the estimate that found the task in flight, the next
     comes this share of the estimate later, growing by ``factor``. No task polls twice within
-    ``min_interval``; progress under ``min_progress`` says too little to estimate from.
+    ``min_interval``, nor waits longer between polls than ``max_interval`` or ``reach`` of its
+    age, whichever is longer; progress under ``min_progress`` says too little to estimate from.
     """
 
     first: float = 0.5
@@ -53,7 +54,13 @@ class PollPolicy:
     budget: int = 3
     step: float = 0.02
     min_progress: float = 0.05
+    reach: float = 0.25
     deadline: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not (self.min_interval > 0 and self.max_interval > 0 and 0 < self.min_progress < 1
+                and self.first > 0 and self.factor >= 1 and self.budget >= 1):
+            raise ValueError(f"inconsistent poll policy: {self}")
 
 
 WEBHOOK_FALLBACK = PollPolicy(first=30.0, factor=1.0, max_interval=30.0, jitter=0.3)
@@ -71,6 +78,7 @@ class PollTimer:
         self._scheduled = self._backoff  # while nothing is known of the model
         self._not_before = 0.0  # after a failed poll: not again before its retry delay
         self._estimate: tuple[float, float] | None = None  # its latency, as progress says
+        self._aimed_at: float | None = None  # the estimate of the first poll at its end
         self._misses = 0  # polls at or past the estimate that found it in flight
         self._late = 0  # polls past every latency learnt
         self._last: Reading | None = None
@@ -86,7 +94,13 @@ class PollTimer:
             due = self._placed(learnt)
         else:
             due = self._scheduled
+        if self.polls:  # however far an estimate reaches, look again before long
+            due = min(due, self.last_poll + self._longest())
         return max(self._not_before, due, self.last_poll + policy.min_interval)
+
+    def _longest(self) -> float:
+        """The longest wait between two polls now."""
+        return max(self.policy.max_interval, self.policy.reach * self.last_poll)
 
     def _aimed(self, low: float, high: float) -> float:
         """At the end of the estimate (after a poll to sharpen it first, if it is wide); once
@@ -98,7 +112,7 @@ class PollTimer:
         if self.last_poll < high - policy.min_interval:
             return high
         step = high * policy.step * policy.factor ** self._misses
-        return self.last_poll + min(policy.max_interval, max(policy.min_interval, step))
+        return self.last_poll + max(policy.min_interval, step)
 
     def _placed(self, learnt: Learnt) -> float:
         """Where the latencies learnt say the result is likely, given the task's age and
@@ -119,7 +133,7 @@ class PollTimer:
         # past every latency learnt: steps as fine as the latencies' spread, growing
         spread = (latencies[-1] - latencies[0]) / policy.budget
         step = max(policy.min_interval, policy.step * (learnt.median or policy.first), spread)
-        return self.last_poll + min(policy.max_interval, step * policy.factor ** self._late)
+        return self.last_poll + step * policy.factor ** self._late
 
     def pending(self, reading: Reading, learnt: Learnt) -> None:
         """The poll ``reading`` tells of found the task still in flight."""
@@ -128,28 +142,35 @@ class PollTimer:
         if self._estimate is not None and elapsed >= self._estimate[1] * learnt.bias - \
                 policy.min_interval:
             self._misses += 1
+            if self._aimed_at is None:
+                self._aimed_at = sum(self._estimate) / 2
         if learnt.latencies and elapsed >= learnt.latencies[-1]:
             self._late += 1
         self.last_poll = elapsed
         self.polls += 1
-        self._last = reading
         first, _ = self._seen.get(reading.status, (reading, reading))
         self._seen[reading.status] = first, reading
+        rounding = learnt.resolution
         progress = reading.progress
-        if progress is not None and policy.min_progress <= progress < 1 and elapsed > 0:
-            rounding = learnt.resolution
+        before = self._last.progress if self._last is not None else None
+        moved = before is None or progress is None or progress > before + rounding
+        if progress is not None and policy.min_progress <= progress < 1 and moved:
             self._estimate = (elapsed / min(1.0, progress + rounding),
                               elapsed / max(policy.min_progress / 2, progress - rounding))
-        self._backoff = min(policy.max_interval, self._backoff * policy.factor)
+        self._last = reading
+        self._backoff = min(self._longest(), self._backoff * policy.factor)
         self._scheduled = elapsed + self._backoff
 
     def retry(self, elapsed: float, delay: float) -> None:
-        """The poll at ``elapsed`` failed; try again after ``delay``, not sooner."""
+        """A poll failed at ``elapsed`` (when its answer, or its failure, came); try again
+        after ``delay``, not sooner."""
         self._scheduled = self._not_before = elapsed + delay
 
     def finished(self, elapsed: float) -> Finished:
         """What this task teaches, seen ready by the poll at ``elapsed``."""
         readings = tuple(r for pair in self._seen.values() for r in dict.fromkeys(pair))
-        estimate = None if self._estimate is None else sum(self._estimate) / 2
+        estimate = self._aimed_at
+        if estimate is None and self._estimate is not None:
+            estimate = sum(self._estimate) / 2
         return Finished(ready=elapsed, pending=max(0.0, self.last_poll), readings=readings,
                         estimate=estimate)

@@ -10,6 +10,7 @@ import pytest
 
 from kontext_pipeline.providers._base import EditRequest
 from kontext_pipeline.providers._polling import PollPolicy
+from kontext_pipeline.providers.bfl._provider import latency_kind
 from kontext_pipeline.server._run import BackgroundServer
 from kontext_pipeline.server._state import FaultConfig
 from tests.bfl_helpers import provider_for, run
@@ -39,7 +40,7 @@ def chains(server: BackgroundServer, variants: int, steps: int) -> float:
     tasks = list(server.state.tasks.values())
     assert len(tasks) == variants * steps
     assert all(task.ready_seen is not None for task in tasks)
-    learnt = provider.latencies.learnt(MODEL)
+    learnt = provider.latencies.learnt(latency_kind(EditRequest(model=MODEL, prompt="", seed=1)))
     assert len(learnt.latencies) == min(32, len(tasks))
     return sum(task.polls for task in tasks) / len(tasks)
 

@@ -34,7 +34,7 @@ def test_latency_tracker_uses_the_median_and_wakes_waiters() -> None:
 
 def test_a_finished_tasks_latency_lies_between_its_last_two_polls() -> None:
     assert Finished(ready=3.0, pending=2.0).latency == 2.5  # nothing better: the middle
-    assert Finished(ready=3.0).latency == 3.0  # ready at its first poll: no lower bound
+    assert Finished(ready=3.0).latency == 1.5  # ready at its first poll: an early guess
     assert Finished(ready=3.0, pending=2.0, estimate=2.9).latency == 2.9
     assert Finished(ready=3.0, pending=2.0, estimate=1.5).latency == 2.0  # the nearer end
     assert Finished(ready=3.0, pending=2.0, estimate=3.5).latency == 3.0
@@ -65,15 +65,20 @@ def test_bias_is_the_median_ratio_and_scattered_estimates_are_not_trusted() -> N
     assert not scattered.learnt("m").trust_progress
 
 
-def test_status_shares_bound_a_tasks_latency_once_enough_were_seen() -> None:
-    tracker = LatencyTracker()
+def test_status_shares_bound_a_tasks_latency_once_enough_tasks_showed_it() -> None:
+    tracker = LatencyTracker(window=5)
     for latency in (2.0, 2.5, 3.0):
         tracker.record("m", Finished(ready=latency, pending=latency, readings=(
             Reading(0.3 * latency, "Pending"), Reading(0.7 * latency, "Generating"),
             Reading(0.95 * latency, "Generating"))))
+    assert tracker.learnt("m").status_shares == {}  # three tasks: not enough to go by
+    tracker.record("m", Finished(ready=2.0, pending=2.0, readings=(Reading(0.6, "Pending"),
+                                                                   Reading(1.4, "Generating"))))
     learnt = tracker.learnt("m")
-    assert learnt.status_shares["Generating"][:2] == pytest.approx((0.7, 0.95))
+    assert learnt.status_shares["Generating"] == pytest.approx((0.7, 0.95))
+    assert learnt.status_shares["Pending"] == pytest.approx((0.3, 0.3))
     assert learnt.bounds(Reading(1.9, "Generating")) == pytest.approx((1.9 / 0.95, 1.9 / 0.7))
-    assert learnt.bounds(Reading(0.6, "Pending")) == (0.0, math.inf)  # seen 3 times only
-    tracker.record("m", Finished(ready=2.0, pending=2.0, readings=(Reading(0.6, "Pending"),)))
-    assert tracker.learnt("m").bounds(Reading(0.6, "Pending")) == pytest.approx((2.0, 2.0))
+    assert learnt.bounds(Reading(0.6, "Reasoning")) == (0.0, math.inf)  # never seen
+    for _ in range(5):  # the window moves on: what older tasks showed is forgotten
+        tracker.record("m", Finished(ready=2.0, pending=2.0, readings=(Reading(1.8, "Pending"),)))
+    assert tracker.learnt("m").status_shares == {"Pending": pytest.approx((0.9, 0.9))}

@@ -9,6 +9,7 @@ import pytest
 
 from kontext_pipeline.providers._latencies import Learnt, Reading
 from kontext_pipeline.providers._polling import PollPolicy, PollTimer
+from kontext_pipeline.providers.bfl._provider import share_done
 
 NOTHING = Learnt()
 PROGRESS = Learnt(reports_progress=True, resolution=0.005)
@@ -89,15 +90,15 @@ def test_without_progress_polls_go_to_quantiles_of_the_latencies_still_possible(
 
 
 def test_a_status_bounds_the_latencies_still_possible() -> None:
-    learnt = Learnt(latencies=SPREAD, status_shares={"Generating": (0.9, 1.0, 8),
-                                                     "Pending": (0.0, 0.3, 8)})
+    learnt = Learnt(latencies=SPREAD, status_shares={"Generating": (0.9, 1.0),
+                                                     "Pending": (0.0, 0.3)})
     timer = PollTimer(PollPolicy(budget=3), random.Random(1))
     timer.pending(Reading(2.5, "Generating"), learnt)  # 90 % done or more: 2.5 to 2.78 s
     assert timer.due(learnt) == pytest.approx(2.6)  # quantile of 2.6 and 2.7 only
-    few = Learnt(latencies=SPREAD, status_shares={"Generating": (0.9, 1.0, 3)})
+    unknown = Learnt(latencies=SPREAD, status_shares={"Pending": (0.0, 0.3)})
     timer = PollTimer(PollPolicy(budget=3), random.Random(1))
-    timer.pending(Reading(2.5, "Generating"), few)  # too few readings to bound by
-    assert timer.due(few) == pytest.approx(2.7)  # a half of 2.6 … 2.9
+    timer.pending(Reading(2.5, "Generating"), unknown)  # nothing learnt of it: no bound
+    assert timer.due(unknown) == pytest.approx(2.7)  # a half of 2.6 … 2.9
 
 
 def test_retry_reschedules() -> None:
@@ -125,3 +126,23 @@ def test_what_a_finished_task_teaches() -> None:
                                  Reading(2.25, "Generating", 0.9))
     assert finished.estimate == pytest.approx((2.25 / 0.905 + 2.25 / 0.895) / 2)
     assert finished.latency == pytest.approx(finished.estimate)  # it lies between the polls
+
+
+def test_only_a_number_from_0_to_1_is_progress() -> None:
+    assert [share_done(v) for v in (0, 0.25, 1, True, "0.5", None, -0.1, 1.5)] == [
+        0.0, 0.25, 1.0, None, None, None, None, None]
+    assert share_done(float("nan")) is None
+    assert share_done(float("inf")) is None
+    assert share_done(10 ** 400) is None  # no float holds it: not an error
+
+
+def test_a_policy_that_could_divide_by_zero_or_spin_is_refused() -> None:
+    for bad in ({"min_progress": 0.0}, {"min_interval": 0.0}, {"factor": 0.5}, {"budget": 0}):
+        with pytest.raises(ValueError, match="inconsistent poll policy"):
+            PollPolicy(**bad)
+
+
+def test_no_wait_between_polls_is_longer_than_a_quarter_of_the_tasks_age() -> None:
+    timer = PollTimer(PollPolicy(jitter=0.0, max_interval=4.0, reach=0.25), random.Random(1))
+    timer.pending(Reading(40.0, "Generating", 0.06), PROGRESS)  # "done after ~670 s"
+    assert timer.due(PROGRESS) == pytest.approx(50.0)  # a look after 10 s, not at 670 s

@@ -10,6 +10,7 @@ API echoes back.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -50,13 +51,31 @@ from kontext_pipeline.providers.bfl._exchanges import Exchanges
 from kontext_pipeline.providers.bfl._task import TaskLostError, TaskState
 from kontext_pipeline.providers.bfl._urls import check_api_base
 
-__all__ = ["DEFAULT_API_BASE", "MAX_RESULT_BYTES", "BflProvider"]
+__all__ = ["DEFAULT_API_BASE", "MAX_RESULT_BYTES", "BflProvider", "latency_kind", "share_done"]
 
 DEFAULT_API_BASE = "https://api.bfl.ai"
 MAX_RESULT_BYTES = 50_000_000
 """A result larger than this is refused (results are about one megapixel)."""
 MAX_UNKNOWN_WARNINGS = 5
 """Unknown statuses warned about per run, at most (an API may put a counter in its status)."""
+
+
+def latency_kind(request: EditRequest) -> str:
+    """What tasks that take about as long as each other share (their latencies are learnt
+    apart from others'): the model, the size and steps asked for, the number of inputs."""
+    return (f"{request.model} {request.width}x{request.height} steps {request.steps} "
+            f"inputs {len(request.images)}")
+
+
+def share_done(progress: object) -> float | None:
+    """A poll's ``progress`` as the share done, when it is one: a number from 0 to 1."""
+    if isinstance(progress, bool) or not isinstance(progress, int | float):
+        return None
+    try:
+        share = float(progress)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return share if 0.0 <= share <= 1.0 else None  # NaN compares false
 
 
 class BflProvider:
@@ -157,7 +176,9 @@ class BflProvider:
         if accepted.api_base != self.api_base:
             raise TaskLostError(f"{task.label}: task {task.task_id} of an earlier run was "
                                 f"accepted by {accepted.api_base}, not {self.api_base}")
-        task.submitted_at = self._clock() - max(0.0, time.time() - accepted.submitted_at)
+        age = time.time() - accepted.submitted_at  # a journal is not trusted with the clock
+        task.submitted_at = self._clock() - (min(max(0.0, age), self.polling.deadline)
+                                             if math.isfinite(age) else 0.0)
         if self.api.holds_key(task.polling_url) or self.api.holds_key(task.task_id):
             raise TaskLostError(f"{task.label}: a task of an earlier run was journalled with "
                                 "the API key in its id or polling URL; they are not used")
@@ -207,10 +228,10 @@ class BflProvider:
                           polls=task.polls, submitted_at=task.submitted_at,
                           finished_at=self._clock())
 
-    def _learnt(self, model: str) -> Learnt:
-        """What finished tasks of ``model`` taught; with a webhook, nothing: the polls are a
+    def _learnt(self, kind: str) -> Learnt:
+        """What finished tasks of ``kind`` taught; with a webhook, nothing: the polls are a
         slow fallback, at the policy's own pace."""
-        return Learnt() if self.webhook else self.latencies.learnt(model)
+        return Learnt() if self.webhook else self.latencies.learnt(kind)
 
     async def _poll(self, task: TaskState) -> Mapping[str, Any]:
         """Wait for the task's terminal status; the result of a Ready one."""
@@ -221,13 +242,13 @@ class BflProvider:
                 self.webhook.inbox.forget(task.task_id)
 
     async def _poll_until_terminal(self, task: TaskState) -> Mapping[str, Any]:
-        model = task.request.model
+        kind = latency_kind(task.request)
         timer = PollTimer(self.polling, self._rng)
         deadline = self._clock() - task.submitted_at + self.polling.deadline
         task.deadline_at = task.submitted_at + deadline  # the polls' own deadlines end there
         failures = 0
         while True:
-            elapsed, body = await self._wait_due(task, timer, deadline)
+            elapsed, body = await self._wait_due(task, timer, kind, deadline)
             if body is None:
                 task.polls += 1
                 body, failure, retry_after = await self.api.poll_once(task)
@@ -238,14 +259,14 @@ class BflProvider:
                             f"{task.label}: polling failed {failures} times in a row; last: "
                             f"{failure} (task {task.task_id})")
                     delay = self.retry.delay(failures, self._rng, retry_after)
-                    timer.retry(elapsed, delay)
+                    timer.retry(self._clock() - task.submitted_at, delay)
                     task.event("retrying", message=f"poll: {failure}; retrying in {delay:.1f} s")
                     continue
             failures = 0
             status = str(body.get("status"))
             if status == "Ready":
                 if not task.resumed:
-                    self.latencies.record(model, timer.finished(elapsed))
+                    self.latencies.record(kind, timer.finished(elapsed))
                 result = body.get("result")
                 return result if isinstance(result, dict) else {}
             if status in TERMINAL:
@@ -253,12 +274,10 @@ class BflProvider:
                                  failure_reason(body))
             if status not in IN_FLIGHT:
                 self._unfamiliar(task, status)
-            progress = body.get("progress")
-            fraction = (float(progress) if isinstance(progress, int | float)
-                        and not isinstance(progress, bool) and not self.webhook else None)
+            fraction = None if self.webhook else share_done(body.get("progress"))
             task.event("polling", progress=fraction)
-            self.latencies.observe(model, fraction)
-            timer.pending(Reading(elapsed, status, fraction), self._learnt(model))
+            self.latencies.observe(kind, fraction)
+            timer.pending(Reading(elapsed, status, fraction), self._learnt(kind))
 
     def _unfamiliar(self, task: TaskState, status: str) -> None:
         """A status this client does not know: the API adds statuses over time, and failing a
@@ -273,20 +292,21 @@ class BflProvider:
             "is taken to be still in flight until it ends or the "
             f"{self.polling.deadline:.0f} s deadline passes"))
 
-    async def _wait_due(self, task: TaskState, timer: PollTimer,
+    async def _wait_due(self, task: TaskState, timer: PollTimer, kind: str,
                         deadline: float) -> tuple[float, dict[str, Any] | None]:
         """Wait until the next poll is due (a task of the model that finishes meanwhile may
         bring it forward: what it taught is used at once). Returns the elapsed time then, and
         the task's status if the API pushed it meanwhile (no poll is needed then).
-        ``deadline``: the elapsed time after which no poll is made."""
-        model = task.request.model
+        ``deadline``: the elapsed time by which the last poll made is answered."""
+        last_call = deadline - 0.01 * self.polling.deadline  # time for its answer to come
         while True:
             elapsed = self._clock() - task.submitted_at
-            due = timer.due(self._learnt(model))
-            if due > deadline:
+            due = timer.due(self._learnt(kind))
+            if due > last_call and (elapsed >= last_call or timer.last_poll >= last_call):
                 raise ProviderTimeoutError(
                     f"{task.label}: no result after {self.polling.deadline:.0f} s (task "
                     f"{task.task_id}); it was not submitted again")
+            due = min(due, last_call)  # one last look at the deadline, whatever was planned
             if elapsed >= due:
                 return elapsed, None
             if self.webhook is not None:
@@ -294,4 +314,4 @@ class BflProvider:
                 if pushed is not None:  # a proven status, or (body None) a hint: poll now
                     return self._clock() - task.submitted_at, pushed.body
             else:
-                await self.latencies.wait(model, due - elapsed)
+                await self.latencies.wait(kind, due - elapsed)
