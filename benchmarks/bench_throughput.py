@@ -47,6 +47,7 @@ from _harness import (
     manifest,
     server,
     table,
+    validated,
     whole_process,
     workdir,
     write,
@@ -116,7 +117,7 @@ def scenario(name: str, *, variants: int, steps: int, latency: float, limit: int
                          stats["polls"] / tasks, stats["peak_active"], "-", "-"])
     if whole:
         with workdir() as work, server(latency) as bfl:
-            path = write(work / "bench.yaml", chain_recipe(variants, steps, model))
+            path = validated(write(work / "bench.yaml", chain_recipe(variants, steps, model)))
             finished = whole_process(run_command(path, bfl.url, work),
                                      env={"BFL_API_KEY": KEY})
             assert manifest(work / "out").totals.calls == tasks
@@ -162,7 +163,8 @@ def jittered_rows(runs: int) -> tuple[list[Row], list[float]]:
     rows: list[Row] = []
     versus: list[float] = []
     with sdk_python() as python, workdir() as shared:
-        path = write(shared / "bench.yaml", chain_recipe(variants, steps, "flux-kontext-pro"))
+        path = validated(write(shared / "bench.yaml", chain_recipe(variants, steps,
+                                                                  "flux-kontext-pro")))
         workload = write_workload(path, shared / "workload.json")
         for run in range(runs):
             flags = ("--jitter", "1", "--fault-seed", str(run))

@@ -177,6 +177,7 @@ class _Service:
         return None
 
     async def submit(self, request: Request) -> Response:
+        arrived = time.time()
         refusal = self._refusal(request, submit=True)
         if refusal is not None:
             return refusal
@@ -190,6 +191,7 @@ class _Service:
         if over is not None:
             return over
         task = self._new_task(model, submission, now)
+        task.arrived = arrived
         self.state.tasks[task.id] = task
         self.state.submits[submit_digest(model, body)] += 1
         self.state.record_peak(now, model)

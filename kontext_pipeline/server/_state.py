@@ -130,6 +130,7 @@ class TaskRecord:
     phases: tuple[str, ...] = ("Pending",)
     stepwise: bool = False
     started: float = 0.0
+    arrived: float = 0.0  # the epoch time its submit request reached the server
     latency: float = 0.0
     polls: int = 0
     ready_seen: float | None = None

@@ -15,7 +15,8 @@ __all__ = ["stats_body"]
 
 def stats_body(state: ServerState) -> dict[str, Any]:
     """The counters as ``/_stats`` answers them. Times are epoch seconds (this machine's clock,
-    so that a benchmark can set them against a process it launched)."""
+    so that a benchmark can set them against a process it launched); ``first_submit`` is when
+    the first accepted submit's request reached the server."""
     tasks = list(state.tasks.values())  # in submit order: a dict keeps insertion order
     return {
         "submits": sum(state.submits.values()),
@@ -28,12 +29,13 @@ def stats_body(state: ServerState) -> dict[str, Any]:
         "peak_by_model": dict(state.peak_by_model),
         "active": state.active(time.monotonic()),
         "credits_charged": state.credits_charged,
-        "first_submit": tasks[0].started if tasks else None,
+        "first_submit": min(task.arrived for task in tasks) if tasks else None,
         "last_download": state.last_download,
         "tasks": [_task(task) for task in tasks],
     }
 
 
 def _task(task: TaskRecord) -> dict[str, Any]:
-    return {"id": task.id, "model": task.model, "prompt": task.prompt, "submitted": task.started,
+    return {"id": task.id, "model": task.model, "prompt": task.prompt, "arrived": task.arrived,
+            "submitted": task.started,
             "latency": task.latency, "polls": task.polls, "ready_seen": task.ready_seen}

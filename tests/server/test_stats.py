@@ -118,7 +118,7 @@ def test_stats_tell_each_task_in_submit_order_with_its_polls_and_times() -> None
     assert (one["polls"], two["polls"]) == (3, 0)  # the refused and the unknown one not counted
     assert body["polls"] == 5
     assert before <= one["submitted"] <= between <= two["submitted"]
-    assert body["first_submit"] == one["submitted"]
+    assert before <= body["first_submit"] <= one["submitted"]  # as it reached the server
     assert polled <= one["ready_seen"] <= answered
     assert two["ready_seen"] is None
     assert done >= body["last_download"] >= answered

@@ -202,6 +202,8 @@ class BflProvider:
         """The submit's body, built once whatever the retries (it is dropped once submitted)."""
         hook = self.webhook
         extra = {"webhook_url": hook.url, "webhook_secret": hook.secret} if hook else None
+        if not task.request.images:  # a prompt alone: nothing to read or encode, no thread
+            return request_body(task.request, extra)
         try:
             return await asyncio.to_thread(request_body, task.request, extra)
         except OSError as exc:  # an input vanished since the plan hashed it
