@@ -32,7 +32,8 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # The plans of recipes validated before are remembered in the user cache directory: one of the
 # benchmarks' own, not the user's.
 _USER_CACHE = tempfile.TemporaryDirectory(prefix="kontext-bench-user-cache-")
-os.environ["XDG_CACHE_HOME"] = _USER_CACHE.name
+os.environ["XDG_CACHE_HOME"] = os.path.join(_USER_CACHE.name, "cache")
+os.environ["XDG_STATE_HOME"] = os.path.join(_USER_CACHE.name, "state")
 
 
 def validated(recipe: Path) -> Path:

@@ -95,9 +95,11 @@ def user_cache(tmp_path_factory: pytest.TempPathFactory,
                monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test's user cache directory (where plan memos go, and results when no cache
     directory is given) is a fresh one of its own, never the user's: ``XDG_CACHE_HOME`` (which
-    the platform's rules honour) points there, for the processes the test starts too."""
+    the platform's rules honour) points there, for the processes the test starts too; so does
+    ``XDG_STATE_HOME`` (the key that signs the memos), to a folder beside it."""
     folder = tmp_path_factory.mktemp("user-cache")
     monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("user-state")))
     monkeypatch.delenv("KONTEXT_CACHE_DIR", raising=False)
     return folder
 

@@ -81,3 +81,32 @@ def test_a_backlog_given_nothing_starts_no_thread() -> None:
     backlog.drain()
     backlog.close()
     assert backlog._threads == []
+
+
+def test_closing_waits_for_a_job_a_drain_is_running() -> None:
+    backlog = Backlog(0, "test")  # no workers of its own: only a drain runs jobs
+    started, release, closed = threading.Event(), threading.Event(), threading.Event()
+    finished: list[str] = []
+
+    def job() -> None:
+        started.set()
+        release.wait(10)
+        finished.append("job")
+
+    backlog.submit(job)
+    drainer = threading.Thread(target=backlog.drain)
+    drainer.start()
+    assert started.wait(10)
+
+    def close() -> None:
+        backlog.close()
+        closed.set()
+
+    closer = threading.Thread(target=close)
+    closer.start()
+    assert not closed.wait(0.2)  # still running the drained job: close waits for it
+    release.set()
+    assert closed.wait(10)
+    assert finished == ["job"]
+    drainer.join(10)
+    closer.join(10)

@@ -20,6 +20,7 @@ from kontext_pipeline.errors import SpecError
 from kontext_pipeline.plan import _memo
 from kontext_pipeline.plan._memo import memo_folder, plan_recipes, recall, toolchain
 from kontext_pipeline.plan._memo_codec import FILE_STEM, IDENTIFIER, SLUG, SLUG_LENGTH
+from kontext_pipeline.plan._memo_key import key_path, memo_key, sign
 from kontext_pipeline.plan._plan import Plan, build_plan
 from kontext_pipeline.recipe._spec import load_spec
 from tests.conftest import ROOT, RunCli, WriteRecipe
@@ -71,6 +72,19 @@ def planned(path: Path, overrides: Mapping[str, str] | None = None,
             environ: Mapping[str, str] = ENV) -> Plan:
     (plan,) = plan_recipes([path], overrides=overrides or {}, environ=environ, provider="bfl")
     return plan
+
+
+def hashes_counted(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files the memo hashes from now on, in order."""
+    hashed: list[Path] = []
+    sha256 = _memo._sha256
+
+    def counted(path: Path) -> str:
+        hashed.append(path)
+        return sha256(path)
+
+    monkeypatch.setattr(_memo, "_sha256", counted)
+    return hashed
 
 
 def memos() -> list[Path]:
@@ -181,14 +195,7 @@ def test_an_input_edited_keeping_its_size_and_modification_time_is_a_miss(
     photo = recipe.parent / "photo.png"
     planned(recipe)
     monkeypatch.setattr(_memo, "RACY_NS", 0)  # trust signatures however recent: only they tell
-    hashed: list[Path] = []
-    sha256 = _memo._sha256
-
-    def counted(path: Path) -> str:
-        hashed.append(path)
-        return sha256(path)
-
-    monkeypatch.setattr(_memo, "_sha256", counted)
+    hashed = hashes_counted(monkeypatch)
     assert memoized(recipe) == full(recipe)
     assert hashed == []  # its signature is the memo's: not read
 
@@ -211,14 +218,7 @@ def test_an_input_edited_keeping_its_size_and_modification_time_is_a_miss(
 def test_an_input_changed_recently_is_hashed_again_whatever_its_signature(
         recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     planned(recipe)
-    hashed: list[Path] = []
-    sha256 = _memo._sha256
-
-    def counted(path: Path) -> str:
-        hashed.append(path)
-        return sha256(path)
-
-    monkeypatch.setattr(_memo, "_sha256", counted)
+    hashed = hashes_counted(monkeypatch)
     assert memoized(recipe) is not None
     assert hashed == [(recipe.parent / "photo.png").resolve()]  # written within RACY_NS
 
@@ -237,9 +237,53 @@ def test_an_input_replaced_by_a_link_leading_out_of_the_recipe_folder_is_a_miss(
 
 
 def _sign(path: Path, body: bytes) -> None:
-    """Write ``body`` as a memo whose header's sha256 is right, as a tamperer would."""
-    path.write_bytes(b"kontext-pipeline plan memo 1 " + hashlib.sha256(body).hexdigest()
-                     .encode() + b"\n" + body)
+    """Write ``body`` as a memo signed with this user's key (as only a tamperer holding the
+    key could), so that each check past the signature is what refuses it."""
+    key = memo_key(create=False)
+    assert key is not None
+    path.write_bytes(b"kontext-pipeline plan memo 1 " + sign(key, body).encode() + b"\n" + body)
+
+
+def test_a_memo_not_signed_with_this_users_key_is_not_used(recipe: Path) -> None:
+    planned(recipe)
+    (memo,) = memos()
+    document = json.loads(memo.read_bytes().partition(b"\n")[2])
+    document["plan"]["prompts"] = {variant: ["injected"] * len(prompts) for variant, prompts
+                                   in document["plan"]["prompts"].items()}
+    body = json.dumps(document).encode()
+    checksum = b"kontext-pipeline plan memo 1 " + hashlib.sha256(body).hexdigest().encode()
+    memo.write_bytes(checksum + b"\n" + body)  # what a checksum alone would have let through
+    assert memoized(recipe) is None
+    planned(recipe)  # signed again: a hit
+    assert memoized(recipe) == full(recipe)
+    key = key_path()
+    assert key is not None
+    key.unlink()  # another key (another user, a restored cache): nothing it did not sign
+    assert memo_key(create=True) is not None
+    assert memoized(recipe) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX ownership and modes")
+def test_a_key_others_could_read_or_swap_signs_nothing(recipe: Path) -> None:
+    planned(recipe)
+    key = key_path()
+    assert key is not None
+    assert memoized(recipe) is not None
+    assert [m.stat().st_mode & 0o077 for m in memos()] == [0]  # its prompts are its owner's
+    assert key.stat().st_mode & 0o077 == 0
+    key.chmod(0o644)
+    assert memo_key(create=False) is None
+    assert memoized(recipe) is None
+    key.chmod(0o600)
+    assert memoized(recipe) is not None
+    secret = key.read_bytes()
+    key.unlink()
+    elsewhere = key.with_name("elsewhere.key")
+    elsewhere.write_bytes(secret)
+    elsewhere.chmod(0o600)
+    key.symlink_to(elsewhere)  # a link is never followed
+    assert memo_key(create=False) is None
+    assert memoized(recipe) is None
 
 
 def _rewrite(path: Path, change: Callable[[dict[str, Any]], object]) -> None:
@@ -252,6 +296,7 @@ def _rewrite(path: Path, change: Callable[[dict[str, Any]], object]) -> None:
 @pytest.mark.parametrize("damage", [
     "flipped byte", "truncated", "empty", "not json", "wrong field type", "oversized",
     "link", "linked folder", "escaping input", "escaping name", "unknown model", "folder",
+    "format as a path", "tolerance out of range",
 ])
 def test_a_damaged_or_tampered_memo_is_a_silent_miss(
         recipe: Path, tmp_path: Path, damage: str, monkeypatch: pytest.MonkeyPatch,
@@ -292,6 +337,12 @@ def test_a_damaged_or_tampered_memo_is_a_silent_miss(
     elif damage == "folder":
         memo.unlink()
         memo.mkdir()
+    elif damage == "format as a path":  # it names the exported files
+        _rewrite(memo, lambda d: d["plan"]["spec"]["steps"][0]["request"].update(
+            output_format="png/../../escaped"))
+    elif damage == "tolerance out of range":
+        _rewrite(memo, lambda d: d["plan"]["spec"]["steps"][0]["request"].update(
+            safety_tolerance=999))
     assert memoized(recipe) is None
     assert facts(planned(recipe)) == facts(full(recipe))  # the full path, and nothing said
     assert capsys.readouterr() == ("", "")

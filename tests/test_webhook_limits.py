@@ -195,7 +195,8 @@ def test_a_flood_of_idle_connections_does_not_sink_the_run(
          "--webhook-url", f"http://127.0.0.1:{port}/hook", "--webhook-listen",
          f"127.0.0.1:{port}"],
         env={"BFL_API_KEY": KEY, "PATH": "/usr/bin:/bin",
-             "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}, stdout=subprocess.PIPE,
+             "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"],
+             "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"]}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     stop = threading.Event()
     held: list[socket.socket] = []

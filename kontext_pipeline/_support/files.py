@@ -118,12 +118,14 @@ def cannot_make(directory: Path) -> OSError | None:
 
 
 def write_atomic(target: Path, data: bytes | None = None, *, source: Path | None = None,
-                 durable: bool = False, inside: Path | None = None) -> None:
+                 durable: bool = False, inside: Path | None = None,
+                 private: bool = False) -> None:
     """Write ``data`` (or a copy of ``source``) to ``target`` through a temporary file in the
     same directory, renamed into place (over a link at ``target``: the link is replaced, not
     followed). ``durable``: the file and the rename are flushed to disk before returning (a
     power cut then leaves the new file, whole). ``inside``: the folders from there to
-    ``target`` must be real folders, not links (see :func:`make_folders`)."""
+    ``target`` must be real folders, not links (see :func:`make_folders`). ``private``: only
+    its owner may read it."""
     if inside is None:
         target.parent.mkdir(parents=True, exist_ok=True)
     else:
@@ -137,7 +139,8 @@ def write_atomic(target: Path, data: bytes | None = None, *, source: Path | None
             shutil.copyfile(source, temporary)  # the kernel copies (sendfile), not Python
         if durable:
             _fsync(temporary)
-        os.chmod(temporary, _MODE)  # mkstemp makes files private; these are ordinary files
+        if not private:
+            os.chmod(temporary, _MODE)  # mkstemp makes files private; these are ordinary files
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -46,7 +46,8 @@ class Staging:
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._writing = 0  # files being written now (outside the lock)
         self._folder: Path | None = None
         self._made: list[Path] = []  # the folders the staging made, in the order it made them
         self._files: dict[str, _Staged] = {}
@@ -62,16 +63,18 @@ class Staging:
             if folder is None or not self._make_folders(relative):
                 return
             path = folder / str(next(self._names))
+            self._writing += 1
         try:
             write_atomic(path, data)
         except OSError:
             return
-        with self._lock:
-            if self._closed:  # closed meanwhile: the folder is gone or going
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                return
-            self._files[relative] = _Staged(path, fingerprint, sha256)
+        else:
+            with self._lock:
+                self._files[relative] = _Staged(path, fingerprint, sha256)
+        finally:
+            with self._lock:
+                self._writing -= 1
+                self._lock.notify_all()
 
     def place(self, relative: str, fingerprint: str, target: Path) -> str | None:
         """Move the file staged for ``relative`` to ``target`` if it is made of
@@ -96,6 +99,8 @@ class Staging:
         """Remove what was staged and not placed, and the folders the staging made."""
         with self._lock:
             self._closed = True
+            while self._writing:  # a file being written now goes with the folder
+                self._lock.wait()
             folder, self._folder = self._folder, None
             self._files.clear()
         if folder is not None:

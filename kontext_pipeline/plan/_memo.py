@@ -14,7 +14,8 @@ differs or is too recent to tell (a file changed within the clock's granularity 
 making), and used only if that sha256 is the memo's.
 
 A memo is input, like the cache: read bounded, a regular file (no link followed, in a real
-folder), its body's sha256 checked against its header, every field checked
+folder), its body signed with this user's key (:mod:`._memo_key`: a memo another user wrote,
+or one restored into place, is not used), every field checked
 (:mod:`._memo_codec`); any doubt is a miss, and the recipe is validated and planned in full.
 Writes are atomic; an invalid recipe is never memoized, and a memo is written only if the plan
 it restores equals the plan it was made from. The folder keeps at most :data:`MAX_MEMOS`.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import hmac
 import importlib.machinery
 import json
 import os
@@ -43,8 +45,9 @@ from kontext_pipeline._support.files import (
     read_regular,
     write_atomic,
 )
-from kontext_pipeline.errors import KontextError, SpecError
+from kontext_pipeline.errors import SpecError
 from kontext_pipeline.plan._memo_codec import decode, encode
+from kontext_pipeline.plan._memo_key import memo_key, sign
 from kontext_pipeline.plan._plan import InputSizes, Plan, build_plan
 from kontext_pipeline.recipe._checks import input_path
 from kontext_pipeline.recipe._environ import template_environ
@@ -98,9 +101,10 @@ def toolchain() -> str:
     root = sys.modules[__name__.partition(".")[0]]  # a package is imported before its modules
     parts: list[Any] = [root.__version__, sys.version]
     package = Path(str(root.__file__)).parent
-    for folder in ("recipe", "plan", "_support"):
+    for folder in ("recipe", "plan", "_support", "schemas"):
         with os.scandir(package / folder) as items:
-            found = sorted((i.name, i.stat()) for i in items if i.name.endswith(".py"))
+            found = sorted((i.name, i.stat()) for i in items
+                           if i.name.endswith((".py", ".json")))
         parts.extend([name, info.st_size, info.st_mtime_ns] for name, info in found)
     for name in _LIBRARIES:
         # where the library would be imported from (it is not imported)
@@ -144,7 +148,7 @@ def memoize(spec: Spec, environ: Mapping[str, str]) -> None:
     to come (what ``validate`` leaves)."""
     folder = memo_folder()
     if folder is not None:
-        with contextlib.suppress(KontextError):
+        with contextlib.suppress(Exception):  # it only saves time: nothing here stops validate
             remember(build_plan(spec, env=environ), overrides={}, environ=environ,
                      folder=folder)
 
@@ -170,9 +174,12 @@ def _recall(recipe: str | os.PathLike[str], *, overrides: Mapping[str, str],
     if raw is None or not stat.S_ISDIR(os.lstat(folder).st_mode):
         return None
     text = raw.decode("utf-8-sig")
+    key = memo_key(create=False)
+    if key is None:
+        return None
     data = read_regular(folder / _name(given, overrides), MAX_MEMO_BYTES)
     header, _, body = data.partition(b"\n")
-    if header != _HEADER + hashlib.sha256(body).hexdigest().encode():
+    if not hmac.compare_digest(header, _HEADER + sign(key, body).encode()):
         return None
     memo = jsonsafe.loads(body)
     expected = _identity(given, text, overrides)
@@ -227,9 +234,12 @@ def _remember(plan: Plan, *, overrides: Mapping[str, str], environ: Mapping[str,
                       paths={name: image.path for name, image in spec.inputs.items()})
     if restored != plan or _json(encode(restored, sizes)) != _json(document):
         return  # something JSON does not keep (a tuple, an order): never memoized
-    header = _HEADER + hashlib.sha256(body).hexdigest().encode()
+    key = memo_key(create=True)
+    if key is None:
+        return
+    header = _HEADER + sign(key, body).encode()
     write_atomic(folder / _name(spec.path, overrides), header + b"\n" + body,
-                 inside=folder.parent)
+                 inside=folder.parent, private=True)  # it holds rendered prompts
     _prune(folder)
 
 
@@ -288,7 +298,10 @@ def _unchanged(path: Path, entry: Mapping[str, Any]) -> bool:
     """Whether the input at ``path`` still has the bytes ``entry`` records: its signature is
     the same and was not too recent to tell, or else its bytes hash the same."""
     info = os.stat(path)
-    recent = max(info.st_mtime_ns, info.st_ctime_ns) >= entry["checked_ns"] - RACY_NS
+    # where st_ctime is no change time (Windows: the creation time), a signature cannot tell
+    # a rewrite in place that kept size and mtime: the bytes are hashed every time
+    recent = os.name == "nt" or max(info.st_mtime_ns, info.st_ctime_ns) >= \
+        entry["checked_ns"] - RACY_NS
     if _signature(info) == entry["stat"] and not recent:
         return True
     return bool(stat.S_ISREG(info.st_mode) and _sha256(path) == entry["sha256"])

@@ -91,7 +91,28 @@ def decode(document: Any, *, recipe: Path, file: str, text: str, provider: str,
         for field, kinds in _PARAMS.items():
             if type(getattr(params, field)) not in kinds:
                 raise TypeError(f"the memo's {field} is {type(getattr(params, field)).__name__}")
+        if not _plausible(params):
+            raise ValueError("the memo's request parameters break the recipe's rules")
+    if spec.model not in MODELS or any(step.model not in MODELS for step in spec.steps):
+        raise ValueError("the memo names a model this version does not know")
     return plan
+
+
+def _plausible(params: Any) -> bool:
+    """Whether request parameters are of the kind validation lets through (the memo is
+    signed; this is one more line: the format names exported files, the rest is sent)."""
+    def within(value: int | float | None, low: float, high: float) -> bool:
+        return value is None or low <= value <= high
+
+    return (params.model in MODELS and params.output_format in _FORMATS
+            and (params.aspect_ratio is None or _RATIO.fullmatch(params.aspect_ratio) is not None)
+            and within(params.safety_tolerance, 0, 6) and within(params.width, 0, 16384)
+            and within(params.height, 0, 16384) and within(params.steps, 1, 50)
+            and within(params.guidance, 1.5, 10))
+
+
+_FORMATS = frozenset({"png", "jpeg", "webp"})
+_RATIO = re.compile(r"[0-9]{1,2}:[0-9]{1,2}")
 
 
 _PARAMS: dict[str, tuple[type, ...]] = {

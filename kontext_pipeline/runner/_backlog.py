@@ -57,11 +57,14 @@ class Backlog:
             self._do(job)
 
     def close(self) -> None:
-        """Drop the jobs not started, and wait for the running ones (their threads end)."""
+        """Drop the jobs not started, and wait for the running ones, whoever runs them (a
+        thread in :meth:`drain` too); the worker threads end."""
         with self._changed:
             self._closed = True
             self._jobs.clear()
             self._changed.notify_all()
+            while self._running:
+                self._changed.wait()
         for thread in self._threads:
             thread.join()
 

@@ -109,11 +109,29 @@ class Network:
             await self.app(scope, receive, send)
             return
         status = 0
+        recorded = False
+
+        def record() -> None:
+            """Log the request once: as its answer starts (before the client can read it, so
+            that a test reading the log after the answer finds it there), or as it ends
+            without one."""
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            headers = dict(scope["headers"])
+            key = headers.get(b"x-key")
+            self.state.requests.append(RequestRecord(
+                method=scope["method"], path=scope["path"],
+                query=scope["query_string"].decode("latin-1"),
+                key=key.decode("latin-1") if key is not None else None, status=status,
+                body=scope.get("state", {}).get("body")))
 
         async def record_status(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                record()
             await send(message)
 
         try:
@@ -125,11 +143,4 @@ class Network:
             if endpoint == "download" and status == 200:
                 self.state.last_download = time.time()
         finally:
-            headers = dict(scope["headers"])
-            key = headers.get(b"x-key")
-            body = scope.get("state", {}).get("body")
-            self.state.requests.append(RequestRecord(
-                method=scope["method"], path=scope["path"],
-                query=scope["query_string"].decode("latin-1"),
-                key=key.decode("latin-1") if key is not None else None, status=status,
-                body=body))
+            record()
