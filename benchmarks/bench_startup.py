@@ -4,7 +4,9 @@ its first submit: a 24×3 chain recipe, validated once and run once (warm-up), t
 with a fresh ``--cache-dir`` and ``--out`` against the server at 0.05 s latency, from the
 launch (just before the process starts) to the server's first submit, median, against
 ``python -c "import httpx"`` (the floor of any program that speaks HTTP with httpx), limit:
-ratio ≤ 1.3. Every process runs with ``XDG_CACHE_HOME`` in a throwaway directory, so nothing a
+ratio ≤ 1.3; beside it, a bare script that only submits one request with httpx's
+``AsyncClient`` (what any asyncio client of the API starts with). Every process runs with
+``XDG_CACHE_HOME`` in a throwaway directory, so nothing a
 previous run left in the user's cache counts.
 
     python benchmarks/bench_startup.py
@@ -48,6 +50,35 @@ def first_submit(script: str, work: Path) -> float:
     return statistics.median(starts)
 
 
+BARE = """
+import asyncio, sys
+import httpx
+
+async def submit():
+    async with httpx.AsyncClient() as client:
+        await client.post(sys.argv[1] + "/v1/flux-kontext-pro", headers={"x-key": sys.argv[2]},
+                          json={"prompt": "A bare submit", "seed": 1})
+
+asyncio.run(submit())
+"""
+
+
+def bare_submit() -> float:
+    """The median seconds from the launch of a script that only submits one request with
+    httpx's AsyncClient to the server seeing it: the floor of any asyncio httpx client."""
+    starts: list[float] = []
+    with server(0.05) as bfl:
+        for run in range(RUNS + 1):  # the first is the warm-up
+            before = len(bfl.stats()["tasks"])
+            finished = whole_process([sys.executable, "-c", BARE, bfl.url, KEY])
+            tasks = bfl.stats()["tasks"][before:]
+            if len(tasks) != 1:
+                raise RuntimeError(f"the bare script submitted {len(tasks)} tasks, not 1")
+            if run:
+                starts.append(float(tasks[0]["arrived"]) - finished.launched)
+    return statistics.median(starts)
+
+
 def main() -> None:
     script = shutil.which("kontext-pipeline") or str(Path(sys.executable).parent /
                                                      "kontext-pipeline")
@@ -66,6 +97,9 @@ def main() -> None:
             rows.append([label, wall, wall / floor])
         httpx_floor = median_wall([sys.executable, "-c", "import httpx"], REPEAT)
         rows.append(["python -c 'import httpx'", httpx_floor, 1.0])
+        bare = bare_submit()
+        rows.append([f"a bare httpx script to its one submit (median of {RUNS})", bare,
+                     bare / httpx_floor])
         start = first_submit(script, work)
         rows.append([f"run to first submit (24x3, median of {RUNS})", start,
                      start / httpx_floor])
