@@ -296,7 +296,6 @@ def _rewrite(path: Path, change: Callable[[dict[str, Any]], object]) -> None:
 @pytest.mark.parametrize("damage", [
     "flipped byte", "truncated", "empty", "not json", "wrong field type", "oversized",
     "link", "linked folder", "escaping input", "escaping name", "unknown model", "folder",
-    "format as a path", "tolerance out of range",
 ])
 def test_a_damaged_or_tampered_memo_is_a_silent_miss(
         recipe: Path, tmp_path: Path, damage: str, monkeypatch: pytest.MonkeyPatch,
@@ -337,15 +336,23 @@ def test_a_damaged_or_tampered_memo_is_a_silent_miss(
     elif damage == "folder":
         memo.unlink()
         memo.mkdir()
-    elif damage == "format as a path":  # it names the exported files
-        _rewrite(memo, lambda d: d["plan"]["spec"]["steps"][0]["request"].update(
-            output_format="png/../../escaped"))
-    elif damage == "tolerance out of range":
-        _rewrite(memo, lambda d: d["plan"]["spec"]["steps"][0]["request"].update(
-            safety_tolerance=999))
     assert memoized(recipe) is None
     assert facts(planned(recipe)) == facts(full(recipe))  # the full path, and nothing said
     assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("request_field", [
+    {"output_format": "png/../../escaped"},  # it names the exported files
+    {"safety_tolerance": 999},
+    {"aspect_ratio": "1:1/.."},
+])
+def test_request_parameters_validation_would_refuse_are_a_miss(
+        recipe: Path, request_field: dict[str, object]) -> None:
+    planned(recipe)
+    (memo,) = memos()
+    _rewrite(memo, lambda d: d["plan"]["spec"]["steps"][0]["request"].update(request_field))
+    assert memoized(recipe) is None
+    assert facts(planned(recipe)) == facts(full(recipe))
 
 
 def test_the_same_tampering_signed_as_made_is_a_hit(recipe: Path) -> None:
