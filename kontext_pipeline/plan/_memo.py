@@ -45,6 +45,7 @@ from kontext_pipeline._support.files import (
     read_regular,
     write_atomic,
 )
+from kontext_pipeline._support.userdirs import user_dir
 from kontext_pipeline.errors import SpecError
 from kontext_pipeline.plan._memo_codec import decode, encode
 from kontext_pipeline.plan._memo_key import memo_key, sign
@@ -78,18 +79,8 @@ _LIBRARIES = ("jinja2", "jsonschema", "markupsafe", "PIL", "yaml")
 def memo_folder() -> Path | None:
     """Where memos are kept: ``plans`` in the platform's user cache directory (which honours
     ``XDG_CACHE_HOME``); None when there is none."""
-    if sys.platform.startswith("linux"):  # the XDG rule, without importing platformdirs
-        base = os.environ.get("XDG_CACHE_HOME", "")
-        if not os.path.isabs(base):
-            base = os.path.expanduser("~/.cache")
-        if os.path.isabs(base):
-            return Path(base) / "kontext-pipeline" / "plans"
-    try:
-        import platformdirs  # noqa: PLC0415
-
-        return Path(platformdirs.user_cache_dir("kontext-pipeline", appauthor=False)) / "plans"
-    except (OSError, RuntimeError, KeyError):  # no home directory to be found
-        return None
+    folder = user_dir("cache")
+    return None if folder is None else folder / "plans"
 
 
 @functools.cache

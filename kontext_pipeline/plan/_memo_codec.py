@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from kontext_pipeline._support.diagnostics import Problem
+from kontext_pipeline._support.images import RESULT_FORMATS
 from kontext_pipeline.plan._plan import Plan, assemble_plan
 from kontext_pipeline.recipe._checks import is_device_name
 from kontext_pipeline.recipe._keys import MAX_SEED, MIN_SEED
 from kontext_pipeline.recipe._matrix import Variant
-from kontext_pipeline.recipe._models import MODELS
+from kontext_pipeline.recipe._models import MODELS, Range
 from kontext_pipeline.recipe._positions import Position
 from kontext_pipeline.recipe._spec import InputImage, Spec, Step
 from kontext_pipeline.recipe._template import Prompt
@@ -99,19 +100,24 @@ def decode(document: Any, *, recipe: Path, file: str, text: str, provider: str,
 
 
 def _plausible(params: Any) -> bool:
-    """Whether request parameters are of the kind validation lets through (the memo is
-    signed; this is one more line: the format names exported files, the rest is sent)."""
-    def within(value: int | float | None, low: float, high: float) -> bool:
-        return value is None or low <= value <= high
+    """Whether request parameters are of the kind validation lets through, by the models
+    table's own limits (the memo is signed; this is one more line: the format names exported
+    files, the rest is sent)."""
+    model = MODELS.get(params.model)
+    if model is None or params.output_format not in RESULT_FORMATS:
+        return False
 
-    return (params.model in MODELS and params.output_format in _FORMATS
-            and (params.aspect_ratio is None or _RATIO.fullmatch(params.aspect_ratio) is not None)
-            and within(params.safety_tolerance, 0, 6) and within(params.width, 0, 16384)
-            and within(params.height, 0, 16384) and within(params.steps, 1, 50)
-            and within(params.guidance, 1.5, 10))
+    def within(value: int | float | None, limits: Range | None) -> bool:
+        return value is None or (limits is not None and
+                                 limits.minimum <= value <= limits.maximum)
+
+    return ((params.aspect_ratio is None or _RATIO.fullmatch(params.aspect_ratio) is not None)
+            and 0 <= params.safety_tolerance <= model.safety
+            and within(params.width, _PIXELS) and within(params.height, _PIXELS)
+            and within(params.steps, model.steps) and within(params.guidance, model.guidance))
 
 
-_FORMATS = frozenset({"png", "jpeg", "webp"})
+_PIXELS = Range(0, 16384, 0)  # a side no image of the API's reaches
 _RATIO = re.compile(r"[0-9]{1,2}:[0-9]{1,2}")
 
 

@@ -15,8 +15,9 @@ import hashlib
 import hmac
 import os
 import stat
-import sys
 from pathlib import Path
+
+from kontext_pipeline._support.userdirs import user_dir
 
 __all__ = ["KEY_BYTES", "key_path", "memo_key", "sign"]
 
@@ -26,19 +27,8 @@ _OPEN = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
 
 def key_path() -> Path | None:
     """Where the key is kept (None when there is no home to keep it in)."""
-    if sys.platform.startswith("linux"):  # the XDG rule, without importing platformdirs
-        base = os.environ.get("XDG_STATE_HOME", "")
-        if not os.path.isabs(base):
-            base = os.path.expanduser("~/.local/state")
-        if os.path.isabs(base):
-            return Path(base) / "kontext-pipeline" / "memo.key"
-    try:
-        import platformdirs  # noqa: PLC0415
-
-        return Path(platformdirs.user_state_dir("kontext-pipeline", appauthor=False)) / \
-            "memo.key"
-    except (OSError, RuntimeError, KeyError):
-        return None
+    folder = user_dir("state")
+    return None if folder is None else folder / "memo.key"
 
 
 def memo_key(*, create: bool) -> bytes | None:

@@ -177,15 +177,6 @@ class LatencyTracker:
         known = self._kinds.get(kind)
         return Learnt() if known is None else known.learnt()
 
-    def expected(self, kind: str) -> float | None:
-        """The median of the recent latencies."""
-        return self.learnt(kind).median
-
-    def latest(self, kind: str) -> float | None:
-        """The latency of the task of ``kind`` that finished last."""
-        known = self._kinds.get(kind)
-        return known.finished[-1].latency if known is not None and known.finished else None
-
     async def wait(self, kind: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds; True if a task of ``kind`` finished meanwhile."""
         news = self._news.setdefault(kind, asyncio.Event())

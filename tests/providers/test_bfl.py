@@ -353,4 +353,4 @@ def test_waves_of_tasks_poll_at_most_four_times_each_on_average(bfl_server: Star
     # one to read the progress, one at the end of its estimate, now and then one to sharpen
     # it or one more when a busy machine made the estimate a hair early: 4 at most (the limit)
     assert polls / 72 <= 4.0
-    assert provider.latencies.expected(latency_kind(request("Task 0"))) is not None
+    assert provider.latencies.learnt(latency_kind(request("Task 0"))).median is not None

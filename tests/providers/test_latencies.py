@@ -13,12 +13,11 @@ from kontext_pipeline.providers._latencies import Finished, LatencyTracker, Read
 
 def test_latency_tracker_uses_the_median_and_wakes_waiters() -> None:
     tracker = LatencyTracker(window=3)
-    assert tracker.expected("m") is None
+    assert tracker.learnt("m").median is None
     for seconds in (10.0, 1.0, 2.0, 3.0):
         tracker.record("m", seconds)
-    assert tracker.expected("m") == 2.0
-    assert tracker.latest("m") == 3.0
-    assert tracker.expected("other") is None
+    assert tracker.learnt("m").median == 2.0
+    assert tracker.learnt("other").median is None
     assert tracker.learnt("m").latencies == (1.0, 2.0, 3.0)
 
     async def scenario() -> tuple[bool, bool]:
