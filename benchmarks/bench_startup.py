@@ -6,8 +6,8 @@ launch (just before the process starts) to the server's first submit, median, ag
 ``python -c "import httpx"`` (the floor of any program that speaks HTTP with httpx), limit:
 ratio ≤ 1.3; beside it, measured alike, a bare script that only submits one request with
 httpx's ``AsyncClient`` (what any asyncio client of the API starts with), and a script that only
-makes the imports that bare script has made by its connection, then submits by hand on a socket. Every process runs with
-``XDG_CACHE_HOME`` in a throwaway directory, so nothing a
+makes the imports that bare script has made by its connection, then submits by hand on a
+socket. Every process runs with ``XDG_CACHE_HOME`` in a throwaway directory, so nothing a
 previous run left in the user's cache counts.
 
     python benchmarks/bench_startup.py
