@@ -1,8 +1,11 @@
-"""Work queued for low-priority threads: run in order, and helped by whoever waits for it."""
+"""Work queued for low-priority threads: run in order, helped by whoever waits for it, and held
+for a lull when asked."""
 
 from __future__ import annotations
 
 import threading
+
+import pytest
 
 from kontext_pipeline.runner._backlog import Backlog
 
@@ -110,3 +113,62 @@ def test_closing_waits_for_a_job_a_drain_is_running() -> None:
     assert finished == ["job"]
     drainer.join(10)
     closer.join(10)
+
+
+def test_with_a_lull_the_workers_wait_for_it_until_hurried() -> None:
+    ran_on: list[threading.Thread] = []
+    ran = threading.Event()
+    backlog = Backlog(1, "test", lull=WAIT * 2, patience=WAIT * 2)
+    assert backlog.waits_for_lulls
+
+    def job() -> None:
+        ran_on.append(threading.current_thread())
+        ran.set()
+
+    backlog.submit(job)
+    assert not ran.wait(0.3)  # no lull, nor patience, for a minute
+    backlog.hurry()
+    assert not backlog.waits_for_lulls
+    assert ran.wait(WAIT)
+    assert ran_on == backlog._threads  # the worker did it, once hurried
+    backlog.close()
+
+
+@pytest.mark.parametrize(("lull", "patience"), [(0.05, WAIT * 2), (WAIT * 2, 0.05)])
+def test_a_lull_or_the_patience_running_out_lets_the_workers_start(lull: float,
+                                                                    patience: float) -> None:
+    ran = threading.Event()
+    backlog = Backlog(1, "test", lull=lull, patience=patience)
+    backlog.submit(ran.set)
+    assert ran.wait(WAIT)
+    assert backlog.waits_for_lulls  # it waited, and waits for the next lull too
+    backlog.close()
+
+
+def test_a_drain_does_at_once_the_jobs_waiting_for_a_lull() -> None:
+    done: list[int] = []
+    backlog = Backlog(1, "test", lull=WAIT * 2, patience=WAIT * 2)
+    for number in range(20):
+        backlog.submit(lambda number=number: done.append(number))  # type: ignore[misc]
+    backlog.drain()
+    assert sorted(done) == list(range(20))
+    assert not backlog.waits_for_lulls
+    backlog.close()
+
+
+def test_closing_drops_the_jobs_waiting_for_a_lull_and_ends_the_workers() -> None:
+    done: list[str] = []
+    backlog = Backlog(2, "test", lull=WAIT * 2, patience=WAIT * 2)
+    backlog.submit(lambda: done.append("waiting"))
+    closing = threading.Thread(target=backlog.close)
+    closing.start()
+    closing.join(WAIT)
+    assert not closing.is_alive()
+    assert done == []
+    assert all(not thread.is_alive() for thread in backlog._threads)
+
+
+@pytest.mark.parametrize(("lull", "patience"), [(-0.1, 1.0), (0.1, -1.0)])
+def test_a_negative_lull_or_patience_is_refused(lull: float, patience: float) -> None:
+    with pytest.raises(ValueError, match=r"^lull and patience are seconds, 0 or more$"):
+        Backlog(1, "test", lull=lull, patience=patience)

@@ -196,3 +196,35 @@ def test_a_result_known_before_the_run_is_not_written_ahead(tmp_path: Path,
     assert not list(out.glob(f"{STAGING_PREFIX}*/*"))
     assert eager.thumbnails == {}
     eager.close()
+
+
+def test_the_work_waits_for_lulls_only_while_a_step_still_builds_on_a_result(
+        tmp_path: Path, write_recipe: WriteRecipe) -> None:
+    plan = plan_of(write_recipe(RECIPE))
+    cache = Cache(tmp_path / "cache")
+    eager = EagerFinish([plan], [tmp_path / "out"], cache=cache,
+                        store=ThumbnailStore(cache.root / THUMBNAILS), known={})
+    backlogs = (eager._staging, eager._pictures)
+    assert all(backlog.waits_for_lulls for backlog in backlogs)
+    photo = (task(plan, "n=1", "frame").images[0].sha256 or "",)
+    eager.settled(stored(cache, task(plan, "n=1", "frame"), photo, 10))
+    assert all(backlog.waits_for_lulls for backlog in backlogs)  # n=2's stars waits on its frame
+    # a frame that failed settles too: no step will be submitted after it either
+    eager.settled(StepRecord(task(plan, "n=2", "frame"), "failed", "miss", error="no"))
+    assert not any(backlog.waits_for_lulls for backlog in backlogs)
+    eager.wait_staged()
+    assert len(list((tmp_path / "out").glob(f"{STAGING_PREFIX}*/*"))) == 1
+    eager.close()
+
+
+def test_the_work_of_a_recipe_of_one_step_waits_for_no_lull(
+        tmp_path: Path, write_recipe: WriteRecipe) -> None:
+    plan = plan_of(write_recipe(RECIPE.replace("""      - {id: stars, prompt: "Add {{ n }} stars"}
+""", "").replace("final: stars", "final: frame")))
+    assert [t.step for t in plan.tasks] == ["frame", "frame"]
+    cache = Cache(tmp_path / "cache")
+    eager = EagerFinish([plan], [tmp_path / "out"], cache=cache,
+                        store=ThumbnailStore(cache.root / THUMBNAILS), known={})
+    assert not eager._staging.waits_for_lulls
+    assert not eager._pictures.waits_for_lulls
+    eager.close()

@@ -6,6 +6,12 @@ The executor tells of each task's record as soon as it is settled (its task and 
 The work runs on three low-priority threads and holds no image in memory while it waits: each
 job reads its result back from the cache (it was just written: the bytes are in the page
 cache).
+
+While a step still builds on a result not stored yet, the work waits for a lull in the results
+(see :mod:`._backlog`): results that come together are downloaded, stored and followed by
+their next steps' submits at that very moment, and work beside them on other threads made each
+of those hand-overs about twice as long. Once no step waits for an input any more, no submit
+follows a result: waiting would only move the work to the run's end.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from kontext_pipeline.store._lock import prepare_writing
 __all__ = ["EagerFinish"]
 
 _THUMBNAILERS = 2  # thumbnails are CPU work: more threads would compete with the run itself
+_LULL = 0.1  # seconds without a new result before the threads start on the work waiting…
+_PATIENCE = 1.0  # …or at most this long after the oldest result waiting was stored
 
 
 class EagerFinish:
@@ -52,13 +60,23 @@ class EagerFinish:
         self.thumbnails: dict[str, Thumbnail] = {}  # by the sha256 of the image
         self._plans = {plan.spec.name: (plan, variant_folders(plan)) for plan in plans}
         self._preparing = False
-        self._staging = Backlog(1, "staging")
-        self._pictures = Backlog(_THUMBNAILERS, "thumbnails")
+        # the results that later steps take as input, not settled yet
+        self._feeding = {f"{plan.spec.name}/{task.variant}/{image.name}"
+                         for plan in plans for task in plan.tasks
+                         for image in task.images if image.is_step}
+        lull = _LULL if self._feeding else 0.0
+        self._staging = Backlog(1, "staging", lull=lull, patience=_PATIENCE)
+        self._pictures = Backlog(_THUMBNAILERS, "thumbnails", lull=lull, patience=_PATIENCE)
 
     def settled(self, record: StepRecord) -> None:
         """Told of each task's record on the event loop's thread (a
         :data:`~._executor.SettledSink`): the work of a result new to this run is queued (the
         export at the end writes what a result known before the run needs)."""
+        if self._feeding:
+            self._feeding.discard(record.task.id)
+            if not self._feeding:  # no submit follows a result any more
+                self._staging.hurry()
+                self._pictures.hurry()
         entry = record.entry
         if not record.ok or entry is None or record.task.id in self._known:
             return
