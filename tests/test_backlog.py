@@ -3,7 +3,9 @@ for a lull when asked."""
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -134,14 +136,71 @@ def test_with_a_lull_the_workers_wait_for_it_until_hurried() -> None:
     backlog.close()
 
 
-@pytest.mark.parametrize(("lull", "patience"), [(0.05, WAIT * 2), (WAIT * 2, 0.05)])
-def test_a_lull_or_the_patience_running_out_lets_the_workers_start(lull: float,
-                                                                    patience: float) -> None:
+def test_a_lull_lets_the_workers_start() -> None:
     ran = threading.Event()
-    backlog = Backlog(1, "test", lull=lull, patience=patience)
+    backlog = Backlog(1, "test", lull=0.05, patience=WAIT * 2)
     backlog.submit(ran.set)
     assert ran.wait(WAIT)
     assert backlog.waits_for_lulls  # it waited, and waits for the next lull too
+    backlog.close()
+
+
+class Clock:
+    """A clock the test sets; :func:`tell` makes the workers look at it again."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def noting(name: str, started: list[str], done: threading.Event | None = None
+            ) -> Callable[[], None]:
+    """A job that notes its name in ``started`` (and then sets ``done``)."""
+    def job() -> None:
+        started.append(name)
+        if done is not None:
+            done.set()
+    return job
+
+
+def tell(backlog: Backlog, clock: Clock, now: float) -> None:
+    clock.now = now
+    with backlog._changed:
+        backlog._changed.notify_all()
+
+
+def test_the_lull_counts_from_the_last_job_given() -> None:
+    clock, started, done = Clock(), list[str](), threading.Event()
+    backlog = Backlog(1, "test", lull=10.0, patience=25.0, clock=clock)
+    backlog.submit(noting("a", started))
+    tell(backlog, clock, 8.0)
+    backlog.submit(noting("b", started, done))
+    tell(backlog, clock, 15.0)  # 15 s after a, but only 7 after b: no lull yet
+    assert not done.wait(0.3)
+    assert started == []
+    tell(backlog, clock, 18.0)
+    assert done.wait(WAIT)
+    assert started == ["a", "b"]
+    backlog.close()
+
+
+def test_the_patience_counts_from_each_job_given_while_jobs_keep_coming() -> None:
+    clock, started = Clock(), list[str]()
+    first, second = threading.Event(), threading.Event()
+    backlog = Backlog(1, "test", lull=10.0, patience=25.0, clock=clock)
+    backlog.submit(noting("a", started, first))
+    tell(backlog, clock, 9.0)
+    backlog.submit(noting("b", started, second))
+    tell(backlog, clock, 18.0)
+    backlog.submit(noting("c", started))
+    tell(backlog, clock, 24.0)  # no lull since c, and a has waited 24 s of its 25
+    assert not first.wait(0.3)
+    tell(backlog, clock, 25.0)
+    assert first.wait(WAIT)
+    assert not second.wait(0.3)  # b has waited 16 s of its 25, and c only 7 s of the lull
+    assert started == ["a"]
     backlog.close()
 
 
@@ -168,7 +227,11 @@ def test_closing_drops_the_jobs_waiting_for_a_lull_and_ends_the_workers() -> Non
     assert all(not thread.is_alive() for thread in backlog._threads)
 
 
-@pytest.mark.parametrize(("lull", "patience"), [(-0.1, 1.0), (0.1, -1.0)])
-def test_a_negative_lull_or_patience_is_refused(lull: float, patience: float) -> None:
-    with pytest.raises(ValueError, match=r"^lull and patience are seconds, 0 or more$"):
+@pytest.mark.parametrize(("lull", "patience"), [
+    (-0.1, 1.0), (0.1, -1.0), (2.0, 1.0), (math.inf, math.inf), (math.nan, 1.0),
+    (0.1, math.inf)])
+def test_a_lull_or_patience_that_is_no_wait_to_make_is_refused(lull: float,
+                                                                patience: float) -> None:
+    with pytest.raises(ValueError, match=r"^lull and patience are finite seconds, with "
+                                         r"0 <= lull <= patience$"):
         Backlog(1, "test", lull=lull, patience=patience)

@@ -209,8 +209,11 @@ def test_the_work_waits_for_lulls_only_while_a_step_still_builds_on_a_result(
     photo = (task(plan, "n=1", "frame").images[0].sha256 or "",)
     eager.settled(stored(cache, task(plan, "n=1", "frame"), photo, 10))
     assert all(backlog.waits_for_lulls for backlog in backlogs)  # n=2's stars waits on its frame
-    # a frame that failed settles too: no step will be submitted after it either
+    # a frame that failed settles too; its stars is skipped at once, n=1's is submitted now
     eager.settled(StepRecord(task(plan, "n=2", "frame"), "failed", "miss", error="no"))
+    assert all(backlog.waits_for_lulls for backlog in backlogs)
+    # the next record to settle came after those submits: none follows a result any more
+    eager.settled(StepRecord(task(plan, "n=2", "stars"), "skipped", "miss", error="no"))
     assert not any(backlog.waits_for_lulls for backlog in backlogs)
     eager.wait_staged()
     assert len(list((tmp_path / "out").glob(f"{STAGING_PREFIX}*/*"))) == 1

@@ -9,13 +9,14 @@ Results often come together (steps that take as long as each other), and those a
 busiest moments: downloading them, storing them, submitting the steps that follow. A niced
 thread still takes its turns at the interpreter's lock, so the workers can be told to wait for
 a lull: a while with no new job, or at most so long after the oldest one waiting. Whoever
-waits for the work ends the waiting.
+waits for the work ends the waiting, and so does whoever knows that no such moment is coming.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -31,22 +32,24 @@ class Backlog:
     not raised.
 
     ``lull``: the workers start a job only once no job has been given for that many seconds,
-    or once the oldest job waiting has waited ``patience`` seconds; from :meth:`hurry`, or the
-    first :meth:`drain` or :meth:`close`, on, they wait no more. 0: no waiting."""
+    or once the oldest job waiting has waited ``patience`` seconds (as ``clock`` tells); from
+    :meth:`hurry`, or the first :meth:`drain` or :meth:`close`, on, they wait no more. 0: no
+    waiting."""
 
-    def __init__(self, workers: int, name: str, *, lull: float = 0.0,
-                 patience: float = 0.0) -> None:
-        if lull < 0 or patience < 0:
-            raise ValueError("lull and patience are seconds, 0 or more")
+    def __init__(self, workers: int, name: str, *, lull: float = 0.0, patience: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not (math.isfinite(lull) and math.isfinite(patience) and 0 <= lull <= patience):
+            raise ValueError("lull and patience are finite seconds, with 0 <= lull <= patience")
         self.workers = workers
         self.name = name
         self.lull = lull
         self.patience = patience
+        self._clock = clock
         self._jobs: collections.deque[tuple[float, Callable[[], object]]] = collections.deque()
         self._changed = threading.Condition()
         self._running = 0
         self._closed = False
-        self._hurried = False  # a drain or close began: the workers wait for no lull
+        self._hurried = False  # hurried, or a drain or close began: no more waiting
         self._last_given = 0.0
         self._threads: list[threading.Thread] = []
 
@@ -54,7 +57,7 @@ class Backlog:
         with self._changed:
             if self._closed:
                 return
-            self._last_given = time.monotonic()
+            self._last_given = self._clock()
             self._jobs.append((self._last_given, job))
             self._changed.notify()
             if not self._threads:
@@ -113,7 +116,7 @@ class Backlog:
                     held = self._held()
                     if held <= 0:
                         break
-                    self._changed.wait(held)
+                    self._changed.wait(min(held, threading.TIMEOUT_MAX))
                 job = self._take()
             self._do(job)
 
@@ -123,7 +126,7 @@ class Backlog:
         if self._hurried or not self.lull or not self._jobs:
             return 0.0
         until = min(self._last_given + self.lull, self._jobs[0][0] + self.patience)
-        return max(0.0, until - time.monotonic())
+        return max(0.0, until - self._clock())
 
     def _take(self) -> Callable[[], object]:
         """The next job, counted as running (with the condition held)."""

@@ -10,8 +10,9 @@ cache).
 While a step still builds on a result not stored yet, the work waits for a lull in the results
 (see :mod:`._backlog`): results that come together are downloaded, stored and followed by
 their next steps' submits at that very moment, and work beside them on other threads made each
-of those hand-overs about twice as long. Once no step waits for an input any more, no submit
-follows a result: waiting would only move the work to the run's end.
+of those hand-overs about twice as long. Once the last such result is stored, its next steps
+are submitted at once; from the first result after it on, no submit follows a result, and
+waiting would only move the work to the run's end.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class EagerFinish:
         self._feeding = {f"{plan.spec.name}/{task.variant}/{image.name}"
                          for plan in plans for task in plan.tasks
                          for image in task.images if image.is_step}
+        self._last_fed = False  # the last of them settled; the next record hurries the work
         lull = _LULL if self._feeding else 0.0
         self._staging = Backlog(1, "staging", lull=lull, patience=_PATIENCE)
         self._pictures = Backlog(_THUMBNAILERS, "thumbnails", lull=lull, patience=_PATIENCE)
@@ -72,11 +74,13 @@ class EagerFinish:
         """Told of each task's record on the event loop's thread (a
         :data:`~._executor.SettledSink`): the work of a result new to this run is queued (the
         export at the end writes what a result known before the run needs)."""
+        if self._last_fed:  # its next steps were submitted meanwhile: none follows any more
+            self._last_fed = False
+            self._staging.hurry()
+            self._pictures.hurry()
         if self._feeding:
             self._feeding.discard(record.task.id)
-            if not self._feeding:  # no submit follows a result any more
-                self._staging.hurry()
-                self._pictures.hurry()
+            self._last_fed = not self._feeding  # its next steps are about to be submitted
         entry = record.entry
         if not record.ok or entry is None or record.task.id in self._known:
             return
