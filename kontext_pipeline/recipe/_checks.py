@@ -126,34 +126,32 @@ def input_path(source: str, root: Path) -> Path | None:
     """Where the input ``source`` leads (links followed) when the rules of
     :func:`check_inputs` allow it, else None: a relative path without NUL characters, inside
     ``root`` (the recipe's folder, resolved). A plan memo's inputs are checked again with it."""
-    if "\0" in source or Path(source).is_absolute() or source.startswith("~"):
-        return None
+    found = _path_or_problem(source, root)
+    return found if isinstance(found, Path) else None
+
+
+def _path_or_problem(source: str, root: Path) -> Path | str:
+    """Where the input ``source`` leads (links followed), or what is wrong with it as a path."""
+    if "\0" in source:
+        return f"'{source}' holds a NUL character, which no file name can contain; remove it"
+    if Path(source).is_absolute() or source.startswith("~"):
+        return f"'{source}' must be a path relative to the recipe file"
     resolved = Path(os.path.realpath(root / source))
-    return resolved if resolved.is_relative_to(root) else None
-
-
-def is_device_name(name: str) -> bool:
-    """Whether ``name`` is one Windows reserves for a device, whatever its extension
-    (``nul.png`` is the null device): no recipe's name or output may be one."""
-    return _is_device_name(name)
+    if not resolved.is_relative_to(root):
+        return (f"'{source}' leads outside the recipe's directory; keep input images beside "
+                "the recipe or below it")
+    return resolved
 
 
 def _input_problem(source: str, root: Path) -> str | tuple[int, int]:
     """What is wrong with the input ``source``, or its size when nothing is."""
-    if "\0" in source:
-        return f"'{source}' holds a NUL character, which no file name can contain; remove it"
-    relative = Path(source)
-    if relative.is_absolute() or source.startswith("~"):
-        return f"'{source}' must be a path relative to the recipe file"
-    candidate = root / relative
-    resolved = Path(os.path.realpath(candidate))
-    if not resolved.is_relative_to(root):
-        return (f"'{source}' leads outside the recipe's directory; keep input images beside "
-                "the recipe or below it")
+    resolved = _path_or_problem(source, root)
+    if isinstance(resolved, str):
+        return resolved
     try:
         info = inspect_image(resolved)
     except ImageCheckError as exc:
-        if "\\" in source and not os.path.lexists(candidate):
+        if "\\" in source and not os.path.lexists(root / source):
             forward = source.replace("\\", "/")
             return (f"'{source}' {exc}; write paths with '/', which every system reads: "
                     f"'{forward}'")
@@ -165,7 +163,7 @@ def check_outputs(data: Mapping[str, Any], findings: Findings) -> None:
     """Every output names a step, and every name that becomes a file or folder (the outputs,
     the recipe's name) is one that every system can create."""
     name = data.get("name")
-    if isinstance(name, str) and _is_device_name(name):
+    if isinstance(name, str) and is_device_name(name):
         findings.add(("name",), _device_name(name))
     outputs = data.get("outputs")
     if not isinstance(outputs, dict):
@@ -175,7 +173,7 @@ def check_outputs(data: Mapping[str, Any], findings: Findings) -> None:
     for name, target in outputs.items():
         if isinstance(target, str) and target not in ids:
             findings.add(("outputs", name), f"unknown step '{target}'{did_you_mean(target, ids)}")
-        if _is_device_name(name):
+        if is_device_name(name):
             findings.add(("outputs", name), _device_name(name), at="key")
         first = seen.setdefault(name.casefold(), name)
         if first != name:
@@ -187,8 +185,9 @@ _DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in rang
                            *(f"lpt{i}" for i in range(10))})
 
 
-def _is_device_name(name: str) -> bool:
-    """Windows reserves these names, whatever the extension (``nul.png`` is the null device)."""
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is one Windows reserves for a device, whatever its extension
+    (``nul.png`` is the null device): no recipe's name or output may be one."""
     return name.split(".", 1)[0].casefold() in _DEVICE_NAMES
 
 
