@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import kontext_pipeline
+from kontext_pipeline._support.files import sha256_regular
 from kontext_pipeline.errors import SpecError
 from kontext_pipeline.plan import _memo
 from kontext_pipeline.plan._memo import memo_folder, plan_recipes, recall, toolchain
@@ -77,13 +78,12 @@ def planned(path: Path, overrides: Mapping[str, str] | None = None,
 def hashes_counted(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The files the memo hashes from now on, in order."""
     hashed: list[Path] = []
-    sha256 = _memo._sha256
 
-    def counted(path: Path) -> str:
+    def counted(path: Path) -> str | None:
         hashed.append(path)
-        return sha256(path)
+        return sha256_regular(path)
 
-    monkeypatch.setattr(_memo, "_sha256", counted)
+    monkeypatch.setattr(_memo, "sha256_regular", counted)
     return hashed
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import math
 import os
 import shutil
 import stat
@@ -33,6 +35,7 @@ os.umask(_UMASK)
 _MODE = 0o666 & ~_UMASK  # what open() would have given a new file
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # not on Windows: an lstat() checks there instead
 _READ = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+_CHUNK = 1024 * 1024  # bytes read at a time when hashing a file
 _LINKED = {errno.ELOOP, errno.EMLINK}  # O_NOFOLLOW met a link: ELOOP, EMLINK on FreeBSD
 
 
@@ -71,6 +74,20 @@ def open_regular(path: Path) -> int:
         os.close(handle)
         raise IrregularFileError(errno.EINVAL, "is not a regular file", str(path))
     return handle
+
+
+def sha256_regular(path: Path, limit: float = math.inf) -> str | None:
+    """The hex sha256 of the regular file at ``path`` (see :func:`open_regular`), read in
+    chunks; None when it holds more than ``limit`` bytes."""
+    digest = hashlib.sha256()
+    size = 0
+    with os.fdopen(open_regular(path), "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                return None
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_regular(path: Path, limit: int) -> bytes:

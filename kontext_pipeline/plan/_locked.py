@@ -10,14 +10,13 @@ function (no key, no cache, no network).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from kontext_pipeline._support.files import IrregularFileError, open_regular
+from kontext_pipeline._support.files import IrregularFileError, sha256_regular
 from kontext_pipeline.plan._explain import Change, request_changes
 from kontext_pipeline.plan._plan import Plan, Task, build_plan, var_overrides
 from kontext_pipeline.store._lock import Lock, LockedFile, LockedStep, lock_path, read_lock
@@ -39,8 +38,6 @@ one of the recipe's outputs that no file the lock lists for its step is named fo
 added or renamed since the run)."""
 
 _EXTENSIONS = {"png": ".png", "jpeg": ".jpg"}  # as the export names files
-
-_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -225,7 +222,7 @@ def file_problem(base: Path, file: LockedFile) -> tuple[DifferenceKind, str] | N
     a regular file is read, and never more than :data:`MAX_FILE_BYTES`."""
     path = base / file.path
     try:
-        digest = _sha256_regular(path)
+        digest = sha256_regular(path, MAX_FILE_BYTES)
     except FileNotFoundError:
         return "missing", "is missing"
     except IrregularFileError as exc:
@@ -237,19 +234,6 @@ def file_problem(base: Path, file: LockedFile) -> tuple[DifferenceKind, str] | N
     if digest != file.file_sha256:
         return "edited", "was edited (sha256 differs from the lock)"
     return None
-
-
-def _sha256_regular(path: Path) -> str | None:
-    """The sha256 of the regular file at ``path``; None when it holds more than the bound."""
-    digest = hashlib.sha256()
-    size = 0
-    with os.fdopen(open_regular(path), "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            size += len(chunk)
-            if size > MAX_FILE_BYTES:
-                return None
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def combine_sides(plan: Plan, sides: Sequence[Lock], base: Path) -> Lock:

@@ -41,8 +41,8 @@ from kontext_pipeline._support import jsonsafe
 from kontext_pipeline._support.diagnostics import Problem
 from kontext_pipeline._support.files import (
     TEMPORARY_PREFIX,
-    open_regular,
     read_regular,
+    sha256_regular,
     write_atomic,
 )
 from kontext_pipeline._support.userdirs import user_dir
@@ -278,8 +278,8 @@ def _signed(name: str, source: str, path: Path) -> dict[str, Any] | None:
     it was read."""
     checked = time.time_ns()
     before = os.stat(path)
-    digest = _sha256(path)
-    if _signature(os.stat(path)) != _signature(before):
+    digest = sha256_regular(path)  # a pipe or a device is never read
+    if digest is None or _signature(os.stat(path)) != _signature(before):
         return None
     return {"name": name, "source": source, "sha256": digest, "stat": _signature(before),
             "checked_ns": checked}
@@ -295,16 +295,7 @@ def _unchanged(path: Path, entry: Mapping[str, Any]) -> bool:
         entry["checked_ns"] - RACY_NS
     if _signature(info) == entry["stat"] and not recent:
         return True
-    return bool(stat.S_ISREG(info.st_mode) and _sha256(path) == entry["sha256"])
-
-
-def _sha256(path: Path) -> str:
-    """The sha256 of the regular file at ``path`` (a pipe or a device is never read)."""
-    digest = hashlib.sha256()
-    with os.fdopen(open_regular(path), "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return bool(stat.S_ISREG(info.st_mode) and sha256_regular(path) == entry["sha256"])
 
 
 def _prune(folder: Path) -> None:
